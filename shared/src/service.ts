@@ -1,0 +1,108 @@
+// The slice of a Kubernetes Service (and Namespace) that Slipstream reads, read defensively:
+// these objects arrive from admission requests, manifests on disk and the API server, so
+// nothing about their shape is trusted until `readService` has checked it.
+
+export type Protocol = 'TCP' | 'UDP' | 'SCTP';
+
+export interface ServicePort {
+  name?: string;
+  port: number;
+  protocol: Protocol;
+  appProtocol?: string;
+}
+
+export interface Service {
+  namespace: string;
+  name: string;
+  uid?: string;
+  annotations: Record<string, string>;
+  type: string;
+  /** Every ClusterIP of the Service (dual-stack: one per family); empty when it has none. */
+  clusterIPs: string[];
+  /** Why the Service has no ClusterIP, when it has none. */
+  noClusterIPReason?: string;
+  ports: ServicePort[];
+}
+
+export interface Namespace {
+  name: string;
+  labels: Record<string, string>;
+}
+
+const PROTOCOLS: ReadonlySet<string> = new Set(['TCP', 'UDP', 'SCTP']);
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function stringMap(value: unknown): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!isRecord(value)) return out;
+  for (const [key, v] of Object.entries(value)) if (typeof v === 'string') out[key] = v;
+  return out;
+}
+
+export type ReadResult<T> = { ok: true; value: T } | { ok: false; error: string };
+
+/** Reads a Service object; ports with an invalid number or protocol are an error, not silently dropped. */
+export function readService(object: unknown): ReadResult<Service> {
+  if (!isRecord(object)) return { ok: false, error: 'Service is not an object' };
+  const metadata = isRecord(object.metadata) ? object.metadata : {};
+  const spec = isRecord(object.spec) ? object.spec : {};
+  const name = typeof metadata.name === 'string' ? metadata.name : '';
+  const namespace = typeof metadata.namespace === 'string' ? metadata.namespace : 'default';
+  const type = typeof spec.type === 'string' ? spec.type : 'ClusterIP';
+
+  const rawPorts = spec.ports ?? [];
+  if (!Array.isArray(rawPorts)) return { ok: false, error: 'spec.ports is not a list' };
+  const ports: ServicePort[] = [];
+  for (const [i, raw] of rawPorts.entries()) {
+    if (!isRecord(raw)) return { ok: false, error: `spec.ports[${i}] is not an object` };
+    const port = raw.port;
+    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
+      return { ok: false, error: `spec.ports[${i}].port is not a port number (1-65535)` };
+    }
+    const protocol = raw.protocol ?? 'TCP';
+    if (typeof protocol !== 'string' || !PROTOCOLS.has(protocol)) {
+      return { ok: false, error: `spec.ports[${i}].protocol must be TCP, UDP or SCTP` };
+    }
+    const entry: ServicePort = { port, protocol: protocol as Protocol };
+    if (typeof raw.name === 'string' && raw.name !== '') entry.name = raw.name;
+    if (typeof raw.appProtocol === 'string' && raw.appProtocol !== '') entry.appProtocol = raw.appProtocol;
+    ports.push(entry);
+  }
+
+  const service: Service = {
+    namespace,
+    name,
+    annotations: stringMap(metadata.annotations),
+    type,
+    clusterIPs: [],
+    ports,
+  };
+  if (typeof metadata.uid === 'string') service.uid = metadata.uid;
+
+  if (type === 'ExternalName') {
+    service.noClusterIPReason = 'ExternalName Service has no ClusterIP';
+  } else if (spec.clusterIP === 'None' || (Array.isArray(spec.clusterIPs) && spec.clusterIPs[0] === 'None')) {
+    service.noClusterIPReason = 'headless Service (clusterIP: None) has no ClusterIP';
+  } else {
+    const ips = Array.isArray(spec.clusterIPs) ? spec.clusterIPs : [spec.clusterIP];
+    // Addresses are kept as given here; the daemon validates them before they reach the kernel.
+    service.clusterIPs = ips.filter((ip): ip is string => typeof ip === 'string' && ip !== '');
+  }
+  return { ok: true, value: service };
+}
+
+export function readNamespace(object: unknown): ReadResult<Namespace> {
+  if (!isRecord(object)) return { ok: false, error: 'Namespace is not an object' };
+  const metadata = isRecord(object.metadata) ? object.metadata : {};
+  if (typeof metadata.name !== 'string' || metadata.name === '') {
+    return { ok: false, error: 'Namespace has no metadata.name' };
+  }
+  return { ok: true, value: { name: metadata.name, labels: stringMap(metadata.labels) } };
+}
+
+export function portKey(port: { port: number; protocol: Protocol }): string {
+  return `${port.port}/${port.protocol}`;
+}
