@@ -1,0 +1,224 @@
+// The Reconciler against the real kernel of this machine (no flowtable support: degraded
+// mode), in a private network namespace, through nftables-napi. Tampering and read-back go
+// through the nft CLI, an observer independent of the daemon's own kernel edge.
+
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { parseTable } from '@slipstream/shared/nft-json';
+import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { desiredRuleset, type Ruleset } from '@slipstream/shared/ruleset';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
+import { NapiKernel, type NftRunner } from './kernel.ts';
+import { CliRunner } from './kernel-cli.ts';
+import { LinkWatcher } from './links.ts';
+import { Reconciler, type SyncResult, silentLogger } from './reconciler.ts';
+
+const policy = loadDefaultPolicy();
+const view = (r: Ruleset | null | undefined) => (r ? { ...r, services: new Map(), owners: new Map() } : r);
+
+function canUseNetns(): boolean {
+  try {
+    execFileSync('nft', ['--version'], { stdio: 'ignore' });
+    return process.getuid?.() === 0;
+  } catch {
+    return false;
+  }
+}
+
+async function runnerFor(ns: string): Promise<NftRunner> {
+  try {
+    const napi = await import('nftables-napi');
+    return new napi.NftContext({ netns: `/run/netns/${ns}` });
+  } catch {
+    return new CliRunner(ns);
+  }
+}
+
+describe.skipIf(!canUseNetns())('Reconciler on the real kernel (degraded: no flowtable)', () => {
+  const ns = `slipstream-reconciler-${randomBytes(4).toString('hex')}`;
+  const nft = (...args: string[]) => execFileSync('ip', ['netns', 'exec', ns, 'nft', ...args]).toString();
+  const ip = (...args: string[]) => execFileSync('ip', ['-n', ns, ...args]);
+  const kernelTable = () => {
+    try {
+      return parseTable(JSON.parse(nft('-j', 'list', 'table', 'inet', 'slipstream')));
+    } catch {
+      return null;
+    }
+  };
+  type Elem = [{ concat: (string | number)[] }, { jump: { target: string } }];
+  const elementLines = () => {
+    const doc = JSON.parse(nft('-j', 'list', 'table', 'inet', 'slipstream')) as {
+      nftables: { map?: { name: string; elem?: Elem[] } }[];
+    };
+    return doc.nftables
+      .flatMap((i) =>
+        (i.map?.elem ?? []).map((e) => `${i.map?.name} ${e[0].concat.join(' ')} -> ${e[1].jump.target}`),
+      )
+      .sort();
+  };
+  const cleanup: (() => void | Promise<void>)[] = [];
+
+  beforeAll(() => {
+    execFileSync('ip', ['netns', 'add', ns]);
+  });
+  afterEach(async () => {
+    for (const f of cleanup.splice(0).reverse()) await f();
+  });
+  afterAll(() => {
+    execFileSync('ip', ['netns', 'delete', ns]);
+  });
+
+  async function reconciler(scenario: string, runner?: NftRunner) {
+    const s = loadScenario(scenario);
+    const kernel = new NapiKernel(runner ?? (await runnerFor(ns)));
+    const r = new Reconciler({
+      kernel,
+      policy,
+      minSyncIntervalMs: 10,
+      resyncIntervalMs: 0,
+      retryInitialMs: 10,
+      logger: silentLogger,
+    });
+    r.update({ services: s.services, namespaces: s.namespaces.values(), devices: [] });
+    cleanup.push(async () => {
+      await r.stop();
+      kernel.close();
+    });
+    return { r, kernel, s };
+  }
+
+  it('programs the elements, readable with nft -j list table inet slipstream', async () => {
+    nft('flush', 'ruleset');
+    const { r, s } = await reconciler('dual-stack');
+    const result = await r.start();
+    expect(result).toMatchObject({ result: 'ok', degraded: true, writes: 1, elementsAdded: 4 });
+    expect(result.degradedReason).toMatch(/flowtable/);
+    expect(elementLines()).toEqual([
+      'svc4 10.96.0.10 tcp 5432 -> threshold-20',
+      'svc4 10.96.0.10 udp 443 -> threshold-20',
+      'svc6 fd00:10:96::a tcp 5432 -> threshold-20',
+      'svc6 fd00:10:96::a udp 443 -> threshold-20',
+    ]);
+    expect(view(kernelTable())).toEqual(view(desiredRuleset(scenarioInput(s, false))));
+    expect(nft('list', 'chain', 'inet', 'slipstream', 'threshold-20')).toContain('ct packets > 20 counter');
+    // A ct packets expression turns conntrack accounting on in the namespace.
+    expect(
+      execFileSync('ip', ['netns', 'exec', ns, 'sysctl', '-n', 'net.netfilter.nf_conntrack_acct'])
+        .toString()
+        .trim(),
+    ).toBe('1');
+  });
+
+  it('adopts the table after a restart with zero writes', async () => {
+    nft('flush', 'ruleset');
+    const first = await reconciler('thresholds-shared');
+    await first.r.start();
+    await first.r.stop();
+    const second = await reconciler('thresholds-shared');
+    const result = await second.r.start();
+    expect(result).toMatchObject({ result: 'noop', readBack: true, writes: 0 });
+    expect(second.kernel.writes).toBe(0);
+  });
+
+  it('repairs drift at a resync: a deleted element, an altered verdict, an altered chain, a deleted table', async () => {
+    nft('flush', 'ruleset');
+    const { r, s } = await reconciler('dual-stack');
+    await r.start();
+    const want = view(desiredRuleset(scenarioInput(s, false)));
+
+    nft('delete', 'element', 'inet', 'slipstream', 'svc4', '{ 10.96.0.10 . tcp . 5432 }');
+    let result = await r.sync('resync');
+    expect(result).toMatchObject({ result: 'ok', drift: true, elementsAdded: 1, elementsRemoved: 0 });
+    expect(view(kernelTable())).toEqual(want);
+
+    nft('add', 'chain', 'inet', 'slipstream', 'elsewhere');
+    nft('delete', 'element', 'inet', 'slipstream', 'svc6', '{ fd00:10:96::a . udp . 443 }');
+    nft('add', 'element', 'inet', 'slipstream', 'svc6', '{ fd00:10:96::a . udp . 443 : jump elsewhere }');
+    nft('add', 'rule', 'inet', 'slipstream', 'forward', 'accept');
+    result = await r.sync('resync');
+    expect(result).toMatchObject({ result: 'ok', drift: true, elementsAdded: 1, elementsRemoved: 1 });
+    expect(view(kernelTable())).toEqual(want);
+
+    nft('delete', 'table', 'inet', 'slipstream');
+    result = await r.sync('resync');
+    expect(result).toMatchObject({ result: 'ok', drift: true, writes: 1 });
+    expect(view(kernelTable())).toEqual(want);
+
+    expect(await r.sync('resync')).toMatchObject({ result: 'noop', drift: false, writes: 0 });
+  });
+
+  it('records a refused transaction, loses nothing, and the next sync succeeds', async () => {
+    nft('flush', 'ruleset');
+    const real = await runnerFor(ns);
+    let poison = 0;
+    // Appends a rule jumping to a chain that does not exist: the kernel refuses the whole batch.
+    const runner: NftRunner = {
+      run: (commands, options) => {
+        const isWrite =
+          !options?.check && typeof commands === 'object' && JSON.stringify(commands).includes('"add"');
+        if (isWrite && poison > 0) {
+          poison--;
+          const bad = {
+            add: {
+              rule: {
+                family: 'inet',
+                table: 'slipstream',
+                chain: 'forward',
+                expr: [{ jump: { target: 'nowhere' } }],
+              },
+            },
+          };
+          const c = commands as { nftables: object[] };
+          return real.run({ nftables: [...c.nftables, bad] }, options);
+        }
+        return real.run(commands, options);
+      },
+      close: () => real.close(),
+    };
+    const { r, s } = await reconciler('thresholds-shared', runner);
+    await r.start();
+    const before = kernelTable();
+
+    poison = 2; // the sync and its immediate retry
+    r.setService({ ...s.services[0]!, name: 'pg-c', clusterIPs: ['10.96.2.9'] });
+    const recovered = r.nextSync((x: SyncResult) => x.result === 'ok');
+    const failed = await r.sync('service');
+    expect(failed).toMatchObject({ result: 'error', retried: true, writes: 0, errorClass: 'no-such-object' });
+    expect(failed.error).toMatch(/Error:/);
+    expect(r.lastError?.message).toBe(failed.error);
+    expect(view(kernelTable())).toEqual(view(before));
+
+    expect(await recovered).toMatchObject({ result: 'ok', writes: 1, elementsAdded: 1 });
+    expect(elementLines()).toContain('svc4 10.96.2.9 tcp 5432 -> threshold-20');
+  });
+
+  it('never fails a sync while veth pairs come and go', async () => {
+    nft('flush', 'ruleset');
+    const { r } = await reconciler('sctp');
+    const results: SyncResult[] = [];
+    r.onSync((x) => results.push(x));
+    const watcher = new LinkWatcher({
+      netns: ns,
+      logger: silentLogger,
+      onChange: (devices) => {
+        r.update({ devices });
+        r.request('link');
+      },
+    });
+    cleanup.push(() => watcher.stop());
+    r.update({ devices: await watcher.start() });
+    await r.start();
+    for (let i = 0; i < 5; i++) {
+      ip('link', 'add', `ca${i}`, 'type', 'veth', 'peer', 'name', `cb${i}`);
+      ip('link', 'set', `ca${i}`, 'up');
+      await r.sync('link');
+      ip('link', 'delete', `ca${i}`);
+    }
+    await watcher.refresh();
+    await r.sync('link');
+    expect(results.length).toBeGreaterThan(0);
+    expect(results.filter((x) => x.result === 'error')).toEqual([]);
+    expect(results.every((x) => x.degraded)).toBe(true);
+  });
+});

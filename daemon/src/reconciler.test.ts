@@ -1,0 +1,403 @@
+import { SpanStatusCode, trace } from '@opentelemetry/api';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import { HINT_KEYS } from '@slipstream/shared/contract';
+import { diff } from '@slipstream/shared/diff';
+import { loadDefaultPolicy, parsePolicy } from '@slipstream/shared/policy';
+import { desiredRuleset, type Ruleset } from '@slipstream/shared/ruleset';
+import type { Service } from '@slipstream/shared/service';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { loadScenario, type Scenario, scenarioInput } from '../../test/fixtures/services/load.ts';
+import { KernelError, MemoryKernel } from './kernel.ts';
+import { parseTraceparent, Reconciler, type ReconcilerOptions, silentLogger } from './reconciler.ts';
+
+const policy = loadDefaultPolicy();
+const exporter = new InMemorySpanExporter();
+const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+
+beforeAll(() => {
+  trace.setGlobalTracerProvider(provider);
+});
+afterAll(async () => {
+  trace.disable();
+  await provider.shutdown();
+});
+beforeEach(() => exporter.reset());
+
+const view = (r: Ruleset | null | undefined) => (r ? { ...r, services: new Map(), owners: new Map() } : r);
+
+let reconcilers: Reconciler[] = [];
+afterEach(async () => {
+  for (const r of reconcilers) await r.stop();
+  reconcilers = [];
+});
+
+function make(kernel: MemoryKernel, s: Scenario, options: Partial<ReconcilerOptions> = {}): Reconciler {
+  const r = new Reconciler({
+    kernel,
+    policy,
+    minSyncIntervalMs: 20,
+    resyncIntervalMs: 0,
+    retryInitialMs: 20,
+    logger: silentLogger,
+    ...options,
+  });
+  r.update({ services: s.services, namespaces: s.namespaces.values(), devices: s.devices });
+  reconcilers.push(r);
+  return r;
+}
+
+function hinted(s: Service, trace: string): Service {
+  return { ...s, annotations: { ...s.annotations, [HINT_KEYS.trace]: trace } };
+}
+
+const TRACE_A = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+const TRACE_B = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00';
+
+describe('Reconciler with a MemoryKernel', () => {
+  it('creates the table at start-up in one transaction', async () => {
+    const kernel = new MemoryKernel();
+    const s = loadScenario('dual-stack');
+    const r = make(kernel, s);
+    const result = await r.start();
+    expect(result).toMatchObject({
+      trigger: 'startup',
+      result: 'ok',
+      degraded: false,
+      writes: 1,
+      elementsAdded: 4,
+      elementsRemoved: 0,
+      chains: 2,
+      readBack: true,
+    });
+    expect(view(kernel.table)).toEqual(view(desiredRuleset(scenarioInput(s))));
+  });
+
+  it('adopts an existing table with zero writes when it is already as desired', async () => {
+    const s = loadScenario('thresholds-shared');
+    const kernel = new MemoryKernel({ table: desiredRuleset(scenarioInput(s)) });
+    const r = make(kernel, s);
+    const result = await r.start();
+    expect(result).toMatchObject({ result: 'noop', writes: 0, readBack: true });
+    expect(kernel.writes).toBe(0);
+    // A later sync with the same inputs writes nothing and reads nothing.
+    const reads = kernel.reads;
+    expect(await r.sync('service')).toMatchObject({ result: 'noop', writes: 0, readBack: false });
+    expect(kernel.reads).toBe(reads);
+  });
+
+  it('repairs only what differs when adopting a table left by an older run', async () => {
+    const s = loadScenario('thresholds-shared');
+    const old = desiredRuleset({ ...scenarioInput(s), services: s.services.slice(0, 1) });
+    const kernel = new MemoryKernel({ table: old });
+    const result = await make(kernel, s).start();
+    expect(result).toMatchObject({ result: 'ok', writes: 1, elementsAdded: 2, elementsRemoved: 0 });
+  });
+
+  it('writes nothing until every source has reported once', async () => {
+    const kernel = new MemoryKernel();
+    const r = new Reconciler({
+      kernel,
+      policy,
+      logger: silentLogger,
+      resyncIntervalMs: 0,
+      minSyncIntervalMs: 10,
+    });
+    reconcilers.push(r);
+    r.update({ services: [] });
+    expect(await r.start()).toMatchObject({
+      result: 'noop',
+      waitingFor: ['namespaces', 'devices'],
+      writes: 0,
+    });
+    r.update({ namespaces: [], devices: ['eth0'] });
+    expect(await r.sync('namespace')).toMatchObject({ result: 'ok', writes: 1 });
+  });
+
+  it('takes source snapshots by reference and never mutates them', async () => {
+    const s = loadScenario('thresholds-shared');
+    const kernel = new MemoryKernel();
+    const r = new Reconciler({
+      kernel,
+      policy,
+      logger: silentLogger,
+      resyncIntervalMs: 0,
+      minSyncIntervalMs: 10,
+    });
+    reconcilers.push(r);
+    const snapshot = { services: s.services, namespaces: s.namespaces, rejected: [] };
+    r.update(snapshot);
+    r.update({ devices: [] });
+    await r.start();
+    expect(kernel.table?.elements.size).toBe(3);
+    r.deleteService('data', 'pg-a');
+    r.setNamespace({ name: 'data', labels: { 'slipstream.dev/acceleration': 'disabled' } });
+    expect(await r.sync('namespace')).toMatchObject({ result: 'ok', elementsRemoved: 3 });
+    expect(snapshot.services).toHaveLength(3);
+    expect(snapshot.namespaces.get('data')?.labels).toEqual({});
+    // A new snapshot replaces the local edits.
+    r.update(snapshot);
+    expect(await r.sync('service')).toMatchObject({ result: 'ok', elementsAdded: 3 });
+  });
+
+  it('re-decides every Service when the policy is replaced', async () => {
+    const s = loadScenario('thresholds-shared');
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s);
+    await r.start();
+    r.setPolicy(parsePolicy('{name: strict, version: 1, default: {offload: false, reason: off}, rules: []}'));
+    expect(await r.sync('service')).toMatchObject({ result: 'ok', elementsRemoved: 3, elements: 0 });
+    expect(r.desired?.services.get('data/pg-a')?.decision.policy).toMatch(/^strict@1#/);
+  });
+
+  it('coalesces a burst of requests into few syncs', async () => {
+    const s = loadScenario('thresholds-shared');
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s, { minSyncIntervalMs: 200 });
+    await r.start();
+    const results: string[] = [];
+    r.onSync((x) => results.push(`${x.trigger}:${x.result}`));
+    const done = r.nextSync((x) => x.result === 'ok');
+    for (const svc of s.services) {
+      r.deleteService(svc.namespace, svc.name);
+      r.request('service');
+    }
+    await done;
+    expect(results).toEqual(['service:ok']);
+    expect(kernel.writes).toBe(2);
+    expect(kernel.table?.elements.size).toBe(0);
+    expect(kernel.table?.thresholds).toEqual([]);
+  });
+
+  it('adds a new link to the flowtable, and removes a vanished one without a write', async () => {
+    const s = loadScenario('sctp');
+    const kernel = new MemoryKernel({ links: ['eth0'] });
+    const r = make(kernel, s);
+    await r.start();
+    kernel.setLinks(['eth0', 'veth1']);
+    r.update({ devices: ['eth0', 'veth1'] });
+    expect(await r.sync('link')).toMatchObject({ result: 'ok', writes: 1, change: '+devices veth1' });
+    expect(kernel.table?.flowtable?.devices).toEqual(['eth0', 'veth1']);
+    // The link is deleted: the kernel unhooks it by itself; the reconciler notices, writes nothing.
+    kernel.setLinks(['eth0']);
+    r.update({ devices: ['eth0'] });
+    expect(await r.sync('link')).toMatchObject({ result: 'noop', writes: 0 });
+    // A link that goes DOWN but still exists is removed (the flowtable is recreated in one transaction).
+    kernel.setLinks(['eth0', 'veth2']);
+    r.update({ devices: ['eth0', 'veth2'] });
+    await r.sync('link');
+    r.update({ devices: ['eth0'] });
+    expect(await r.sync('link')).toMatchObject({
+      result: 'ok',
+      writes: 1,
+      change: 'rewrite threshold-20; -devices veth2',
+    });
+    expect(kernel.table?.flowtable?.devices).toEqual(['eth0']);
+    expect(kernel.table?.chains.get('threshold-20')?.rules).toEqual([
+      { kind: 'threshold', threshold: 20, offload: true },
+    ]);
+  });
+
+  it('survives a device vanishing between listing and commit: re-reads links and retries', async () => {
+    const s = loadScenario('sctp');
+    const kernel = new MemoryKernel({ links: ['eth0'] });
+    let listings = 0;
+    const r = make(kernel, s, {
+      refreshDevices: async () => {
+        listings++;
+        return ['eth0'];
+      },
+    });
+    await r.start();
+    r.update({ devices: ['eth0', 'veth-gone'] }); // listed, then deleted before the commit
+    const result = await r.sync('link');
+    // The retry finds nothing to do: the vanished device is gone from the desired state too.
+    expect(result).toMatchObject({ result: 'noop', retried: true, writes: 0 });
+    expect(result.error).toBeUndefined();
+    expect(listings).toBe(1);
+    expect(kernel.table?.flowtable?.devices).toEqual(['eth0']);
+  });
+
+  it('records a refused transaction, keeps the last good state, and succeeds on the retry', async () => {
+    const s = loadScenario('thresholds-shared');
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s);
+    await r.start();
+    const good = kernel.table;
+    kernel.failNext(new KernelError('Error: Could not process rule: Invalid argument', 'invalid'));
+    kernel.failNext(new KernelError('Error: Could not process rule: Invalid argument', 'invalid'));
+    r.deleteService('data', 'pg-a');
+    const retried = r.nextSync((x) => x.result === 'ok');
+    const failed = await r.sync('service');
+    expect(failed).toMatchObject({
+      result: 'error',
+      errorClass: 'invalid',
+      error: 'Error: Could not process rule: Invalid argument',
+      retried: true,
+      writes: 0,
+    });
+    expect(r.lastError).toMatchObject({ errorClass: 'invalid' });
+    expect(view(kernel.table)).toEqual(view(good));
+    // The retry (after the backoff) reads the table back and applies the change.
+    expect(await retried).toMatchObject({ trigger: 'service', result: 'ok', readBack: true, writes: 1 });
+    expect(kernel.table?.elements.has('ip 10.96.2.1 6 5432')).toBe(false);
+  });
+
+  it('repairs drift at a resync: deleted element, altered verdict, deleted table', async () => {
+    const s = loadScenario('dual-stack');
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s);
+    await r.start();
+    const want = view(kernel.table);
+
+    kernel.tamper((t) => {
+      t!.elements.delete('ip 10.96.0.10 6 5432');
+      const e = t!.elements.get('ip6 fd00:10:96::a 17 443')!;
+      e.threshold = null;
+      return t;
+    });
+    expect(await r.sync('service')).toMatchObject({ result: 'noop', readBack: false }); // belief: no change
+    expect(await r.sync('resync')).toMatchObject({
+      result: 'ok',
+      readBack: true,
+      drift: true,
+      elementsAdded: 2,
+      elementsRemoved: 1,
+    });
+    expect(view(kernel.table)).toEqual(want);
+
+    kernel.tamper(() => null);
+    expect(await r.sync('resync')).toMatchObject({ result: 'ok', drift: true, writes: 1 });
+    expect(view(kernel.table)).toEqual(want);
+  });
+
+  it('repairs drift behind its back on the next write: the refused delete triggers a read-back', async () => {
+    const s = loadScenario('thresholds-shared');
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s);
+    await r.start();
+    kernel.tamper((t) => {
+      t!.elements.delete('ip 10.96.2.1 6 5432');
+      return t;
+    });
+    r.deleteService('data', 'pg-a');
+    expect(await r.sync('service')).toMatchObject({ result: 'noop', retried: true, readBack: true });
+  });
+
+  it('reports degraded mode and programs counting chains only', async () => {
+    const s = loadScenario('dual-stack');
+    const kernel = new MemoryKernel({ flowtable: false });
+    const result = await make(kernel, s).start();
+    expect(result).toMatchObject({ result: 'ok', degraded: true });
+    expect(result.degradedReason).toContain('not supported');
+    expect(kernel.table?.flowtable).toBeNull();
+    expect(kernel.dump()).toContain('ct packets > 20 counter\n');
+  });
+
+  it('runs the periodic resync', async () => {
+    const s = loadScenario('sctp');
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s, { resyncIntervalMs: 30 });
+    await r.start();
+    kernel.tamper(() => null);
+    const repaired = await r.nextSync((x) => x.trigger === 'resync' && x.result === 'ok');
+    expect(repaired.drift).toBe(true);
+    expect(kernel.table?.elements.size).toBe(1);
+  });
+});
+
+describe('tracing', () => {
+  it('emits sync with compute, diff and commit children, and links to the changed Services', async () => {
+    const s = loadScenario('thresholds-shared');
+    s.services = s.services.map((svc, i) =>
+      i === 0 ? hinted(svc, TRACE_A) : i === 1 ? hinted(svc, TRACE_B) : hinted(svc, 'garbage'),
+    );
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s);
+    await r.start();
+    const spans = exporter.getFinishedSpans();
+    const sync = spans.find((x) => x.name === 'sync')!;
+    expect(sync.attributes).toMatchObject({
+      'slipstream.sync.trigger': 'startup',
+      'slipstream.services': 3,
+      'slipstream.elements.added': 3,
+      'slipstream.elements.removed': 0,
+      'slipstream.chains': 3,
+      'slipstream.degraded': false,
+      'slipstream.sync.result': 'ok',
+      'slipstream.kernel.writes': 1,
+    });
+    expect(sync.parentSpanContext).toBeUndefined();
+    const children = spans
+      .filter((x) => x.parentSpanContext?.spanId === sync.spanContext().spanId)
+      .map((x) => x.name);
+    expect(children).toEqual(['compute', 'diff', 'commit']);
+    expect(sync.links.map((l) => l.context.traceId).sort()).toEqual(
+      ['0af7651916cd43dd8448eb211c80319c', '4bf92f3577b34da6a3ce929d0e0e4736'].sort(),
+    );
+
+    // Only the Services whose elements change are linked; a no-op has no commit span.
+    exporter.reset();
+    r.deleteService('data', 'pg-b');
+    await r.sync('service');
+    const second = exporter.getFinishedSpans().find((x) => x.name === 'sync')!;
+    expect(second.links.map((l) => l.context.spanId)).toEqual(['00f067aa0ba902b7']);
+    exporter.reset();
+    await r.sync('service');
+    const names = exporter.getFinishedSpans().map((x) => x.name);
+    expect(names).toEqual(['compute', 'diff', 'sync']);
+    expect(
+      exporter.getFinishedSpans().find((x) => x.name === 'sync')?.attributes['slipstream.sync.result'],
+    ).toBe('noop');
+  });
+
+  it('records errors on the spans', async () => {
+    const kernel = new MemoryKernel();
+    const r = make(kernel, loadScenario('sctp'), { retryInitialMs: 60_000 });
+    kernel.failNext(new KernelError('Error: Could not process rule: Device or resource busy', 'busy'));
+    kernel.failNext(new KernelError('Error: Could not process rule: Device or resource busy', 'busy'));
+    expect(await r.start()).toMatchObject({ result: 'error', errorClass: 'busy' });
+    const sync = exporter.getFinishedSpans().find((x) => x.name === 'sync')!;
+    expect(sync.status.code).toBe(SpanStatusCode.ERROR);
+    expect(sync.attributes['slipstream.sync.result']).toBe('error');
+    expect(sync.events.some((e) => e.name === 'exception')).toBe(true);
+    const commits = exporter.getFinishedSpans().filter((x) => x.name === 'commit');
+    expect(commits).toHaveLength(2);
+    expect(commits.every((c) => c.status.code === SpanStatusCode.ERROR)).toBe(true);
+  });
+});
+
+describe('parseTraceparent', () => {
+  it('accepts valid traceparents', () => {
+    expect(parseTraceparent(TRACE_A)).toEqual({
+      traceId: '0af7651916cd43dd8448eb211c80319c',
+      spanId: 'b7ad6b7169203331',
+      traceFlags: 1,
+    });
+    expect(parseTraceparent('01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future')).not.toBeNull();
+  });
+
+  it.each([
+    'garbage',
+    '',
+    '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra',
+    'ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+    '00-00000000000000000000000000000000-b7ad6b7169203331-01',
+    '00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01',
+    '00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01',
+    '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1',
+    ' 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+  ])('rejects %j', (value) => {
+    expect(parseTraceparent(value)).toBeNull();
+  });
+});
+
+describe('diff sanity for the reconciler', () => {
+  it('a ruleset diffed against itself is empty', () => {
+    const d = desiredRuleset(scenarioInput(loadScenario('dual-stack')));
+    expect(diff(d, d).ops).toEqual([]);
+  });
+});

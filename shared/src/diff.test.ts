@@ -1,0 +1,263 @@
+import { describe, expect, it } from 'vitest';
+import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
+import { USER_KEYS } from './contract.ts';
+import { type Change, diff, isEmpty, type Op } from './diff.ts';
+import { type DesiredInput, desiredRuleset, type Ruleset } from './ruleset.ts';
+import type { Service } from './service.ts';
+
+/** One line per op: what it does and to what (elements as `address/proto/port>threshold`). */
+function show(change: Change): string[] {
+  return change.ops.map((op: Op) => {
+    switch (op.op) {
+      case 'add-elements':
+      case 'delete-elements':
+        return `${op.op} ${op.family} ${op.elements.map((e) => `${e.address}/${e.protocol}/${e.port}>${e.threshold}`).join(' ')}`;
+      case 'add-flowtable':
+        return `add-flowtable ${op.devices.join(',')}`;
+      case 'add-rule':
+        return `add-rule ${op.chain} ${op.rule.kind === 'threshold' ? `>${op.rule.threshold}${op.rule.offload ? ' offload' : ''}` : op.rule.kind === 'dispatch' ? `${op.rule.family}/${op.rule.protocol}` : 'foreign'}`;
+      case 'add-chain':
+      case 'flush-chain':
+      case 'delete-chain':
+        return `${op.op} ${op.chain}`;
+      case 'add-map':
+        return `add-map ${op.family}`;
+      default:
+        return op.op;
+    }
+  });
+}
+
+function withoutService(input: DesiredInput, key: string): DesiredInput {
+  return { ...input, services: [...input.services].filter((s) => `${s.namespace}/${s.name}` !== key) };
+}
+
+function withAnnotations(
+  input: DesiredInput,
+  key: string,
+  annotations: Record<string, string>,
+): DesiredInput {
+  return {
+    ...input,
+    services: [...input.services].map((s: Service) =>
+      `${s.namespace}/${s.name}` === key ? { ...s, annotations: { ...s.annotations, ...annotations } } : s,
+    ),
+  };
+}
+
+const clone = (r: Ruleset): Ruleset => structuredClone(r);
+
+describe('diff', () => {
+  it('creates everything, in a valid order, when there is no table', () => {
+    const desired = desiredRuleset(scenarioInput(loadScenario('dual-stack')));
+    const change = diff(null, desired);
+    expect(show(change)).toEqual([
+      'add-table',
+      'add-flowtable eth0,eth1',
+      'add-map ip',
+      'add-map ip6',
+      'add-chain threshold-20',
+      'add-chain forward',
+      'add-elements ip 10.96.0.10/17/443>20 10.96.0.10/6/5432>20',
+      'add-elements ip6 fd00:10:96::a/17/443>20 fd00:10:96::a/6/5432>20',
+      'add-rule threshold-20 >20 offload',
+      'add-rule forward ip/tcp',
+      'add-rule forward ip/udp',
+      'add-rule forward ip6/tcp',
+      'add-rule forward ip6/udp',
+    ]);
+    expect(change.summary).toMatchObject({
+      tableCreated: true,
+      elementsAdded: 4,
+      elementsRemoved: 0,
+      chainsAdded: ['threshold-20', 'forward'],
+      services: ['shop/db'],
+    });
+  });
+
+  it('is empty, and detectably so, when nothing changed', () => {
+    const input = scenarioInput(loadScenario('dual-stack'));
+    const change = diff(desiredRuleset(input), desiredRuleset(input));
+    expect(isEmpty(change)).toBe(true);
+    expect(change.ops).toEqual([]);
+  });
+
+  it('keeps a shared threshold chain while one user is left, and deletes it with the last', () => {
+    const all = scenarioInput(loadScenario('thresholds-shared'));
+    const one = withoutService(all, 'data/pg-a');
+    const none = withoutService(one, 'data/pg-b');
+    const r0 = desiredRuleset(all);
+    const r1 = desiredRuleset(one);
+    const r2 = desiredRuleset(none);
+
+    const first = diff(r0, r1);
+    expect(show(first)).toEqual(['delete-elements ip 10.96.2.1/6/5432>20']);
+    expect(first.summary.services).toEqual(['data/pg-a']);
+
+    const second = diff(r1, r2);
+    expect(show(second)).toEqual([
+      'flush-chain threshold-20',
+      'delete-elements ip 10.96.2.2/6/5432>20',
+      'delete-chain threshold-20',
+    ]);
+    expect(second.summary.chainsRemoved).toEqual(['threshold-20']);
+
+    // And back: the chain is created before the element that jumps to it.
+    expect(show(diff(r2, r0))).toEqual([
+      'add-chain threshold-20',
+      'add-elements ip 10.96.2.1/6/5432>20 10.96.2.2/6/5432>20',
+      'add-rule threshold-20 >20 offload',
+    ]);
+  });
+
+  it('deletes and re-adds an element whose threshold changed', () => {
+    const input = scenarioInput(loadScenario('thresholds-shared'));
+    const before = desiredRuleset(input);
+    const after = desiredRuleset(withAnnotations(input, 'data/web', { [USER_KEYS.packetThreshold]: '20' }));
+    expect(show(diff(before, after))).toEqual([
+      'flush-chain threshold-100',
+      'delete-elements ip 10.96.2.3/6/8080>100',
+      'add-elements ip 10.96.2.3/6/8080>20',
+      'delete-chain threshold-100',
+    ]);
+  });
+
+  it('removes the elements of a namespace that opts out, also for Services already hinted', () => {
+    const s = loadScenario('namespace-opt-out');
+    const input = scenarioInput(s);
+    const loudOut = new Map(s.namespaces);
+    loudOut.set('loud', { name: 'loud', labels: { 'slipstream.dev/acceleration': 'disabled' } });
+    const change = diff(desiredRuleset(input), desiredRuleset({ ...input, namespaces: loudOut }));
+    expect(show(change)).toEqual([
+      'flush-chain threshold-20',
+      'delete-elements ip 10.96.3.2/6/5432>20',
+      'delete-chain threshold-20',
+    ]);
+    expect(change.summary.services).toEqual(['loud/db']);
+  });
+
+  it('adds only the new devices to an existing flowtable', () => {
+    const input = scenarioInput(loadScenario('dual-stack'));
+    const change = diff(
+      desiredRuleset({ ...input, devices: ['eth0'] }),
+      desiredRuleset({ ...input, devices: ['eth0', 'veth9'] }),
+    );
+    expect(show(change)).toEqual(['add-flowtable veth9']);
+    expect(change.summary.devicesAdded).toEqual(['veth9']);
+  });
+
+  it('recreates the flowtable in the same transaction to remove a device', () => {
+    const input = scenarioInput(loadScenario('thresholds-shared'));
+    const change = diff(
+      desiredRuleset({ ...input, devices: ['eth0', 'veth9'] }),
+      desiredRuleset({ ...input, devices: ['eth0'] }),
+    );
+    expect(show(change)).toEqual([
+      'flush-chain threshold-20',
+      'flush-chain threshold-100',
+      'delete-flowtable',
+      'add-flowtable eth0',
+      'add-rule threshold-20 >20 offload',
+      'add-rule threshold-100 >100 offload',
+    ]);
+    expect(change.summary.devicesRemoved).toEqual(['veth9']);
+  });
+
+  it('moves between degraded and full mode by rewriting the threshold chains', () => {
+    const input = scenarioInput(loadScenario('dual-stack'));
+    const degraded = desiredRuleset({ ...input, capabilities: { flowtable: false } });
+    const full = desiredRuleset(input);
+    expect(show(diff(degraded, full))).toEqual([
+      'flush-chain threshold-20',
+      'add-flowtable eth0,eth1',
+      'add-rule threshold-20 >20 offload',
+    ]);
+    expect(show(diff(full, degraded))).toEqual([
+      'flush-chain threshold-20',
+      'delete-flowtable',
+      'add-rule threshold-20 >20',
+    ]);
+  });
+
+  describe('repairs drift found in the kernel', () => {
+    const desired = desiredRuleset(scenarioInput(loadScenario('dual-stack')));
+
+    it('re-adds a deleted element', () => {
+      const kernel = clone(desired);
+      kernel.elements.delete('ip 10.96.0.10 6 5432');
+      expect(show(diff(kernel, desired))).toEqual(['add-elements ip 10.96.0.10/6/5432>20']);
+    });
+
+    it('replaces an element whose verdict someone altered', () => {
+      const kernel = clone(desired);
+      kernel.elements.set('ip 10.96.0.10 6 5432', {
+        ...kernel.elements.get('ip 10.96.0.10 6 5432')!,
+        threshold: null,
+      });
+      expect(show(diff(kernel, desired))).toEqual([
+        'delete-elements ip 10.96.0.10/6/5432>null',
+        'add-elements ip 10.96.0.10/6/5432>20',
+      ]);
+    });
+
+    it('removes a foreign element and a foreign chain', () => {
+      const kernel = clone(desired);
+      kernel.elements.set('ip 10.1.1.1 132 9', {
+        family: 'ip',
+        address: '10.1.1.1',
+        protocol: 132,
+        port: 9,
+        threshold: null,
+      });
+      kernel.chains.set('mine', { name: 'mine', base: null, rules: [{ kind: 'foreign', text: '[]' }] });
+      expect(show(diff(kernel, desired))).toEqual([
+        'flush-chain mine',
+        'delete-elements ip 10.1.1.1/132/9>null',
+        'delete-chain mine',
+      ]);
+    });
+
+    it('rewrites an altered chain', () => {
+      const kernel = clone(desired);
+      kernel.chains.get('forward')!.rules.splice(1, 1, { kind: 'foreign', text: 'accept' });
+      expect(show(diff(kernel, desired))).toEqual([
+        'flush-chain forward',
+        'add-rule forward ip/tcp',
+        'add-rule forward ip/udp',
+        'add-rule forward ip6/tcp',
+        'add-rule forward ip6/udp',
+      ]);
+    });
+
+    it('re-creates a deleted map with its elements', () => {
+      const kernel = clone(desired);
+      kernel.maps = ['ip'];
+      for (const [k, e] of kernel.elements) if (e.family === 'ip6') kernel.elements.delete(k);
+      kernel.chains.get('forward')!.rules = kernel.chains.get('forward')!.rules.slice(0, 2);
+      expect(show(diff(kernel, desired))).toEqual([
+        'flush-chain forward',
+        'add-map ip6',
+        'add-elements ip6 fd00:10:96::a/17/443>20 fd00:10:96::a/6/5432>20',
+        'add-rule forward ip/tcp',
+        'add-rule forward ip/udp',
+        'add-rule forward ip6/tcp',
+        'add-rule forward ip6/udp',
+      ]);
+    });
+
+    it('rebuilds the table, in one transaction, when it holds objects Slipstream does not write', () => {
+      const kernel = clone(desired);
+      kernel.foreign = ['set intruders'];
+      const change = diff(kernel, desired);
+      expect(show(change)[0]).toBe('delete-table');
+      expect(show(change).slice(1)).toEqual(show(diff(null, desired)));
+      expect(change.summary.rebuild).toBe(true);
+    });
+
+    it('rebuilds when the base chain has another hook or priority', () => {
+      const kernel = clone(desired);
+      kernel.chains.get('forward')!.base = { type: 'filter', hook: 'forward', priority: 0, policy: 'accept' };
+      expect(diff(kernel, desired).summary.rebuild).toBe(true);
+    });
+  });
+});

@@ -1,0 +1,480 @@
+// The ONE place where Slipstream's typed rulesets meet nftables syntax: a Change (or a whole
+// Ruleset) becomes a libnftables JSON command object, and the kernel's JSON listing of
+// `table inet slipstream` becomes a Ruleset again (adoption at start-up, drift repair).
+//
+// Only typed values reach the JSON: element addresses that passed `canonicalAddress`, port and
+// protocol numbers, threshold numbers, device names that passed `validDeviceName`. Nothing
+// from an annotation is ever spliced into nft syntax, and JSON needs no quoting rules.
+//
+// libnftables JSON (nft 1.0.6) cannot express two things, and this module works around both:
+// a flowtable's `counter` flag (not parsed from JSON: the flowtable is created without it, the
+// threshold chains count instead) and deleting single devices from a flowtable (`delete
+// flowtable` deletes the whole flowtable; `diff` recreates it in the same transaction).
+
+import { type Change, diff, type Op } from './diff.ts';
+import {
+  type BaseChain,
+  type Chain,
+  canonicalAddress,
+  type Element,
+  elementKey,
+  FAMILIES,
+  type Family,
+  FLOWTABLE_NAME,
+  FLOWTABLE_PRIORITY,
+  MAP_NAMES,
+  type RuleSpec,
+  type Ruleset,
+  TABLE_FAMILY,
+  TABLE_NAME,
+  thresholdChainName,
+  thresholdsOf,
+} from './ruleset.ts';
+
+export interface NftCommands {
+  nftables: Record<string, unknown>[];
+}
+
+const KEY_TYPES: Readonly<Record<Family, string[]>> = {
+  ip: ['ipv4_addr', 'inet_proto', 'inet_service'],
+  ip6: ['ipv6_addr', 'inet_proto', 'inet_service'],
+};
+
+const PROTOCOL_NAMES: Readonly<Record<number, string>> = { 6: 'tcp', 17: 'udp' };
+/** Names the kernel listing may print for inet_proto values (protocols Slipstream itself writes are tcp and udp). */
+const PROTOCOL_NUMBERS: Readonly<Record<string, number>> = {
+  tcp: 6,
+  udp: 17,
+  icmp: 1,
+  'ipv6-icmp': 58,
+  sctp: 132,
+  dccp: 33,
+  udplite: 136,
+  gre: 47,
+  esp: 50,
+  ah: 51,
+};
+
+function protocolValue(protocol: number): string | number {
+  return PROTOCOL_NAMES[protocol] ?? protocol;
+}
+
+const base = { family: TABLE_FAMILY, table: TABLE_NAME };
+
+function elementJson(e: Element): [unknown, unknown] {
+  const key = { concat: [e.address, protocolValue(e.protocol), e.port] };
+  if (e.threshold === null) throw new Error(`element ${elementKey(e)} has no verdict to write`);
+  return [key, { jump: { target: thresholdChainName(e.threshold) } }];
+}
+
+function elementKeyJson(e: Element): unknown {
+  return { concat: [e.address, protocolValue(e.protocol), e.port] };
+}
+
+/** The expressions of a rule Slipstream writes. */
+export function ruleExpr(rule: RuleSpec, flowtable: string | null): unknown[] {
+  switch (rule.kind) {
+    case 'dispatch':
+      return [
+        { match: { op: '==', left: { meta: { key: 'l4proto' } }, right: rule.protocol } },
+        {
+          vmap: {
+            key: {
+              concat: [
+                { ct: { key: `${rule.family} daddr`, dir: 'original' } },
+                { ct: { key: 'protocol' } },
+                { ct: { key: 'proto-dst', dir: 'original' } },
+              ],
+            },
+            data: `@${MAP_NAMES[rule.family]}`,
+          },
+        },
+      ];
+    case 'threshold': {
+      const expr: unknown[] = [
+        { match: { op: '>', left: { ct: { key: 'packets' } }, right: rule.threshold } },
+        { counter: null },
+      ];
+      if (rule.offload) {
+        if (!flowtable) throw new Error('a threshold rule that offloads needs a flowtable');
+        expr.push({ flow: { op: 'add', flowtable: `@${flowtable}` } });
+      }
+      return expr;
+    }
+    case 'foreign':
+      throw new Error('foreign rules are never written');
+  }
+}
+
+function baseChainJson(b: BaseChain | null): Record<string, unknown> {
+  return b ? { type: b.type, hook: b.hook, prio: b.priority, policy: b.policy } : {};
+}
+
+function opJson(op: Op): Record<string, unknown> {
+  switch (op.op) {
+    case 'delete-table':
+      return { delete: { table: { family: TABLE_FAMILY, name: TABLE_NAME } } };
+    case 'add-table':
+      return { add: { table: { family: TABLE_FAMILY, name: TABLE_NAME } } };
+    case 'flush-chain':
+      return { flush: { chain: { ...base, name: op.chain } } };
+    case 'delete-flowtable':
+      return { delete: { flowtable: { ...base, name: op.name } } };
+    case 'add-flowtable':
+      return {
+        add: {
+          flowtable: { ...base, name: op.name, hook: 'ingress', prio: FLOWTABLE_PRIORITY, dev: op.devices },
+        },
+      };
+    case 'add-map':
+      return {
+        add: { map: { ...base, name: MAP_NAMES[op.family], type: KEY_TYPES[op.family], map: 'verdict' } },
+      };
+    case 'add-chain':
+      return { add: { chain: { ...base, name: op.chain, ...baseChainJson(op.base) } } };
+    case 'delete-elements':
+      return {
+        delete: { element: { ...base, name: MAP_NAMES[op.family], elem: op.elements.map(elementKeyJson) } },
+      };
+    case 'add-elements':
+      return {
+        add: { element: { ...base, name: MAP_NAMES[op.family], elem: op.elements.map(elementJson) } },
+      };
+    case 'add-rule':
+      return { add: { rule: { ...base, chain: op.chain, expr: ruleExpr(op.rule, op.flowtable) } } };
+    case 'delete-chain':
+      return { delete: { chain: { ...base, name: op.chain } } };
+  }
+}
+
+/** The libnftables JSON command object for a Change: one run of it is one transaction. */
+export function changeToCommands(change: Change): NftCommands {
+  return { nftables: change.ops.map(opJson) };
+}
+
+/** The commands that create a whole ruleset in a namespace without the table. */
+export function rulesetToCommands(ruleset: Ruleset): NftCommands {
+  return changeToCommands(diff(null, ruleset));
+}
+
+/** `list table inet slipstream` as a command object. */
+export function listTableCommand(): NftCommands {
+  return { nftables: [{ list: { table: { family: TABLE_FAMILY, name: TABLE_NAME } } }] };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing the kernel's listing
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Canonical JSON (sorted keys, counter values dropped) for comparing and reporting foreign rules. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (isObject(v)) {
+    const keys = Object.keys(v).sort();
+    return `{${keys
+      .map((k) => {
+        const value = k === 'counter' && (v[k] === null || isObject(v[k])) ? null : v[k];
+        return `${JSON.stringify(k)}:${canonicalJson(value)}`;
+      })
+      .join(',')}}`;
+  }
+  return JSON.stringify(v) ?? 'null';
+}
+
+function ctKey(v: unknown, key: string, dir: 'original' | null): boolean {
+  if (!isObject(v) || !isObject(v.ct)) return false;
+  const ct = v.ct;
+  if (ct.key !== key) return false;
+  if (dir === null) return ct.dir === undefined || ct.dir === 'original';
+  return ct.dir === dir;
+}
+
+/** Recognizes the rules Slipstream writes; anything else is `foreign`. */
+export function parseRule(expr: unknown, flowtable: string | null): RuleSpec {
+  const foreign: RuleSpec = { kind: 'foreign', text: canonicalJson(expr) };
+  if (!Array.isArray(expr)) return foreign;
+  const [first, second, third, ...rest] = expr as unknown[];
+  if (rest.length > 0 || !isObject(first) || !isObject(first.match)) return foreign;
+  const match = first.match;
+
+  // dispatch
+  if (
+    expr.length === 2 &&
+    match.op === '==' &&
+    isObject(match.left) &&
+    isObject(match.left.meta) &&
+    match.left.meta.key === 'l4proto' &&
+    (match.right === 'tcp' || match.right === 'udp') &&
+    isObject(second) &&
+    isObject(second.vmap)
+  ) {
+    const vmap = second.vmap;
+    const concat = isObject(vmap.key) ? vmap.key.concat : undefined;
+    if (!Array.isArray(concat) || concat.length !== 3) return foreign;
+    for (const family of FAMILIES) {
+      if (
+        ctKey(concat[0], `${family} daddr`, 'original') &&
+        ctKey(concat[1], 'protocol', null) &&
+        ctKey(concat[2], 'proto-dst', 'original') &&
+        vmap.data === `@${MAP_NAMES[family]}`
+      ) {
+        return { kind: 'dispatch', family, protocol: match.right };
+      }
+    }
+    return foreign;
+  }
+
+  // threshold
+  if (
+    match.op === '>' &&
+    isObject(match.left) &&
+    isObject(match.left.ct) &&
+    match.left.ct.key === 'packets' &&
+    match.left.ct.dir === undefined &&
+    typeof match.right === 'number' &&
+    Number.isInteger(match.right) &&
+    match.right >= 0 &&
+    isObject(second) &&
+    'counter' in second &&
+    Object.keys(second).length === 1
+  ) {
+    if (third === undefined) return { kind: 'threshold', threshold: match.right, offload: false };
+    if (
+      isObject(third) &&
+      isObject(third.flow) &&
+      third.flow.op === 'add' &&
+      flowtable !== null &&
+      (third.flow.flowtable === `@${flowtable}` || third.flow.flowtable === flowtable)
+    ) {
+      return { kind: 'threshold', threshold: match.right, offload: true };
+    }
+  }
+  return foreign;
+}
+
+function parseElement(family: Family, raw: unknown): Element | string {
+  let entry = raw;
+  // `{"elem": {"val": ..., "counter": ...}}` wraps elements that carry extra data.
+  if (Array.isArray(entry) && entry.length === 2) {
+    let [key, verdict] = entry as [unknown, unknown];
+    if (isObject(key) && isObject(key.elem)) key = key.elem.val;
+    const concat = isObject(key) ? key.concat : undefined;
+    if (Array.isArray(concat) && concat.length === 3) {
+      const [addr, proto, port] = concat as [unknown, unknown, unknown];
+      const parsed = typeof addr === 'string' ? canonicalAddress(addr) : null;
+      const protocol =
+        typeof proto === 'number' ? proto : typeof proto === 'string' ? PROTOCOL_NUMBERS[proto] : undefined;
+      if (
+        parsed?.ok &&
+        parsed.family === family &&
+        protocol !== undefined &&
+        typeof port === 'number' &&
+        Number.isInteger(port)
+      ) {
+        let threshold: number | null = null;
+        if (isObject(verdict) && isObject(verdict.jump) && typeof verdict.jump.target === 'string') {
+          const m = /^threshold-(0|[1-9][0-9]{0,6})$/.exec(verdict.jump.target);
+          if (m) threshold = Number(m[1]);
+        }
+        return { family, address: parsed.address, protocol, port, threshold };
+      }
+    }
+    entry = raw;
+  }
+  return `element ${canonicalJson(entry).slice(0, 200)} in ${MAP_NAMES[family]}`;
+}
+
+function listItems(output: unknown): Json[] {
+  if (!isObject(output) || !Array.isArray(output.nftables)) return [];
+  return output.nftables.filter(isObject);
+}
+
+function sameTable(o: Json): boolean {
+  return o.family === TABLE_FAMILY && o.table === TABLE_NAME;
+}
+
+function devicesOf(dev: unknown): string[] {
+  if (typeof dev === 'string') return [dev];
+  if (Array.isArray(dev)) return dev.filter((d): d is string => typeof d === 'string');
+  return [];
+}
+
+/**
+ * Parses the JSON output of `list table inet slipstream` into a Ruleset (with empty
+ * bookkeeping), or null when the output holds no such table. Everything Slipstream does not
+ * write is reported in `foreign` (or, for rules and chains, as foreign rules and extra chains),
+ * so that `diff` repairs or rebuilds it.
+ */
+export function parseTable(output: unknown): Ruleset | null {
+  const items = listItems(output);
+  const table = items.find(
+    (i) => isObject(i.table) && i.table.family === TABLE_FAMILY && i.table.name === TABLE_NAME,
+  );
+  if (!table) return null;
+
+  const ruleset: Ruleset = {
+    family: 'inet',
+    table: TABLE_NAME,
+    flowtable: null,
+    maps: [],
+    chains: new Map(),
+    elements: new Map(),
+    thresholds: [],
+    foreign: [],
+    services: new Map(),
+    owners: new Map(),
+  };
+  const rules: { chain: string; expr: unknown }[] = [];
+
+  for (const item of items) {
+    const [kind] = Object.keys(item);
+    const body = kind === undefined ? undefined : item[kind];
+    if (kind === 'metainfo' || kind === 'table' || !isObject(body)) continue;
+    if (!sameTable(body)) continue;
+    const name = typeof body.name === 'string' ? body.name : '?';
+    switch (kind) {
+      case 'flowtable': {
+        if (name === FLOWTABLE_NAME && body.hook === 'ingress' && body.prio === FLOWTABLE_PRIORITY) {
+          ruleset.flowtable = { name, devices: [...new Set(devicesOf(body.dev))].sort() };
+        } else {
+          ruleset.foreign.push(`flowtable ${name}`);
+        }
+        break;
+      }
+      case 'map': {
+        const family = FAMILIES.find((f) => MAP_NAMES[f] === name);
+        const typeOk =
+          family !== undefined &&
+          Array.isArray(body.type) &&
+          canonicalJson(body.type) === canonicalJson(KEY_TYPES[family]) &&
+          body.map === 'verdict' &&
+          body.flags === undefined;
+        if (!family || !typeOk) {
+          ruleset.foreign.push(`map ${name}`);
+          break;
+        }
+        ruleset.maps.push(family);
+        const elems = Array.isArray(body.elem) ? body.elem : [];
+        for (const raw of elems) {
+          const e = parseElement(family, raw);
+          if (typeof e === 'string') ruleset.foreign.push(e);
+          else ruleset.elements.set(elementKey(e), e);
+        }
+        break;
+      }
+      case 'chain': {
+        const chainBase: BaseChain | null =
+          typeof body.hook === 'string'
+            ? {
+                type: String(body.type),
+                hook: body.hook,
+                priority: typeof body.prio === 'number' ? body.prio : Number.NaN,
+                policy: typeof body.policy === 'string' ? body.policy : 'accept',
+              }
+            : null;
+        const chain: Chain = { name, base: chainBase, rules: [] };
+        ruleset.chains.set(name, chain);
+        break;
+      }
+      case 'rule': {
+        if (typeof body.chain === 'string') rules.push({ chain: body.chain, expr: body.expr });
+        break;
+      }
+      default:
+        ruleset.foreign.push(`${kind} ${name}`);
+    }
+  }
+  const flowtable = ruleset.flowtable?.name ?? null;
+  for (const { chain, expr } of rules) {
+    ruleset.chains.get(chain)?.rules.push(parseRule(expr, flowtable));
+  }
+  ruleset.maps.sort((a, b) => FAMILIES.indexOf(a) - FAMILIES.indexOf(b));
+  ruleset.thresholds = thresholdsOf(ruleset.chains);
+  return ruleset;
+}
+
+/** Parses the JSON output of `list flowtable inet slipstream ft`: its devices, or null. */
+export function parseFlowtable(output: unknown): string[] | null {
+  for (const item of listItems(output)) {
+    const body = item.flowtable;
+    if (isObject(body) && sameTable(body) && body.name === FLOWTABLE_NAME) {
+      return [...new Set(devicesOf(body.dev))].sort();
+    }
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Human-readable nft text (for `status`, logs and the MemoryKernel dump; never fed to nft)
+
+function ruleText(rule: RuleSpec, flowtable: string | null): string {
+  switch (rule.kind) {
+    case 'dispatch':
+      return `meta l4proto ${rule.protocol} ct original ${rule.family} daddr . ct protocol . ct original proto-dst vmap @${MAP_NAMES[rule.family]}`;
+    case 'threshold':
+      return `ct packets > ${rule.threshold} counter${rule.offload ? ` flow add @${flowtable ?? FLOWTABLE_NAME}` : ''}`;
+    case 'foreign':
+      return `# foreign: ${rule.text}`;
+  }
+}
+
+function elementText(e: Element): string {
+  const verdict = e.threshold === null ? '# unknown verdict' : `jump ${thresholdChainName(e.threshold)}`;
+  return `${e.address} . ${PROTOCOL_NAMES[e.protocol] ?? e.protocol} . ${e.port} : ${verdict}`;
+}
+
+/** The ruleset in nft's text syntax, elements sorted (like `nft list table inet slipstream`). */
+export function formatRuleset(ruleset: Ruleset): string {
+  const lines = [`table ${ruleset.family} ${ruleset.table} {`];
+  if (ruleset.flowtable) {
+    const devs = ruleset.flowtable.devices;
+    lines.push(`\tflowtable ${ruleset.flowtable.name} {`, '\t\thook ingress priority filter');
+    if (devs.length > 0) lines.push(`\t\tdevices = { ${devs.join(', ')} }`);
+    lines.push('\t}', '');
+  }
+  const all = [...ruleset.elements.values()].sort((a, b) =>
+    elementKey(a) < elementKey(b) ? -1 : elementKey(a) > elementKey(b) ? 1 : 0,
+  );
+  for (const family of ruleset.maps) {
+    lines.push(`\tmap ${MAP_NAMES[family]} {`, `\t\ttype ${KEY_TYPES[family].join(' . ')} : verdict`);
+    const elems = all.filter((e) => e.family === family).map(elementText);
+    if (elems.length > 0) lines.push(`\t\telements = { ${elems.join(',\n\t\t\t     ')} }`);
+    lines.push('\t}', '');
+  }
+  const flowtable = ruleset.flowtable?.name ?? null;
+  for (const chain of ruleset.chains.values()) {
+    lines.push(`\tchain ${chain.name} {`);
+    if (chain.base) {
+      const prio = chain.base.priority === 0 ? 'filter' : `filter + ${chain.base.priority}`;
+      lines.push(
+        `\t\ttype ${chain.base.type} hook ${chain.base.hook} priority ${prio}; policy ${chain.base.policy};`,
+      );
+    }
+    for (const rule of chain.rules) lines.push(`\t\t${ruleText(rule, flowtable)}`);
+    lines.push('\t}', '');
+  }
+  if (lines[lines.length - 1] === '') lines.pop();
+  lines.push('}');
+  return lines.join('\n');
+}
+
+/** A short description of a Change for logs: counts, not contents. */
+export function describeChange(change: Change): string {
+  const s = change.summary;
+  const parts: string[] = [];
+  if (s.rebuild) parts.push('rebuild table');
+  if (s.tableCreated) parts.push('create table');
+  if (s.elementsAdded) parts.push(`+${s.elementsAdded} elements`);
+  if (s.elementsRemoved) parts.push(`-${s.elementsRemoved} elements`);
+  if (s.chainsAdded.length) parts.push(`+chains ${s.chainsAdded.join(',')}`);
+  if (s.chainsRemoved.length) parts.push(`-chains ${s.chainsRemoved.join(',')}`);
+  if (s.chainsRewritten.length) parts.push(`rewrite ${s.chainsRewritten.join(',')}`);
+  if (s.devicesAdded.length) parts.push(`+devices ${s.devicesAdded.join(',')}`);
+  if (s.devicesRemoved.length) parts.push(`-devices ${s.devicesRemoved.join(',')}`);
+  return parts.join('; ') || 'no change';
+}

@@ -1,0 +1,202 @@
+import { describe, expect, it } from 'vitest';
+import { loadScenario, scenarioInput, scenarioNames } from '../../test/fixtures/services/load.ts';
+import { loadDefaultPolicy } from './policy.ts';
+import {
+  canonicalAddress,
+  desiredRuleset,
+  elementKey,
+  newContributionCache,
+  parseThresholdChainName,
+  type Ruleset,
+  validDeviceName,
+} from './ruleset.ts';
+import { readService } from './service.ts';
+
+function elementLines(r: Ruleset): string[] {
+  return [...r.elements.values()].map((e) => `${elementKey(e)} -> ${e.threshold}`).sort();
+}
+
+describe('desiredRuleset on the Service fixtures', () => {
+  it.each(scenarioNames())('%s', (name) => {
+    const s = loadScenario(name);
+    const r = desiredRuleset(scenarioInput(s));
+    expect(elementLines(r)).toEqual([...s.expect.elements].sort());
+    expect(r.thresholds).toEqual(s.expect.thresholds);
+    expect([...r.chains.keys()].sort()).toEqual(
+      ['forward', ...s.expect.thresholds.map((t) => `threshold-${t}`)].sort(),
+    );
+    for (const [key, source] of Object.entries(s.expect.decisions ?? {})) {
+      expect(r.services.get(key)?.decision.source, key).toBe(source);
+    }
+    for (const [key, count] of Object.entries(s.expect.skipped ?? {})) {
+      expect(r.services.get(key)?.skipped, key).toHaveLength(count);
+    }
+    // Bookkeeping: every element has exactly one owner, listed in that Service's entry.
+    for (const key of r.elements.keys()) {
+      const owner = r.owners.get(key);
+      expect(owner).toBeDefined();
+      expect(r.services.get(owner!)?.elements).toContain(key);
+    }
+    expect(r.foreign).toEqual([]);
+  });
+
+  it('builds the flowtable from the devices, and threshold chains that offload', () => {
+    const r = desiredRuleset(scenarioInput(loadScenario('dual-stack')));
+    expect(r.flowtable).toEqual({ name: 'ft', devices: ['eth0', 'eth1'] });
+    expect(r.maps).toEqual(['ip', 'ip6']);
+    expect(r.chains.get('threshold-20')).toEqual({
+      name: 'threshold-20',
+      base: null,
+      rules: [{ kind: 'threshold', threshold: 20, offload: true }],
+    });
+    expect(r.chains.get('forward')?.base).toEqual({
+      type: 'filter',
+      hook: 'forward',
+      priority: 10,
+      policy: 'accept',
+    });
+    expect(r.chains.get('forward')?.rules).toEqual([
+      { kind: 'dispatch', family: 'ip', protocol: 'tcp' },
+      { kind: 'dispatch', family: 'ip', protocol: 'udp' },
+      { kind: 'dispatch', family: 'ip6', protocol: 'tcp' },
+      { kind: 'dispatch', family: 'ip6', protocol: 'udp' },
+    ]);
+  });
+
+  it('in degraded mode has no flowtable and threshold chains only count', () => {
+    const r = desiredRuleset(scenarioInput(loadScenario('dual-stack'), false));
+    expect(r.flowtable).toBeNull();
+    expect(r.chains.get('threshold-20')?.rules).toEqual([
+      { kind: 'threshold', threshold: 20, offload: false },
+    ]);
+    expect(r.elements.size).toBe(4);
+  });
+
+  it('records why ClusterIPs were skipped, never throwing', () => {
+    const r = desiredRuleset(scenarioInput(loadScenario('invalid-clusterip')));
+    const entry = r.services.get('odd/db')!;
+    expect(entry.skipped.map((s) => s.what)).toEqual([
+      'ClusterIP "10.96.5.300"',
+      'ClusterIP "fe80::1%eth0"',
+      'ClusterIP "10.96.5.1; flush ruleset"',
+    ]);
+    expect(entry.elements).toEqual(['ip 10.96.5.1 6 5432']);
+  });
+
+  it('is deterministic when two Services claim one element, whatever the input order', () => {
+    const s = loadScenario('conflict');
+    const a = desiredRuleset(scenarioInput(s));
+    const b = desiredRuleset({ ...scenarioInput(s), services: [...s.services].reverse() });
+    expect(elementLines(a)).toEqual(elementLines(b));
+    expect(a.owners.get('ip 10.96.6.1 6 5432')).toBe('a/first');
+    expect(a.services.get('b/second')?.skipped[0]?.reason).toBe('already programmed for Service a/first');
+  });
+
+  it('keeps the trace annotation of a Service for span links', () => {
+    const s = loadScenario('invalid-hints');
+    const r = desiredRuleset(scenarioInput(s));
+    expect(r.services.get('app/cache')?.trace).toBe('not-a-traceparent');
+  });
+
+  it('drops device names that cannot be interface names and sorts the rest', () => {
+    const r = desiredRuleset({
+      ...scenarioInput(loadScenario('sctp')),
+      devices: ['veth1', 'eth0', 'a b', 'x/y', 'eth0'],
+    });
+    expect(r.flowtable?.devices).toEqual(['eth0', 'veth1']);
+  });
+
+  it('programs nothing for a Service without offloaded ports or without a ClusterIP', () => {
+    const svc = (spec: Record<string, unknown>) => {
+      const read = readService({ metadata: { name: 'x', namespace: 'n' }, spec });
+      if (!read.ok) throw new Error(read.error);
+      return read.value;
+    };
+    const r = desiredRuleset({
+      services: [
+        svc({ clusterIP: 'None', ports: [{ port: 5432 }] }),
+        svc({ clusterIP: '10.96.9.9', ports: [{ port: 53, protocol: 'UDP' }] }),
+      ],
+      namespaces: new Map(),
+      devices: [],
+      capabilities: { flowtable: true },
+      policy: loadDefaultPolicy(),
+    });
+    expect(r.elements.size).toBe(0);
+    expect(r.thresholds).toEqual([]);
+    expect([...r.chains.keys()]).toEqual(['forward']);
+  });
+});
+
+describe('the contribution cache', () => {
+  it('gives the same ruleset as no cache, and recomputes only replaced objects', () => {
+    const s = loadScenario('namespace-opt-out');
+    const input = scenarioInput(s);
+    const cache = newContributionCache();
+    const plain = desiredRuleset(input);
+    expect(desiredRuleset(input, cache)).toEqual(plain);
+    expect(desiredRuleset(input, cache)).toEqual(plain);
+    // A replaced Namespace object (the label changed) is noticed although the Service objects are the same.
+    const namespaces = new Map(s.namespaces);
+    namespaces.set('loud', { name: 'loud', labels: { 'slipstream.dev/acceleration': 'disabled' } });
+    const optedOut = desiredRuleset({ ...input, namespaces }, cache);
+    expect(optedOut.elements.size).toBe(0);
+    expect(optedOut).toEqual(desiredRuleset({ ...input, namespaces }));
+    // A replaced Service object is recomputed.
+    const services = input.services as typeof s.services;
+    const changed = services.map((x) => (x.namespace === 'loud' ? { ...x, clusterIPs: ['10.96.3.9'] } : x));
+    expect(elementLines(desiredRuleset({ ...input, services: changed }, cache))).toEqual([
+      'ip 10.96.3.9 6 5432 -> 20',
+    ]);
+  });
+});
+
+describe('canonicalAddress', () => {
+  it.each([
+    ['10.96.0.1', 'ip', '10.96.0.1'],
+    ['FD00:0:0:0:0:0:0:A', 'ip6', 'fd00::a'],
+    ['fd00:0000:0000:0000:0000:0000:0000:000a', 'ip6', 'fd00::a'],
+    ['2001:db8:0:0:1:0:0:1', 'ip6', '2001:db8::1:0:0:1'],
+    ['2001:db8:0:1:0:0:0:1', 'ip6', '2001:db8:0:1::1'],
+    ['2001:0:0:1:0:0:0:0', 'ip6', '2001:0:0:1::'],
+    ['::', 'ip6', '::'],
+    ['::1', 'ip6', '::1'],
+    ['::ffff:10.1.2.3', 'ip6', '::ffff:10.1.2.3'],
+    ['::FFFF:0A01:0203', 'ip6', '::ffff:10.1.2.3'],
+    ['2001:db8:1:2:3:4:5:6', 'ip6', '2001:db8:1:2:3:4:5:6'],
+    ['2001:db8::0:1', 'ip6', '2001:db8::1'],
+    ['1:0:2:3:4:5:6:7', 'ip6', '1:0:2:3:4:5:6:7'],
+  ])('%s → %s %s', (raw, family, address) => {
+    expect(canonicalAddress(raw)).toEqual({ ok: true, family, address });
+  });
+
+  it.each([
+    '10.96.0.300',
+    '010.1.1.1',
+    ' 10.0.0.1',
+    'fe80::1%eth0',
+    '',
+    'None',
+    '1.2.3.4/32',
+    '::ffff:1.2.3',
+  ])('rejects %j', (raw) => {
+    expect(canonicalAddress(raw).ok).toBe(false);
+  });
+});
+
+describe('names', () => {
+  it('parses only canonical threshold chain names', () => {
+    expect(parseThresholdChainName('threshold-20')).toBe(20);
+    expect(parseThresholdChainName('threshold-0')).toBe(0);
+    expect(parseThresholdChainName('threshold-020')).toBeNull();
+    expect(parseThresholdChainName('threshold-x')).toBeNull();
+  });
+
+  it('validates device names', () => {
+    expect(validDeviceName('eth0')).toBe(true);
+    expect(validDeviceName('veth1234567890a')).toBe(true);
+    expect(validDeviceName('veth1234567890ab')).toBe(false);
+    expect(validDeviceName('a:b')).toBe(false);
+    expect(validDeviceName('..')).toBe(false);
+  });
+});

@@ -1,0 +1,479 @@
+// The desired state of Slipstream's own nftables table, computed from Services, as typed
+// plain data. Pure: no I/O, no nft syntax. Everything that reaches the kernel later is built
+// from the typed values here (validated addresses, port numbers, protocol numbers), never from
+// annotation text. `nft-json.ts` turns a Ruleset (or a Change from `diff.ts`) into libnftables
+// JSON and parses the kernel's listing back into a Ruleset.
+//
+//   table inet slipstream {
+//     flowtable ft { hook ingress priority filter; devices = { <UP non-loopback links> }; }
+//     map svc4 { type ipv4_addr . inet_proto . inet_service : verdict; }
+//     map svc6 { type ipv6_addr . inet_proto . inet_service : verdict; }
+//     chain forward { type filter hook forward priority filter + 10; policy accept;
+//       meta l4proto tcp ct original ip daddr . ct protocol . ct original proto-dst vmap @svc4
+//       (the same for udp, and for ip6 with @svc6) }
+//     chain threshold-20 { ct packets > 20 counter flow add @ft }   # one per threshold in use
+//   }
+
+import { isIPv4, isIPv6 } from 'node:net';
+import { HINT_KEYS } from './contract.ts';
+import { type Decision, effectiveDecision } from './decide.ts';
+import type { Policy } from './policy.ts';
+import type { Namespace, Service } from './service.ts';
+
+export const TABLE_FAMILY = 'inet';
+export const TABLE_NAME = 'slipstream';
+export const FLOWTABLE_NAME = 'ft';
+export const FORWARD_CHAIN = 'forward';
+/** `priority filter + 10`: after the usual filter chains, so their drops still win. */
+export const FORWARD_PRIORITY = 10;
+/** Flowtable hook priority (`filter` = 0). */
+export const FLOWTABLE_PRIORITY = 0;
+
+export type Family = 'ip' | 'ip6';
+export const FAMILIES: readonly Family[] = ['ip', 'ip6'];
+export const MAP_NAMES: Readonly<Record<Family, string>> = { ip: 'svc4', ip6: 'svc6' };
+
+export type L4 = 'tcp' | 'udp';
+export const L4S: readonly L4[] = ['tcp', 'udp'];
+/** IANA protocol numbers: elements carry numbers, so a foreign element (e.g. sctp) is representable. */
+export const L4_NUMBER: Readonly<Record<L4, number>> = { tcp: 6, udp: 17 };
+
+export function thresholdChainName(threshold: number): string {
+  return `threshold-${threshold}`;
+}
+
+/** The threshold of a chain named `threshold-N` (canonical decimal), or null. */
+export function parseThresholdChainName(name: string): number | null {
+  const m = /^threshold-(0|[1-9][0-9]{0,6})$/.exec(name);
+  return m ? Number(m[1]) : null;
+}
+
+/** One map element: `address . protocol . port : jump threshold-N`. */
+export interface Element {
+  family: Family;
+  /** Canonical text form (IPv4 dotted quad; IPv6 compressed lowercase, as inet_ntop prints it). */
+  address: string;
+  /** IANA protocol number: 6 (tcp) or 17 (udp) for elements Slipstream writes. */
+  protocol: number;
+  port: number;
+  /** The `jump threshold-N` target; null for a verdict Slipstream does not write (found in the kernel). */
+  threshold: number | null;
+}
+
+/** The canonical identity of an element (its map key, without the verdict). */
+export function elementKey(e: Pick<Element, 'family' | 'address' | 'protocol' | 'port'>): string {
+  return `${e.family} ${e.address} ${e.protocol} ${e.port}`;
+}
+
+export type RuleSpec =
+  /** `meta l4proto P ct original <family> daddr . ct protocol . ct original proto-dst vmap @svcN` */
+  | { kind: 'dispatch'; family: Family; protocol: L4 }
+  /** `ct packets > N counter [flow add @ft]` (without `flow add` in degraded mode). */
+  | { kind: 'threshold'; threshold: number; offload: boolean }
+  /** Any other rule found in the kernel; `text` is a canonical rendering of its expressions. */
+  | { kind: 'foreign'; text: string };
+
+export function ruleKey(rule: RuleSpec): string {
+  switch (rule.kind) {
+    case 'dispatch':
+      return `dispatch ${rule.family} ${rule.protocol}`;
+    case 'threshold':
+      return `threshold ${rule.threshold}${rule.offload ? ' offload' : ''}`;
+    case 'foreign':
+      return `foreign ${rule.text}`;
+  }
+}
+
+export interface BaseChain {
+  type: string;
+  hook: string;
+  priority: number;
+  policy: string;
+}
+
+export interface Chain {
+  name: string;
+  /** Base chain definition, or null for a regular chain. */
+  base: BaseChain | null;
+  rules: RuleSpec[];
+}
+
+export function chainsEqual(a: Chain, b: Chain): boolean {
+  return baseEqual(a.base, b.base) && rulesEqual(a.rules, b.rules);
+}
+
+export function baseEqual(a: BaseChain | null, b: BaseChain | null): boolean {
+  if (a === null || b === null) return a === b;
+  return a.type === b.type && a.hook === b.hook && a.priority === b.priority && a.policy === b.policy;
+}
+
+export function rulesEqual(a: readonly RuleSpec[], b: readonly RuleSpec[]): boolean {
+  return a.length === b.length && a.every((rule, i) => ruleKey(rule) === ruleKey(b[i]!));
+}
+
+export const FORWARD_BASE: BaseChain = {
+  type: 'filter',
+  hook: 'forward',
+  priority: FORWARD_PRIORITY,
+  policy: 'accept',
+};
+
+/** Why a ClusterIP or port of a Service did not become an element. */
+export interface Skipped {
+  what: string;
+  reason: string;
+}
+
+/** Per-Service bookkeeping: what the Service asked for, what it got, and why. */
+export interface ServiceEntry {
+  /** `namespace/name` */
+  key: string;
+  namespace: string;
+  name: string;
+  uid?: string;
+  decision: Pick<Decision, 'offload' | 'threshold' | 'reason' | 'rule' | 'policy' | 'source'>;
+  /** Element keys this Service owns in the ruleset (sorted). */
+  elements: string[];
+  /** ClusterIPs or elements that were skipped (invalid address, owned by another Service). */
+  skipped: Skipped[];
+  /** The raw `hints.slipstream.dev/trace` annotation (validated only where it is used). */
+  trace?: string;
+}
+
+export interface Ruleset {
+  family: 'inet';
+  table: string;
+  /** The flowtable and its devices (sorted, unique); null in degraded mode (no flowtable support). */
+  flowtable: { name: string; devices: string[] } | null;
+  /** The verdict maps present (sorted: ip before ip6). */
+  maps: Family[];
+  /** Chains by name. */
+  chains: Map<string, Chain>;
+  /** Elements by `elementKey`. */
+  elements: Map<string, Element>;
+  /** The thresholds whose chains exist (sorted ascending). */
+  thresholds: number[];
+  /** Objects in the table that Slipstream does not write (found in the kernel); always empty when desired. */
+  foreign: string[];
+  /** Per-Service bookkeeping by `namespace/name`; empty for a ruleset read from the kernel. */
+  services: Map<string, ServiceEntry>;
+  /** Element key → the key of the Service that owns it; empty for a ruleset read from the kernel. */
+  owners: Map<string, string>;
+}
+
+export interface Capabilities {
+  /** Whether the kernel can create a flowtable (and `flow add` to it). */
+  flowtable: boolean;
+  /** Why not, when it cannot. */
+  reason?: string;
+}
+
+export interface DesiredInput {
+  services: Iterable<Service>;
+  namespaces: ReadonlyMap<string, Namespace>;
+  devices: Iterable<string>;
+  capabilities: Capabilities;
+  policy: Policy;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses
+
+/** RFC 5952 / inet_ntop text of 8 16-bit words (glibc's rules: IPv4-mapped/compatible tail in dotted form). */
+function formatIPv6(words: readonly number[]): string {
+  let bestBase = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (words[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && words[j] === 0) j++;
+    if (j - i > bestLen) {
+      bestBase = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  if (bestLen < 2) bestBase = -1;
+  const hex = (w: number) => w.toString(16);
+  const dotted = (hi: number, lo: number) => `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  let out = '';
+  for (let i = 0; i < 8; i++) {
+    if (bestBase !== -1 && i >= bestBase && i < bestBase + bestLen) {
+      if (i === bestBase) out += ':';
+      continue;
+    }
+    if (i !== 0) out += ':';
+    if (i === 6 && bestBase === 0 && (bestLen === 6 || (bestLen === 5 && words[5] === 0xffff))) {
+      out += dotted(words[6]!, words[7]!);
+      return out;
+    }
+    out += hex(words[i]!);
+  }
+  if (bestBase !== -1 && bestBase + bestLen === 8) out += ':';
+  return out;
+}
+
+function parseIPv6Words(text: string): number[] | null {
+  let head = text;
+  let v4: number[] = [];
+  const lastColon = text.lastIndexOf(':');
+  const tail = text.slice(lastColon + 1);
+  if (tail.includes('.')) {
+    if (!isIPv4(tail)) return null;
+    const o = tail.split('.').map(Number) as [number, number, number, number];
+    v4 = [(o[0] << 8) | o[1], (o[2] << 8) | o[3]];
+    head = `${text.slice(0, lastColon + 1)}0:0`;
+  }
+  const parseGroups = (part: string) => (part === '' ? [] : part.split(':'));
+  const halves = head.split('::');
+  if (halves.length > 2) return null;
+  const left = parseGroups(halves[0]!);
+  const right = halves.length === 2 ? parseGroups(halves[1]!) : [];
+  const fill = 8 - left.length - right.length;
+  if (halves.length === 2 ? fill < 1 : fill !== 0) return null;
+  const groups = [...left, ...Array<string>(halves.length === 2 ? fill : 0).fill('0'), ...right];
+  const words: number[] = [];
+  for (const g of groups) {
+    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
+    words.push(Number.parseInt(g, 16));
+  }
+  if (v4.length === 2) words.splice(6, 2, ...v4);
+  return words.length === 8 ? words : null;
+}
+
+export type AddressResult = { ok: true; family: Family; address: string } | { ok: false; reason: string };
+
+/**
+ * Validates a ClusterIP with node:net and returns its family and canonical text (IPv6 compressed
+ * and lowercased exactly as the kernel's listing prints it, so that keys compare as strings).
+ */
+export function canonicalAddress(raw: string): AddressResult {
+  if (isIPv4(raw)) {
+    return { ok: true, family: 'ip', address: raw.split('.').map(Number).join('.') };
+  }
+  if (isIPv6(raw)) {
+    if (raw.includes('%'))
+      return { ok: false, reason: 'an IPv6 address with a zone index is not a ClusterIP' };
+    const words = parseIPv6Words(raw);
+    if (!words) return { ok: false, reason: 'not an IPv6 address' };
+    return { ok: true, family: 'ip6', address: formatIPv6(words) };
+  }
+  return { ok: false, reason: 'not an IPv4 or IPv6 address' };
+}
+
+/** Accepts a device name only when it could be a Linux interface name (IFNAMSIZ, no '/', ':' or space). */
+export function validDeviceName(name: string): boolean {
+  return /^[^\s/:]{1,15}$/.test(name) && name !== '.' && name !== '..';
+}
+
+// ---------------------------------------------------------------------------------------------
+// The desired ruleset
+
+function dispatchRules(): RuleSpec[] {
+  const rules: RuleSpec[] = [];
+  for (const family of FAMILIES)
+    for (const protocol of L4S) rules.push({ kind: 'dispatch', family, protocol });
+  return rules;
+}
+
+export function forwardChain(): Chain {
+  return { name: FORWARD_CHAIN, base: { ...FORWARD_BASE }, rules: dispatchRules() };
+}
+
+export function thresholdChain(threshold: number, offload: boolean): Chain {
+  return {
+    name: thresholdChainName(threshold),
+    base: null,
+    rules: [{ kind: 'threshold', threshold, offload }],
+  };
+}
+
+export function serviceKey(s: Pick<Service, 'namespace' | 'name'>): string {
+  return `${s.namespace}/${s.name}`;
+}
+
+/** An empty ruleset skeleton (table, maps, forward chain) with the given flowtable devices. */
+export function emptyRuleset(flowtableDevices: string[] | null): Ruleset {
+  return {
+    family: 'inet',
+    table: TABLE_NAME,
+    flowtable: flowtableDevices
+      ? { name: FLOWTABLE_NAME, devices: normalizeDevices(flowtableDevices) }
+      : null,
+    maps: [...FAMILIES],
+    chains: new Map([[FORWARD_CHAIN, forwardChain()]]),
+    elements: new Map(),
+    thresholds: [],
+    foreign: [],
+    services: new Map(),
+    owners: new Map(),
+  };
+}
+
+export function normalizeDevices(devices: Iterable<string>): string[] {
+  return [...new Set(devices)].filter(validDeviceName).sort();
+}
+
+/** What one Service contributes before conflicts are resolved: depends only on the Service, its Namespace and the policy. */
+export interface Contribution {
+  key: string;
+  /** Sort key: `namespace/name`, then uid. */
+  order: string;
+  entry: Omit<ServiceEntry, 'elements' | 'skipped'>;
+  /** Skipped ClusterIPs (invalid addresses). */
+  skipped: Skipped[];
+  /** The elements the Service asks for, with their keys. */
+  candidates: { key: string; element: Element; what: string }[];
+}
+
+interface Memo {
+  namespace: Namespace | undefined;
+  policy: Policy;
+  contribution: Contribution;
+}
+
+/**
+ * Memoizes each Service's contribution by object identity (Services and Namespaces are
+ * replaced, never mutated, when they change): a sync over 50k Services then recomputes only the
+ * Services that changed. Pass the same cache to every `desiredRuleset` call.
+ */
+export type ContributionCache = WeakMap<Service, Memo>;
+
+export function newContributionCache(): ContributionCache {
+  return new WeakMap();
+}
+
+/** The decision, addresses and candidate elements of one Service. Pure. */
+export function contribution(
+  service: Service,
+  policy: Policy,
+  namespace: Namespace | undefined,
+): Contribution {
+  const key = serviceKey(service);
+  const decision = effectiveDecision(service, policy, namespace);
+  const entry: Contribution['entry'] = {
+    key,
+    namespace: service.namespace,
+    name: service.name,
+    ...(service.uid !== undefined ? { uid: service.uid } : {}),
+    decision: {
+      offload: decision.offload,
+      threshold: decision.threshold,
+      reason: decision.reason,
+      rule: decision.rule,
+      policy: decision.policy,
+      source: decision.source,
+    },
+  };
+  const trace = service.annotations[HINT_KEYS.trace];
+  if (trace !== undefined) entry.trace = trace;
+  const out: Contribution = {
+    key,
+    order: `${key}\n${service.uid ?? ''}`,
+    entry,
+    skipped: [],
+    candidates: [],
+  };
+  if (decision.offload.length === 0 || decision.threshold === null) return out;
+  const threshold = decision.threshold;
+
+  const addresses: { family: Family; address: string }[] = [];
+  for (const raw of service.clusterIPs) {
+    const parsed = canonicalAddress(raw);
+    if (!parsed.ok) {
+      out.skipped.push({ what: `ClusterIP ${JSON.stringify(raw.slice(0, 64))}`, reason: parsed.reason });
+      continue;
+    }
+    if (addresses.some((a) => a.address === parsed.address && a.family === parsed.family)) continue;
+    addresses.push({ family: parsed.family, address: parsed.address });
+  }
+  for (const { family, address } of addresses) {
+    for (const port of decision.offload) {
+      const protocol = port.protocol === 'TCP' ? L4_NUMBER.tcp : L4_NUMBER.udp;
+      const element: Element = { family, address, protocol, port: port.port, threshold };
+      out.candidates.push({
+        key: elementKey(element),
+        element,
+        what: `${address} ${port.port}/${port.protocol}`,
+      });
+    }
+  }
+  return out;
+}
+
+/**
+ * The ruleset Slipstream wants in the kernel. Deterministic: Services are processed in
+ * `namespace/name` (then uid) order, so if two Services claim the same ClusterIP, protocol and
+ * port (Kubernetes forbids sharing a ClusterIP, but inputs can be stale), the first one owns
+ * the element and the other records why it was skipped. Never throws on bad input: an invalid
+ * ClusterIP is skipped with a reason in the Service's entry.
+ */
+export function desiredRuleset(input: DesiredInput, cache?: ContributionCache): Ruleset {
+  const { capabilities, policy } = input;
+  const ruleset = emptyRuleset(capabilities.flowtable ? [...input.devices] : null);
+  const thresholds = new Set<number>();
+  const contributions: Contribution[] = [];
+  for (const service of input.services) {
+    const namespace = input.namespaces.get(service.namespace);
+    const memo = cache?.get(service);
+    if (memo && memo.namespace === namespace && memo.policy === policy) {
+      contributions.push(memo.contribution);
+      continue;
+    }
+    const c = contribution(service, policy, namespace);
+    cache?.set(service, { namespace, policy, contribution: c });
+    contributions.push(c);
+  }
+  contributions.sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
+
+  for (const c of contributions) {
+    // Two objects with one namespace/name (stale input): the first (by uid) wins.
+    if (ruleset.services.has(c.key)) continue;
+    const entry: ServiceEntry = { ...c.entry, elements: [], skipped: [...c.skipped] };
+    ruleset.services.set(c.key, entry);
+    for (const { key, element, what } of c.candidates) {
+      const owner = ruleset.owners.get(key);
+      if (owner !== undefined) {
+        entry.skipped.push({ what, reason: `already programmed for Service ${owner}` });
+        continue;
+      }
+      ruleset.elements.set(key, element);
+      ruleset.owners.set(key, c.key);
+      entry.elements.push(key);
+      if (element.threshold !== null) thresholds.add(element.threshold);
+    }
+    entry.elements.sort();
+  }
+
+  ruleset.thresholds = [...thresholds].sort((a, b) => a - b);
+  for (const t of ruleset.thresholds) {
+    const chain = thresholdChain(t, capabilities.flowtable);
+    ruleset.chains.set(chain.name, chain);
+  }
+  return ruleset;
+}
+
+/** The thresholds of a set of chains, from their names. */
+export function thresholdsOf(chains: ReadonlyMap<string, Chain>): number[] {
+  const out: number[] = [];
+  for (const name of chains.keys()) {
+    const t = parseThresholdChainName(name);
+    if (t !== null) out.push(t);
+  }
+  return out.sort((a, b) => a - b);
+}
+
+/** Elements grouped by family, in key order (deterministic output for serialization). */
+export function elementsByFamily(elements: Iterable<Element>): Record<Family, Element[]> {
+  const out: Record<Family, Element[]> = { ip: [], ip6: [] };
+  for (const e of elements) out[e.family].push(e);
+  for (const f of FAMILIES) out[f].sort((a, b) => compareKeys(elementKey(a), elementKey(b)));
+  return out;
+}
+
+function compareKeys(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
