@@ -73,7 +73,17 @@ describe('parsePorts', () => {
   });
 
   it('rejects a port the Service does not have, and hostile text', () => {
-    for (const raw of ['5433', 'mysql', '9000/SCTP', '5432/TCP/UDP', '', '5432,', '} flush ruleset', '0', '70000']) {
+    for (const raw of [
+      '5433',
+      'mysql',
+      '9000/SCTP',
+      '5432/TCP/UDP',
+      '',
+      '5432,',
+      '} flush ruleset',
+      '0',
+      '70000',
+    ]) {
       const parsed = parsePorts(raw, ports);
       expect(parsed.value, raw).toBeUndefined();
       expect(parsed.problems[0]!.key).toBe(USER_KEYS.ports);
@@ -109,9 +119,17 @@ describe('webhook hints', () => {
 
   it('reads valid hints that match the spec', () => {
     const parsed = parseWebhookHints(
-      service({ [HINT_KEYS.offload]: '5432/TCP', [HINT_KEYS.packetThreshold]: '20', [HINT_KEYS.policy]: 'p@1' }),
+      service({
+        [HINT_KEYS.offload]: '5432/TCP',
+        [HINT_KEYS.packetThreshold]: '20',
+        [HINT_KEYS.policy]: 'p@1',
+      }),
     );
-    expect(parsed.value).toMatchObject({ offload: [{ port: 5432, protocol: 'TCP' }], threshold: 20, policy: 'p@1' });
+    expect(parsed.value).toMatchObject({
+      offload: [{ port: 5432, protocol: 'TCP' }],
+      threshold: 20,
+      policy: 'p@1',
+    });
   });
 
   it.each([

@@ -25,7 +25,11 @@ describe('decide', () => {
   });
 
   it('never offloads SCTP', () => {
-    const d = decide(svc({ clusterIP: '10.96.0.5', ports: [{ port: 5432, protocol: 'SCTP' }] }), policy, undefined);
+    const d = decide(
+      svc({ clusterIP: '10.96.0.5', ports: [{ port: 5432, protocol: 'SCTP' }] }),
+      policy,
+      undefined,
+    );
     expect(d.offload).toEqual([]);
     expect(d.threshold).toBeNull();
     expect(d.reason).toContain('only TCP and UDP');
@@ -42,14 +46,20 @@ describe('decide', () => {
   });
 
   it('lets the user disable, enable, restrict and set the threshold', () => {
-    const dns = { clusterIP: '10.96.0.10', ports: [{ port: 53, protocol: 'UDP' }, { port: 53 }, { port: 9153 }] };
+    const dns = {
+      clusterIP: '10.96.0.10',
+      ports: [{ port: 53, protocol: 'UDP' }, { port: 53 }, { port: 9153 }],
+    };
     expect(decide(svc(postgres, { [USER_KEYS.acceleration]: 'disabled' }), policy).offload).toEqual([]);
     expect(decide(svc(dns, { [USER_KEYS.acceleration]: 'enabled' }), policy).offload).toEqual([
       { port: 53, protocol: 'TCP' },
       { port: 53, protocol: 'UDP' },
       { port: 9153, protocol: 'TCP' },
     ]);
-    const restricted = decide(svc(dns, { [USER_KEYS.acceleration]: 'enabled', [USER_KEYS.ports]: '53/UDP' }), policy);
+    const restricted = decide(
+      svc(dns, { [USER_KEYS.acceleration]: 'enabled', [USER_KEYS.ports]: '53/UDP' }),
+      policy,
+    );
     expect(restricted.offload).toEqual([{ port: 53, protocol: 'UDP' }]);
     // ports restricts; it does not force: without `enabled` the policy still keeps DNS.
     expect(decide(svc(dns, { [USER_KEYS.ports]: '53' }), policy).offload).toEqual([]);
@@ -59,7 +69,10 @@ describe('decide', () => {
   });
 
   it('ignores an invalid user value as if absent, with a warning naming the key', () => {
-    const d = decide(svc(postgres, { [USER_KEYS.packetThreshold]: 'abc', [USER_KEYS.acceleration]: 'maybe' }), policy);
+    const d = decide(
+      svc(postgres, { [USER_KEYS.packetThreshold]: 'abc', [USER_KEYS.acceleration]: 'maybe' }),
+      policy,
+    );
     expect(d.offload).toEqual([{ port: 5432, protocol: 'TCP' }]);
     expect(d.threshold).toBe(20);
     expect(d.warnings.map((w) => w.key).sort()).toEqual([USER_KEYS.acceleration, USER_KEYS.packetThreshold]);
@@ -141,7 +154,10 @@ describe('hintAnnotations', () => {
   });
 
   it('round-trips through the daemon’s parser', () => {
-    const s = svc({ clusterIP: '10.96.0.5', ports: [{ port: 9042 }, { port: 5432 }, { port: 443, protocol: 'UDP' }] });
+    const s = svc({
+      clusterIP: '10.96.0.5',
+      ports: [{ port: 9042 }, { port: 5432 }, { port: 443, protocol: 'UDP' }],
+    });
     const local = decide(s, policy);
     const hinted = svc(
       { clusterIP: '10.96.0.5', ports: [{ port: 9042 }, { port: 5432 }, { port: 443, protocol: 'UDP' }] },
@@ -151,5 +167,17 @@ describe('hintAnnotations', () => {
     expect(read.source).toBe('hints');
     expect(read.offload).toEqual(local.offload);
     expect(read.threshold).toBe(local.threshold);
+  });
+});
+
+describe('thresholds follow the deciding rule', () => {
+  it('takes an appProtocol or port-name rule’s threshold, not the default’s', () => {
+    const grpc = decide(
+      svc({ clusterIP: '10.96.0.5', ports: [{ port: 50051, appProtocol: 'grpc' }] }),
+      policy,
+    );
+    expect(grpc).toMatchObject({ rule: 'grpc-http2-app-protocol', threshold: 20 });
+    const http = decide(svc({ clusterIP: '10.96.0.5', ports: [{ port: 8080, name: 'http' }] }), policy);
+    expect(http).toMatchObject({ rule: 'http-tcp-port-name', threshold: 100 });
   });
 });

@@ -106,6 +106,8 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
     );
   }
 
+  // The threshold each offloaded port's rule asks for, by port key.
+  const ruleThresholds = new Map<string, number>();
   const ports: PortDecision[] = service.ports.map((p) => {
     const base = { port: p.port, protocol: p.protocol, ...(p.name ? { name: p.name } : {}) };
     if (p.protocol === 'SCTP') {
@@ -115,6 +117,7 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
       return { ...base, offload: false, rule: 'user:ports', reason: `not listed in ${USER_KEYS.ports}` };
     }
     if (user.acceleration === 'enabled') {
+      ruleThresholds.set(portKey(p), policy.defaultThreshold);
       return {
         ...base,
         offload: true,
@@ -123,6 +126,7 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
       };
     }
     const verdict = evaluatePort(policy, p);
+    ruleThresholds.set(portKey(p), verdict.threshold);
     return { ...base, offload: verdict.offload, rule: verdict.rule, reason: verdict.reason };
   });
 
@@ -138,9 +142,7 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
       threshold = user.threshold;
       thresholdWhy = `threshold ${threshold} from ${USER_KEYS.packetThreshold}`;
     } else {
-      const candidates = offloaded.map((p) =>
-        p.rule.startsWith('user:') ? policy.defaultThreshold : evaluatePort(policy, p).threshold,
-      );
+      const candidates = offloaded.map((p) => ruleThresholds.get(portKey(p)) ?? policy.defaultThreshold);
       threshold = Math.min(...candidates);
       thresholdWhy = `threshold ${threshold}`;
     }

@@ -30,18 +30,25 @@ describe('the default policy', () => {
   it('leaves DNS (any protocol) and datagram request/response traffic alone', () => {
     expect(verdict({ port: 53 })).toMatchObject({ offload: false, rule: 'dns' });
     expect(verdict({ port: 53, protocol: 'UDP' })).toMatchObject({ offload: false, rule: 'dns' });
-    expect(verdict({ port: 123, protocol: 'UDP' })).toMatchObject({ offload: false, rule: 'datagram-request-response' });
+    expect(verdict({ port: 123, protocol: 'UDP' })).toMatchObject({
+      offload: false,
+      rule: 'datagram-request-response',
+    });
   });
 
   it('offloads unknown TCP only after 100 packets, and leaves unknown UDP alone', () => {
     expect(verdict({ port: 31337 })).toMatchObject({ offload: true, threshold: 100, rule: 'default' });
     expect(verdict({ port: 31337, protocol: 'UDP' })).toMatchObject({ offload: false, rule: 'default' });
-    expect(verdict({ port: 8080, name: 'http-web' })).toMatchObject({ rule: 'http-tcp-port-name', threshold: 100 });
+    expect(verdict({ port: 8080, name: 'http-web' })).toMatchObject({
+      rule: 'http-tcp-port-name',
+      threshold: 100,
+    });
   });
 });
 
 describe('parsePolicy', () => {
-  const minimal = (rules: string) => `name: t\nversion: 2\ndefault: { offload: false, reason: r }\nrules:\n${rules}`;
+  const minimal = (rules: string) =>
+    `name: t\nversion: 2\ndefault: { offload: false, reason: r }\nrules:\n${rules}`;
 
   it('accepts JSON as well as YAML', () => {
     const p = parsePolicy(
@@ -52,8 +59,15 @@ describe('parsePolicy', () => {
         rules: [{ name: 'a', match: { ports: ['1000-2000'] }, offload: true, threshold: 7, reason: 'x' }],
       }),
     );
-    expect(evaluatePort(p, { port: 1500, protocol: 'TCP' })).toMatchObject({ offload: true, threshold: 7, rule: 'a' });
-    expect(evaluatePort(p, { port: 2001, protocol: 'TCP' })).toMatchObject({ offload: false, rule: 'default' });
+    expect(evaluatePort(p, { port: 1500, protocol: 'TCP' })).toMatchObject({
+      offload: true,
+      threshold: 7,
+      rule: 'a',
+    });
+    expect(evaluatePort(p, { port: 2001, protocol: 'TCP' })).toMatchObject({
+      offload: false,
+      rule: 'default',
+    });
   });
 
   it('lets the first matching rule decide', () => {
@@ -69,9 +83,17 @@ describe('parsePolicy', () => {
     ['missing rules', 'name: t\nversion: 1\ndefault: { offload: false, reason: r }'],
     ['unknown field', minimal('  - { name: a, match: { port: [80] }, offload: true, reason: x }')],
     ['empty match', minimal('  - { name: a, match: {}, offload: true, reason: x }')],
-    ['threshold too high', minimal('  - { name: a, match: { ports: [80] }, offload: true, threshold: 2000000, reason: x }')],
+    [
+      'threshold too high',
+      minimal('  - { name: a, match: { ports: [80] }, offload: true, threshold: 2000000, reason: x }'),
+    ],
     ['inverted range', minimal('  - { name: a, match: { ports: ["90-80"] }, offload: true, reason: x }')],
-    ['duplicate rule name', minimal('  - { name: a, match: { ports: [1] }, offload: true, reason: x }\n  - { name: a, match: { ports: [2] }, offload: true, reason: x }')],
+    [
+      'duplicate rule name',
+      minimal(
+        '  - { name: a, match: { ports: [1] }, offload: true, reason: x }\n  - { name: a, match: { ports: [2] }, offload: true, reason: x }',
+      ),
+    ],
     ['a list', '- 1\n- 2'],
   ])('refuses %s with a PolicyError', (_what, text) => {
     expect(() => parsePolicy(text, 'test.yaml')).toThrow(PolicyError);
