@@ -1,0 +1,120 @@
+// `npm run daemon -- [--services DIR | --kubeconfig F] [--once] [--resync-period D] [--cleanup] ...`
+// Parses the command line into typed options; no I/O here.
+
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+export const EXAMPLES_DIR = fileURLToPath(new URL('../../deploy/examples', import.meta.url));
+
+export const USAGE = `usage: npm run daemon -- [--services DIR | --kubeconfig FILE] [options]
+
+Where Services come from (one of):
+  --services DIR          Service and Namespace manifests (YAML/JSON, multi-document); followed for changes
+  --kubeconfig FILE       a cluster, through list/watch on Services and Namespaces
+                          neither: in-cluster when run in a Pod, else the shipped examples (deploy/examples)
+Options:
+  --once                  sync once and exit; non-zero when the sync fails
+  --cleanup               remove the inet slipstream table and exit
+  --policy FILE           policy (YAML/JSON; default: the shipped default); reloaded when it changes
+  --resync-period D       full resync that reads the table back and repairs drift (default 1h; 0 disables)
+  --min-sync-period D     coalesce changes: at most one sync per period (default 1s)
+  --netns NAME            program the named network namespace (/run/netns/NAME) instead of this one
+  --health-listen H:P     serve GET /healthz and /readyz over HTTP (e.g. 127.0.0.1:9469)
+Durations: 500ms, 30s, 5m, 1h.
+Tracing: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP), OTEL_TRACES_EXPORTER=none, OTEL_SERVICE_NAME, ...
+`;
+
+export type SourceOption = { kind: 'files'; dir: string } | { kind: 'kubernetes'; kubeconfig?: string };
+
+export interface DaemonOptions {
+  source: SourceOption;
+  once: boolean;
+  cleanup: boolean;
+  policy?: string;
+  resyncPeriodMs: number;
+  minSyncPeriodMs: number;
+  netns?: string;
+  healthListen?: { host: string; port: number };
+}
+
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+export function parseDuration(flag: string, value: string): number {
+  const match = /^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$/.exec(value.trim());
+  if (value.trim() === '0') return 0;
+  if (!match)
+    throw new UsageError(`${flag} ${JSON.stringify(value)} is not a duration like 500ms, 30s, 5m, 1h`);
+  return Math.round(Number(match[1]) * UNITS[match[2]!]!);
+}
+
+export function parseHostPort(flag: string, value: string): { host: string; port: number } {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):([0-9]{1,5})$/.exec(value);
+  const port = Number(match?.[3]);
+  if (!match || port > 65535) throw new UsageError(`${flag} ${JSON.stringify(value)} is not HOST:PORT`);
+  return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
+}
+
+/** Options, or `help`; throws UsageError for bad arguments. `env` decides the in-cluster default. */
+export function parseDaemonArgs(
+  argv: string[],
+  env: Record<string, string | undefined> = process.env,
+): DaemonOptions | 'help' {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        services: { type: 'string' },
+        kubeconfig: { type: 'string' },
+        once: { type: 'boolean' },
+        cleanup: { type: 'boolean' },
+        policy: { type: 'string' },
+        'resync-period': { type: 'string' },
+        'min-sync-period': { type: 'string' },
+        netns: { type: 'string' },
+        'health-listen': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if (values.help) return 'help';
+  const services = values.services as string | undefined;
+  const kubeconfig = values.kubeconfig as string | undefined;
+  if (services !== undefined && kubeconfig !== undefined) {
+    throw new UsageError('--services and --kubeconfig exclude each other: Services come from one place');
+  }
+  let source: SourceOption;
+  if (services !== undefined) source = { kind: 'files', dir: services };
+  else if (kubeconfig !== undefined) source = { kind: 'kubernetes', kubeconfig };
+  else if (env.KUBERNETES_SERVICE_HOST) source = { kind: 'kubernetes' };
+  else source = { kind: 'files', dir: EXAMPLES_DIR };
+
+  const netns = values.netns as string | undefined;
+  if (netns !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(netns)) {
+    throw new UsageError(`--netns ${JSON.stringify(netns)} is not a network namespace name`);
+  }
+  const options: DaemonOptions = {
+    source,
+    once: values.once === true,
+    cleanup: values.cleanup === true,
+    resyncPeriodMs: parseDuration('--resync-period', (values['resync-period'] as string | undefined) ?? '1h'),
+    minSyncPeriodMs: parseDuration(
+      '--min-sync-period',
+      (values['min-sync-period'] as string | undefined) ?? '1s',
+    ),
+  };
+  if (values.policy !== undefined) options.policy = values.policy as string;
+  if (netns !== undefined) options.netns = netns;
+  if (values['health-listen'] !== undefined) {
+    options.healthListen = parseHostPort('--health-listen', values['health-listen'] as string);
+  }
+  return options;
+}

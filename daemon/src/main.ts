@@ -1,0 +1,60 @@
+// Entry point of the node daemon. Tracing is registered before the rest is imported, so every
+// module that asks the OpenTelemetry API for a tracer gets the real one.
+import { enableCompileCache } from 'node:module';
+
+enableCompileCache();
+
+const { startTelemetry } = await import('@slipstream/shared/telemetry');
+const telemetry = await startTelemetry('slipstream-daemon');
+const { parseDaemonArgs, USAGE, UsageError } = await import('./cli.ts');
+const { cleanup, runOnce, startDaemon } = await import('./daemon.ts');
+const { stderrLogger: logger } = await import('./reconciler.ts');
+
+async function main(): Promise<number> {
+  let options: ReturnType<typeof parseDaemonArgs>;
+  try {
+    options = parseDaemonArgs(process.argv.slice(2));
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`slipstream daemon: ${error.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (options === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  logger.info('starting', {
+    source: options.source,
+    netns: options.netns ?? '(this one)',
+    traces: telemetry.exportTarget,
+  });
+  if (options.cleanup) {
+    const outcome = await cleanup(options.netns);
+    logger.info(
+      outcome === 'removed' ? 'table inet slipstream removed' : 'table inet slipstream was not there',
+    );
+    return 0;
+  }
+  if (options.once) return runOnce(options, { logger });
+
+  const daemon = await startDaemon(options, { logger });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      logger.info('stopping; the kernel rules stay in place', { signal });
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  await daemon.stop();
+  return 0;
+}
+
+try {
+  process.exitCode = await main();
+} catch (error) {
+  logger.error('fatal', { error: (error as Error).stack ?? String(error) });
+  process.exitCode = 1;
+} finally {
+  await telemetry.shutdown();
+}

@@ -1,0 +1,92 @@
+// `npm run status -- [--services DIR | --kubeconfig F] [--netns NAME] [--policy F] [--output table|json]`
+// Reads the same Services the daemon reads, computes what it would program, and compares with
+// this node's kernel and conntrack. Read-only: it never writes to the kernel.
+
+import { parseArgs } from 'node:util';
+import { effectiveDecision } from '@slipstream/shared/decide';
+import { watchPolicy } from '@slipstream/shared/policy-watch';
+import { desiredRuleset } from '@slipstream/shared/ruleset';
+import { EXAMPLES_DIR } from './cli.ts';
+import { NapiKernel } from './kernel.ts';
+import { FileSource } from './sources/files.ts';
+import { KubernetesSource } from './sources/kubernetes.ts';
+import type { ServiceSource } from './sources/source.ts';
+import { formatStatus, type NodeStatus, portStatuses, readConntrack } from './status.ts';
+
+const USAGE = `usage: npm run status -- [--services DIR | --kubeconfig FILE] [--netns NAME] [--policy FILE] [--output table|json]\n`;
+
+async function main(argv: string[]): Promise<number> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        services: { type: 'string' },
+        kubeconfig: { type: 'string' },
+        netns: { type: 'string' },
+        policy: { type: 'string' },
+        output: { type: 'string', short: 'o' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (error) {
+    process.stderr.write(`slipstream status: ${(error as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const output = (values.output as string | undefined) ?? 'table';
+  if (output !== 'table' && output !== 'json') {
+    process.stderr.write(`slipstream status: --output must be table or json\n${USAGE}`);
+    return 2;
+  }
+  const quiet = () => {};
+  const source: ServiceSource = values.kubeconfig
+    ? new KubernetesSource({ kubeconfig: values.kubeconfig as string, log: quiet })
+    : process.env.KUBERNETES_SERVICE_HOST && !values.services
+      ? new KubernetesSource({ log: quiet })
+      : new FileSource({
+          dir: (values.services as string | undefined) ?? EXAMPLES_DIR,
+          log: quiet,
+          rescanIntervalMs: 0,
+        });
+  const policyWatch = watchPolicy(values.policy as string | undefined, { pollMs: 0 });
+  const netns = values.netns as string | undefined;
+  const kernel = await NapiKernel.open(netns ? { netns } : {});
+  try {
+    await source.start();
+    const snapshot = source.snapshot();
+    await source.stop();
+    const policy = policyWatch.current();
+    const capabilities = await kernel.probe();
+    const current = await kernel.readTable();
+    const desired = desiredRuleset({
+      services: snapshot.services,
+      namespaces: snapshot.namespaces,
+      devices: [],
+      capabilities,
+      policy,
+    });
+    const offloaded = await readConntrack(netns);
+    const status: NodeStatus = {
+      degraded: !capabilities.flowtable,
+      ...(capabilities.reason ? { degradedReason: capabilities.reason } : {}),
+      tablePresent: current !== null,
+      ports: portStatuses(snapshot.services, desired, current, offloaded, (s) =>
+        effectiveDecision(s, policy, snapshot.namespaces.get(s.namespace)),
+      ),
+    };
+    process.stdout.write(
+      output === 'json' ? `${JSON.stringify(status, null, 2)}\n` : `${formatStatus(status)}\n`,
+    );
+    return 0;
+  } finally {
+    policyWatch.close();
+    kernel.close();
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

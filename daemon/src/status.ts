@@ -1,0 +1,184 @@
+// `slipstream status`: for every Service port, the decision, threshold and reason, whether this
+// node's kernel holds it, and how many of its connections are offloaded right now. The rows are
+// computed by a pure function from (desired ruleset, kernel ruleset, conntrack counts); reading
+// the kernel and conntrack happens at the edges (statusMain).
+
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import type { Decision } from '@slipstream/shared/decide';
+import { elementKey, type Ruleset } from '@slipstream/shared/ruleset';
+import type { Service } from '@slipstream/shared/service';
+
+const run = promisify(execFile);
+
+export interface PortStatus {
+  service: string;
+  port: string;
+  decision: 'offload' | 'keep';
+  threshold: number | null;
+  reason: string;
+  /** Every element of this port is in the kernel with the right threshold (null: nothing to program). */
+  inKernel: boolean | null;
+  /** Connections to this port's ClusterIPs that conntrack marks [OFFLOAD] now (null: unknown). */
+  offloaded: number | null;
+}
+
+export interface NodeStatus {
+  degraded: boolean;
+  degradedReason?: string;
+  tablePresent: boolean;
+  ports: PortStatus[];
+}
+
+const PROTO_NUMBER: Record<string, number> = { TCP: 6, UDP: 17 };
+
+/** Key under which conntrack counts are kept: `<address> <protocol number> <port>`. */
+export function flowKey(address: string, protocol: number, port: number): string {
+  return `${address} ${protocol} ${port}`;
+}
+
+/** Counts [OFFLOAD] entries by original destination, from `conntrack -L` text. */
+export function countOffloaded(conntrackText: string): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const line of conntrackText.split('\n')) {
+    if (!line.includes('[OFFLOAD]') && !line.includes('[HW_OFFLOAD]')) continue;
+    const proto = /^\s*\S+\s+(\d+)\s/.exec(line)?.[1];
+    const dst = /\bdst=(\S+)/.exec(line)?.[1];
+    const dport = /\bdport=(\d+)/.exec(line)?.[1];
+    if (!proto || !dst || !dport) continue;
+    const key = flowKey(dst, Number(proto), Number(dport));
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/** The rows, one per Service port, from what is wanted, what the kernel holds and conntrack. */
+export function portStatuses(
+  services: readonly Service[],
+  desired: Ruleset,
+  kernel: Ruleset | null,
+  offloaded: Map<string, number> | null,
+  /** The full decision (with per-port reasons); the ruleset keeps only the Service-level line. */
+  decisionOf: (service: Service) => Decision,
+): PortStatus[] {
+  const rows: PortStatus[] = [];
+  const sorted = [...services].sort((a, b) =>
+    `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`),
+  );
+  for (const service of sorted) {
+    const key = `${service.namespace}/${service.name}`;
+    const entry = desired.services.get(key);
+    if (!entry) continue;
+    const d = entry.decision;
+    const full = decisionOf(service);
+    const ports = service.ports.length > 0 ? service.ports : [];
+    if (ports.length === 0) {
+      rows.push({
+        service: key,
+        port: '-',
+        decision: 'keep',
+        threshold: null,
+        reason: d.reason,
+        inKernel: null,
+        offloaded: null,
+      });
+      continue;
+    }
+    for (const p of ports) {
+      const on = d.offload.some((o) => o.port === p.port && o.protocol === p.protocol);
+      const proto = PROTO_NUMBER[p.protocol];
+      const elements = entry.elements
+        .map((k) => desired.elements.get(k))
+        .filter((e) => e !== undefined && e.port === p.port && e.protocol === proto);
+      let inKernel: boolean | null = null;
+      let count: number | null = null;
+      if (on) {
+        inKernel =
+          kernel !== null &&
+          elements.length > 0 &&
+          elements.every((e) => kernel.elements.get(elementKey(e!))?.threshold === e!.threshold);
+        if (offloaded) {
+          count = elements.reduce(
+            (sum, e) => sum + (offloaded.get(flowKey(e!.address, e!.protocol, e!.port)) ?? 0),
+            0,
+          );
+        }
+      }
+      // Per-port reason when the decision was made per port; else the Service-level line.
+      const perPort = full.ports.find((x) => x.port === p.port && x.protocol === p.protocol);
+      const portReason =
+        perPort && (full.source === 'policy' || full.source === 'user' || full.source === 'hints')
+          ? `${perPort.rule}: ${perPort.reason}`
+          : d.reason;
+      rows.push({
+        service: key,
+        port: `${p.port}/${p.protocol}${p.name ? ` (${p.name})` : ''}`,
+        decision: on ? 'offload' : 'keep',
+        threshold: on ? d.threshold : null,
+        reason: portReason,
+        inKernel,
+        offloaded: count,
+      });
+    }
+  }
+  return rows;
+}
+
+/** Reads `conntrack -L` for both families (in a netns when given); null when conntrack cannot be read. */
+export async function readConntrack(netns?: string): Promise<Map<string, number> | null> {
+  const prefix = netns ? ['ip', 'netns', 'exec', netns] : [];
+  let text = '';
+  try {
+    for (const family of ['ipv4', 'ipv6']) {
+      const [cmd, ...args] = [...prefix, 'conntrack', '-L', '-f', family];
+      const { stdout } = await run(cmd!, args, { maxBuffer: 512 * 1024 * 1024 });
+      text += stdout;
+    }
+  } catch {
+    return null;
+  }
+  return countOffloaded(text);
+}
+
+function cell(value: string, width: number): string {
+  return value.length > width ? `${value.slice(0, width - 1)}…` : value.padEnd(width);
+}
+
+/** The table for people. */
+export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
+  const head = status.degraded
+    ? `node: DEGRADED (${status.degradedReason ?? 'no flowtable support'}): rules are kept, nothing is offloaded`
+    : 'node: flowtable offload available';
+  const lines = [
+    head,
+    status.tablePresent ? 'table inet slipstream: present' : 'table inet slipstream: ABSENT',
+    '',
+  ];
+  const header = ['SERVICE', 'PORT', 'DECISION', 'THRESHOLD', 'IN KERNEL', 'OFFLOADED', 'REASON'];
+  const rows = status.ports.map((r) => [
+    r.service,
+    r.port,
+    r.decision,
+    r.threshold === null ? '-' : String(r.threshold),
+    r.inKernel === null ? '-' : r.inKernel ? 'yes' : 'NO',
+    r.offloaded === null ? '-' : String(r.offloaded),
+    r.reason,
+  ]);
+  const widths = header.map((h, i) =>
+    i === 6 ? reasonWidth : Math.max(h.length, ...rows.map((row) => Math.min(row[i]!.length, 40))),
+  );
+  lines.push(
+    header
+      .map((h, i) => cell(h, widths[i]!))
+      .join('  ')
+      .trimEnd(),
+  );
+  for (const row of rows)
+    lines.push(
+      row
+        .map((c, i) => cell(c, widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    );
+  return lines.join('\n');
+}
