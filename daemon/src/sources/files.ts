@@ -1,0 +1,486 @@
+// Embedded mode (`--services DIR`): Services and Namespaces from manifests in a directory.
+//
+// Reads every *.yaml, *.yml and *.json file directly in DIR (not subdirectories; names that
+// start with a dot are skipped, which also skips the `..data` directories of a mounted
+// ConfigMap while still following its top-level symlinks). A file may hold many YAML documents
+// and `kind: List` (or any `*List` with `items`). Only core/v1 Service and Namespace objects are
+// used; other kinds are ignored. Namespaces that no manifest declares are assumed to exist
+// without labels.
+//
+// Changes are followed with fs.watch on DIR (debounced) plus a slow periodic rescan in case the
+// file system drops events. A rescan stats every file and re-reads only those whose inode, size,
+// mtime or ctime changed (and re-parses only when the bytes changed). A file that fails to parse
+// keeps its last good content and is logged once per distinct error; a deleted file removes
+// its objects. When two files declare the same Service, the file that sorts last wins.
+
+import { createHash } from 'node:crypto';
+import { type FSWatcher, watch } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { basename, extname, join, resolve } from 'node:path';
+import { type Namespace, readNamespace, readService, type Service } from '@slipstream/shared/service';
+import { parseAllDocuments } from 'yaml';
+import {
+  ChangeEmitter,
+  type Log,
+  type Rejected,
+  type ServiceSource,
+  type Snapshot,
+  serviceKey,
+  stderrLog,
+  type Trigger,
+} from './source.ts';
+
+export const MANIFEST_EXTENSIONS: ReadonlySet<string> = new Set(['.yaml', '.yml', '.json']);
+
+export interface FileSourceOptions {
+  dir: string;
+  /** Quiet time after the last change event before the directory is rescanned (default 100 ms). */
+  debounceMs?: number;
+  /** Safety-net rescan period (default 30 s; 0 disables). */
+  rescanIntervalMs?: number;
+  /** Larger files are refused (default 16 MiB). */
+  maxFileBytes?: number;
+  log?: Log;
+}
+
+export interface ManifestContent {
+  services: Service[];
+  namespaces: Namespace[];
+  rejected: Rejected[];
+  /** Objects of other kinds (or other API groups) that were skipped. */
+  ignored: number;
+}
+
+export type ParseResult = { ok: true; content: ManifestContent } | { ok: false; error: string };
+
+const MAX_LIST_DEPTH = 4;
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function metaString(object: Record<string, unknown>, field: string): string | undefined {
+  const metadata = object.metadata;
+  if (!isRecord(metadata)) return undefined;
+  const value = metadata[field];
+  return typeof value === 'string' && value !== '' ? value : undefined;
+}
+
+/**
+ * Parses the text of one manifest file. `file` is used only in `rejected` refs. Any YAML error
+ * fails the whole file (so that a half-written file never removes objects).
+ */
+export function parseManifests(text: string, file = 'manifest'): ParseResult {
+  const content: ManifestContent = { services: [], namespaces: [], rejected: [], ignored: 0 };
+  const label = basename(file);
+  let values: unknown[];
+  try {
+    const documents = parseAllDocuments(text, { prettyErrors: true, uniqueKeys: false });
+    if (!Array.isArray(documents)) return { ok: true, content }; // an empty stream
+    values = [];
+    for (const [index, document] of documents.entries()) {
+      const error = document.errors[0];
+      if (error) {
+        const where = documents.length > 1 ? ` (document ${index + 1})` : '';
+        return { ok: false, error: `${error.message.split('\n')[0]}${where}` };
+      }
+      values.push(document.toJS({ maxAliasCount: 100 }));
+    }
+  } catch (error) {
+    return { ok: false, error: error instanceof Error ? error.message : String(error) };
+  }
+
+  const visit = (value: unknown, where: string, depth: number): void => {
+    if (value === null || value === undefined) return; // an empty document
+    if (!isRecord(value) || typeof value.kind !== 'string') {
+      content.ignored++;
+      return;
+    }
+    const kind = value.kind;
+    if (kind.endsWith('List') && Array.isArray(value.items)) {
+      if (depth >= MAX_LIST_DEPTH) {
+        content.rejected.push({ ref: `${label} ${where}`, error: 'Lists nested too deeply' });
+        return;
+      }
+      for (const [i, item] of value.items.entries()) visit(item, `${where} item ${i + 1}`, depth + 1);
+      return;
+    }
+    if (kind !== 'Service' && kind !== 'Namespace') {
+      content.ignored++;
+      return;
+    }
+    const name = metaString(value, 'name');
+    const namespace = metaString(value, 'namespace') ?? 'default';
+    const ref =
+      kind === 'Service' ? `${namespace}/${name ?? '?'} (${label})` : `namespace ${name ?? '?'} (${label})`;
+    if (value.apiVersion === undefined) {
+      content.rejected.push({ ref, error: `${kind} has no apiVersion (expected v1)` });
+      return;
+    }
+    if (value.apiVersion !== 'v1') {
+      content.ignored++; // e.g. a Knative serving.knative.dev/v1 Service
+      return;
+    }
+    if (kind === 'Namespace') {
+      const read = readNamespace(value);
+      if (read.ok) content.namespaces.push(read.value);
+      else content.rejected.push({ ref: `${label} ${where}`, error: read.error });
+      return;
+    }
+    if (name === undefined) {
+      content.rejected.push({ ref: `${label} ${where}`, error: 'Service has no metadata.name' });
+      return;
+    }
+    const read = readService(value);
+    if (read.ok) content.services.push(read.value);
+    else content.rejected.push({ ref, error: read.error });
+  };
+  for (const [index, value] of values.entries()) visit(value, `document ${index + 1}`, 0);
+  return { ok: true, content };
+}
+
+interface FileEntry {
+  stamp: string;
+  hash: string;
+  content: ManifestContent;
+  /** The current parse error; the content is then the last good one. */
+  error?: string;
+}
+
+const EMPTY: ManifestContent = { services: [], namespaces: [], rejected: [], ignored: 0 };
+
+/** Objects that did not change keep their identity (the reconciler memoizes Services by identity). */
+function keepIdentity(previous: ManifestContent, next: ManifestContent): void {
+  const services = new Map(previous.services.map((s) => [serviceKey(s.namespace, s.name), s]));
+  next.services = next.services.map((s) => {
+    const old = services.get(serviceKey(s.namespace, s.name));
+    return old && JSON.stringify(old) === JSON.stringify(s) ? old : s;
+  });
+  const namespaces = new Map(previous.namespaces.map((n) => [n.name, n]));
+  next.namespaces = next.namespaces.map((n) => {
+    const old = namespaces.get(n.name);
+    return old && JSON.stringify(old) === JSON.stringify(n) ? old : n;
+  });
+}
+
+function errorCode(error: unknown): string | undefined {
+  return isRecord(error) && typeof error.code === 'string' ? error.code : undefined;
+}
+
+function sameNamespaces(a: Map<string, Namespace>, b: Map<string, Namespace>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [name, ns] of a) {
+    const other = b.get(name);
+    if (!other || JSON.stringify(other.labels) !== JSON.stringify(ns.labels)) return false;
+  }
+  return true;
+}
+
+export class FileSource implements ServiceSource {
+  readonly dir: string;
+  readonly #debounceMs: number;
+  readonly #maxWaitMs: number;
+  readonly #rescanIntervalMs: number;
+  readonly #maxFileBytes: number;
+  readonly #log: Log;
+  readonly #emitter: ChangeEmitter;
+
+  readonly #files = new Map<string, FileEntry>();
+  #byKey = new Map<string, Service>();
+  #snapshot: Snapshot = { services: [], namespaces: new Map(), rejected: [] };
+  #synced = false;
+  #started = false;
+  #stopped = false;
+
+  #watcher: FSWatcher | undefined;
+  #dirIno: bigint | undefined;
+  #dirError: string | undefined;
+  #debounceTimer: NodeJS.Timeout | undefined;
+  #firstEventAt: number | undefined;
+  #interval: NodeJS.Timeout | undefined;
+  #scanning: Promise<void> | undefined;
+  #rescanRequested = false;
+  readonly #duplicatesLogged = new Set<string>();
+
+  constructor(options: FileSourceOptions) {
+    this.dir = resolve(options.dir);
+    this.#debounceMs = options.debounceMs ?? 100;
+    this.#maxWaitMs = Math.max(this.#debounceMs * 5, 500);
+    this.#rescanIntervalMs = options.rescanIntervalMs ?? 30_000;
+    this.#maxFileBytes = options.maxFileBytes ?? 16 * 1024 * 1024;
+    this.#log = options.log ?? stderrLog;
+    this.#emitter = new ChangeEmitter(this.#log);
+  }
+
+  get synced(): boolean {
+    return this.#synced;
+  }
+
+  onChange(listener: (trigger: Trigger) => void): void {
+    this.#emitter.add(listener);
+  }
+
+  snapshot(): Snapshot {
+    return this.#snapshot;
+  }
+
+  /** Files whose last read failed, with the error (their last good content is still in use). */
+  fileErrors(): { file: string; error: string }[] {
+    const out: { file: string; error: string }[] = [];
+    for (const [file, entry] of this.#files) if (entry.error) out.push({ file, error: entry.error });
+    return out;
+  }
+
+  async start(): Promise<void> {
+    if (this.#stopped) throw new Error('FileSource was stopped');
+    if (this.#started) throw new Error('FileSource was already started');
+    this.#started = true;
+    const info = await stat(this.dir, { bigint: true }).catch((error: unknown) => {
+      throw new Error(`--services ${this.dir}: ${error instanceof Error ? error.message : String(error)}`);
+    });
+    if (!info.isDirectory()) throw new Error(`--services ${this.dir}: not a directory`);
+    this.#watch(info.ino); // before the first scan, so that no change falls between the two
+    await this.#scan();
+    this.#synced = true;
+    const s = this.#snapshot;
+    this.#log('info', `loaded ${s.services.length} Services and ${s.namespaces.size} Namespaces`, {
+      dir: this.dir,
+      files: this.#files.size,
+      rejected: s.rejected.length,
+    });
+    if (this.#rescanIntervalMs > 0) {
+      this.#interval = setInterval(() => void this.#scan(), this.#rescanIntervalMs);
+      this.#interval.unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#watcher?.close();
+    this.#watcher = undefined;
+    clearTimeout(this.#debounceTimer);
+    clearInterval(this.#interval);
+    await this.#scanning;
+  }
+
+  /** Rescans now (tests, or a SIGHUP handler). */
+  async rescan(): Promise<void> {
+    await this.#scan();
+  }
+
+  #watch(ino: bigint): void {
+    this.#watcher?.close();
+    this.#dirIno = ino;
+    try {
+      const watcher = watch(this.dir, { persistent: false }, () => this.#schedule());
+      watcher.on('error', (error) => {
+        this.#log('warn', 'watching the services directory failed; relying on periodic rescans', {
+          dir: this.dir,
+          error: error.message,
+        });
+        watcher.close();
+        if (this.#watcher === watcher) this.#watcher = undefined;
+      });
+      this.#watcher = watcher;
+    } catch (error) {
+      this.#watcher = undefined;
+      this.#log('warn', 'cannot watch the services directory; relying on periodic rescans', {
+        dir: this.dir,
+        error: String(error),
+      });
+    }
+  }
+
+  #schedule(): void {
+    if (this.#stopped) return;
+    const now = Date.now();
+    this.#firstEventAt ??= now;
+    clearTimeout(this.#debounceTimer);
+    const wait = Math.max(0, Math.min(this.#debounceMs, this.#firstEventAt + this.#maxWaitMs - now));
+    this.#debounceTimer = setTimeout(() => {
+      this.#firstEventAt = undefined;
+      void this.#scan();
+    }, wait);
+  }
+
+  #scan(): Promise<void> {
+    if (this.#scanning) {
+      this.#rescanRequested = true;
+      return this.#scanning;
+    }
+    const run = async (): Promise<void> => {
+      do {
+        this.#rescanRequested = false;
+        try {
+          await this.#scanOnce();
+        } catch (error) {
+          this.#log('error', 'rescanning the services directory failed', {
+            dir: this.dir,
+            error: String(error),
+          });
+        }
+      } while (this.#rescanRequested && !this.#stopped);
+    };
+    this.#scanning = run().finally(() => {
+      this.#scanning = undefined;
+    });
+    return this.#scanning;
+  }
+
+  async #scanOnce(): Promise<void> {
+    let names: string[];
+    try {
+      const dirInfo = await stat(this.dir, { bigint: true });
+      if (!this.#stopped && (this.#watcher === undefined || dirInfo.ino !== this.#dirIno))
+        this.#watch(dirInfo.ino);
+      names = (await readdir(this.dir, { withFileTypes: true })).map((d) => d.name);
+      if (this.#dirError) this.#log('info', 'the services directory is readable again', { dir: this.dir });
+      this.#dirError = undefined;
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      if (this.#dirError !== message) {
+        this.#log('warn', 'cannot read the services directory; keeping what was loaded', {
+          dir: this.dir,
+          error: message,
+        });
+      }
+      this.#dirError = message;
+      return;
+    }
+
+    let changed = false;
+    const seen = new Set<string>();
+    for (const name of names.sort()) {
+      if (name.startsWith('.') || !MANIFEST_EXTENSIONS.has(extname(name).toLowerCase())) continue;
+      const path = join(this.dir, name);
+      const result = await this.#readFile(path);
+      if (result === 'gone') continue;
+      seen.add(path);
+      if (result === 'changed') changed = true;
+    }
+    for (const path of [...this.#files.keys()]) {
+      if (seen.has(path)) continue;
+      const entry = this.#files.get(path);
+      this.#files.delete(path);
+      if (entry && entry.content !== EMPTY) changed = true;
+      this.#log('info', 'manifest file removed', { file: path });
+    }
+    if (changed && !this.#stopped) this.#rebuild();
+  }
+
+  async #readFile(path: string): Promise<'gone' | 'same' | 'changed'> {
+    let info: Awaited<ReturnType<typeof stat>>;
+    try {
+      info = await stat(path, { bigint: true });
+    } catch (error) {
+      if (errorCode(error) === 'ENOENT') return 'gone';
+      return this.#fileFailed(path, '', '', error instanceof Error ? error.message : String(error));
+    }
+    if (!info.isFile()) return 'gone';
+    const stamp = `${info.ino}:${info.size}:${info.mtimeNs}:${info.ctimeNs}`;
+    const entry = this.#files.get(path);
+    if (entry && entry.stamp === stamp) return 'same';
+    if (info.size > BigInt(this.#maxFileBytes)) {
+      return this.#fileFailed(path, stamp, '', `file is larger than ${this.#maxFileBytes} bytes`);
+    }
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (error) {
+      if (errorCode(error) === 'ENOENT') return 'gone';
+      return this.#fileFailed(path, stamp, '', error instanceof Error ? error.message : String(error));
+    }
+    const hash = createHash('sha256').update(text).digest('base64');
+    if (entry && entry.hash === hash) {
+      entry.stamp = stamp;
+      return 'same';
+    }
+    const parsed = parseManifests(text, path);
+    if (!parsed.ok) return this.#fileFailed(path, stamp, hash, parsed.error);
+    if (entry?.error) this.#log('info', 'manifest file is readable again', { file: path });
+    if (entry) keepIdentity(entry.content, parsed.content);
+    this.#files.set(path, { stamp, hash, content: parsed.content });
+    return 'changed';
+  }
+
+  /** Keeps the file's last good content and logs the error once. */
+  #fileFailed(path: string, stamp: string, hash: string, error: string): 'same' {
+    const entry = this.#files.get(path);
+    const hadContent = entry !== undefined && entry.content !== EMPTY;
+    if (entry?.error !== error) {
+      this.#log(
+        'warn',
+        hadContent ? 'cannot read manifest file; keeping its last good content' : 'cannot read manifest file',
+        {
+          file: path,
+          error,
+        },
+      );
+    }
+    if (entry) {
+      entry.stamp = stamp;
+      entry.hash = hash;
+      entry.error = error;
+    } else {
+      this.#files.set(path, { stamp, hash, content: EMPTY, error });
+    }
+    return 'same';
+  }
+
+  #rebuild(): void {
+    const byKey = new Map<string, Service>();
+    const from = new Map<string, string>();
+    const declared = new Map<string, Namespace>();
+    const rejected: Rejected[] = [];
+    for (const path of [...this.#files.keys()].sort()) {
+      const content = this.#files.get(path)?.content ?? EMPTY;
+      for (const service of content.services) {
+        const key = serviceKey(service.namespace, service.name);
+        const previous = from.get(key);
+        if (previous !== undefined && previous !== path) {
+          const note = `${key}:${previous}:${path}`;
+          if (!this.#duplicatesLogged.has(note)) {
+            this.#duplicatesLogged.add(note);
+            this.#log('warn', `Service ${key} is declared in two files; the later one wins`, {
+              ignored: previous,
+              used: path,
+            });
+          }
+        }
+        byKey.delete(key); // keep "last wins" also in iteration order
+        byKey.set(key, service);
+        from.set(key, path);
+      }
+      for (const namespace of content.namespaces) declared.set(namespace.name, namespace);
+      rejected.push(...content.rejected);
+    }
+    const namespaces = new Map(declared);
+    for (const service of byKey.values()) {
+      if (!namespaces.has(service.namespace))
+        namespaces.set(service.namespace, { name: service.namespace, labels: {} });
+    }
+
+    const old = this.#snapshot;
+    let servicesChanged = byKey.size !== this.#byKey.size;
+    if (!servicesChanged) {
+      for (const [key, service] of byKey) {
+        if (this.#byKey.get(key) !== service) {
+          servicesChanged = true;
+          break;
+        }
+      }
+    }
+    const rejectedChanged = JSON.stringify(rejected) !== JSON.stringify(old.rejected);
+    const namespacesChanged = !sameNamespaces(namespaces, old.namespaces);
+    if (!servicesChanged && !rejectedChanged && !namespacesChanged) return;
+    this.#byKey = byKey;
+    this.#snapshot = {
+      services: servicesChanged ? [...byKey.values()] : old.services,
+      namespaces: namespacesChanged ? namespaces : old.namespaces,
+      rejected: rejectedChanged ? rejected : old.rejected,
+    };
+    if (!this.#synced) return; // start() reports the initial load
+    if (namespacesChanged) this.#emitter.emit('namespace');
+    if (servicesChanged || rejectedChanged) this.#emitter.emit('service');
+  }
+}

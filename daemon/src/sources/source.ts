@@ -1,0 +1,75 @@
+// Where the daemon's Services and Namespaces come from. Two implementations: manifests in a
+// directory (embedded mode, files.ts) and the Kubernetes API server (kubernetes.ts). Both keep
+// only the typed Service/Namespace that `readService`/`readNamespace` return, never the raw
+// objects, and hand out a snapshot that is cached until the next change.
+
+import type { Namespace, Service } from '@slipstream/shared/service';
+
+export type Trigger = 'service' | 'namespace';
+
+export interface Rejected {
+  /** `namespace/name` of the object (files mode adds the file it came from). */
+  ref: string;
+  error: string;
+}
+
+export interface Snapshot {
+  /**
+   * Every readable Service. The array and the objects in it are shared with the source and with
+   * earlier snapshots: treat them as read-only. A Service that changes is replaced, never mutated.
+   */
+  services: Service[];
+  namespaces: Map<string, Namespace>;
+  /** Services that `readService` refused (they are not in `services`). */
+  rejected: Rejected[];
+}
+
+export interface ServiceSource {
+  /** Resolves after the initial full list is loaded (Services and Namespaces). */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** Cheap: the same arrays and map are returned until something changes. */
+  snapshot(): Snapshot;
+  /** Called after any change (synchronously, possibly many times in a row); the reconciler coalesces. */
+  onChange(listener: (trigger: Trigger) => void): void;
+  /** True once the initial list has been loaded; stays true (like an informer's HasSynced). */
+  readonly synced: boolean;
+}
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type Log = (level: LogLevel, message: string, fields?: Record<string, unknown>) => void;
+
+/** The default logger: one line per message on stderr, debug dropped. */
+export const stderrLog: Log = (level, message, fields) => {
+  if (level === 'debug') return;
+  const extra = fields && Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
+  process.stderr.write(`${level} sources: ${message}${extra}\n`);
+};
+
+export function serviceKey(namespace: string, name: string): string {
+  return `${namespace}/${name}`;
+}
+
+/** Listener bookkeeping shared by the sources: a throwing listener is logged, never propagated. */
+export class ChangeEmitter {
+  readonly #listeners: ((trigger: Trigger) => void)[] = [];
+  readonly #log: Log;
+
+  constructor(log: Log) {
+    this.#log = log;
+  }
+
+  add(listener: (trigger: Trigger) => void): void {
+    this.#listeners.push(listener);
+  }
+
+  emit(trigger: Trigger): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(trigger);
+      } catch (error) {
+        this.#log('error', 'change listener threw', { trigger, error: String(error) });
+      }
+    }
+  }
+}
