@@ -43,12 +43,18 @@ export class UsageError extends Error {
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
+/** Node timers fire after 1 ms when asked to wait longer than this (TimeoutOverflowWarning). */
+export const MAX_DURATION_MS = 2_147_483_647;
+
 export function parseDuration(flag: string, value: string): number {
   const match = /^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$/.exec(value.trim());
   if (value.trim() === '0') return 0;
   if (!match)
     throw new UsageError(`${flag} ${JSON.stringify(value)} is not a duration like 500ms, 30s, 5m, 1h`);
-  return Math.round(Number(match[1]) * UNITS[match[2]!]!);
+  const ms = Math.round(Number(match[1]) * UNITS[match[2]!]!);
+  // A longer period would not wait at all: setTimeout/setInterval clamp it to 1 ms.
+  if (ms > MAX_DURATION_MS) throw new UsageError(`${flag} ${JSON.stringify(value)} is longer than 596h`);
+  return ms;
 }
 
 export function parseHostPort(flag: string, value: string): { host: string; port: number } {
@@ -88,6 +94,9 @@ export function parseDaemonArgs(
   if (values.help) return 'help';
   const services = values.services as string | undefined;
   const kubeconfig = values.kubeconfig as string | undefined;
+  // An empty value (`--kubeconfig "$UNSET"`) would silently mean "the current directory" or "in-cluster".
+  if (services === '') throw new UsageError('--services needs a directory');
+  if (kubeconfig === '') throw new UsageError('--kubeconfig needs a file');
   if (services !== undefined && kubeconfig !== undefined) {
     throw new UsageError('--services and --kubeconfig exclude each other: Services come from one place');
   }
@@ -98,7 +107,9 @@ export function parseDaemonArgs(
   else source = { kind: 'files', dir: EXAMPLES_DIR };
 
   const netns = values.netns as string | undefined;
-  if (netns !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(netns)) {
+  // A name under /run/netns: no `/`, not `.` or `..` (which would name /run/netns or /run), and
+  // no leading `-` (it is passed to `ip -n NAME` and `ip netns exec NAME`).
+  if (netns !== undefined && (!/^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$/.test(netns) || /^\.\.?$/.test(netns))) {
     throw new UsageError(`--netns ${JSON.stringify(netns)} is not a network namespace name`);
   }
   const options: DaemonOptions = {

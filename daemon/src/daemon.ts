@@ -2,6 +2,7 @@
 // owns the kernel. Everything here is lifecycle (start, signals, health, shutdown); decisions and
 // rulesets are computed in shared/.
 
+import { stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { formatRuleset } from '@slipstream/shared/nft-json';
 import { type PolicyWatch, watchPolicy } from '@slipstream/shared/policy-watch';
@@ -48,8 +49,34 @@ function makeSource(options: DaemonOptions, logger: Logger): ServiceSource {
       });
 }
 
+/** An operator error found while starting (missing namespace, unreadable source): one line, no stack. */
+export class StartupError extends Error {
+  override name = 'StartupError';
+}
+
+/**
+ * Fails fast, with a clear message, when the named network namespace does not exist: libnftables
+ * would report it as "no such object" (which `cleanup` would take for "no table") and `ip -n`
+ * would fail deep inside the link watcher.
+ */
+export async function requireNetns(netns: string | undefined): Promise<void> {
+  if (netns === undefined) return;
+  const path = netnsPath(netns);
+  try {
+    await stat(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new StartupError(
+      code === 'ENOENT'
+        ? `network namespace ${JSON.stringify(netns)} does not exist (${path})`
+        : `network namespace ${JSON.stringify(netns)} cannot be opened (${path}): ${(error as Error).message}`,
+    );
+  }
+}
+
 /** Removes Slipstream's table; a table that is not there is not an error. */
 export async function cleanup(netns: string | undefined): Promise<'removed' | 'absent'> {
+  await requireNetns(netns);
   const { NftContext, NftError } = await import('nftables-napi');
   const ctx = new NftContext(netns ? { netns: netnsPath(netns) } : {});
   try {
@@ -95,11 +122,38 @@ function serveHealth(
   });
 }
 
-/** Starts the daemon; resolves once the first sync has run. */
+/** Starts the daemon; resolves once the first sync has run. On failure, everything it opened is closed again. */
 export async function startDaemon(options: DaemonOptions, deps: DaemonDeps): Promise<RunningDaemon> {
   const { logger } = deps;
-  let policyWatch: PolicyWatch | undefined;
-  policyWatch = watchPolicy(options.policy, {
+  await requireNetns(options.netns);
+  // Whatever is opened is closed again when start-up fails: a watcher or timer left behind would
+  // keep the process alive (and restarting `ip monitor`) after the fatal error.
+  const closers: (() => void | Promise<void>)[] = [];
+  const closeAll = async () => {
+    for (const close of closers.splice(0).reverse()) {
+      try {
+        await close();
+      } catch (error) {
+        logger.warn('closing failed', { error: String(error) });
+      }
+    }
+  };
+  try {
+    return await start(options, deps, closers, closeAll);
+  } catch (error) {
+    await closeAll();
+    throw error;
+  }
+}
+
+async function start(
+  options: DaemonOptions,
+  deps: DaemonDeps,
+  closers: (() => void | Promise<void>)[],
+  closeAll: () => Promise<void>,
+): Promise<RunningDaemon> {
+  const { logger } = deps;
+  const policyWatch: PolicyWatch = watchPolicy(options.policy, {
     onReload: (policy, previous) => {
       logger.info('policy reloaded', { policy: policy.id, previous: previous.id });
       reconciler.setPolicy(policy);
@@ -108,9 +162,11 @@ export async function startDaemon(options: DaemonOptions, deps: DaemonDeps): Pro
     onError: (error, kept) =>
       logger.error('policy not reloaded; keeping the last good one', { error: error.message, kept: kept.id }),
   });
+  closers.push(() => policyWatch.close());
   const kernel = await (deps.openKernel ?? ((netns) => NapiKernel.open(netns ? { netns } : {})))(
     options.netns,
   );
+  closers.push(() => kernel.close());
   const links = new LinkWatcher({
     ...(options.netns ? { netns: options.netns } : {}),
     logger,
@@ -119,6 +175,7 @@ export async function startDaemon(options: DaemonOptions, deps: DaemonDeps): Pro
       reconciler.request('link');
     },
   });
+  closers.push(() => links.stop());
   const reconciler = new Reconciler({
     kernel,
     policy: policyWatch.current(),
@@ -127,9 +184,16 @@ export async function startDaemon(options: DaemonOptions, deps: DaemonDeps): Pro
     refreshDevices: () => links.refresh(),
     logger,
   });
-  // The reconciler logs every sync itself; here only the start-up state an operator must see.
+  closers.push(() => reconciler.stop());
+  // The reconciler logs every sync that writes or fails; here only the start-up state an operator
+  // must see: degraded mode, and a start-up that found the kernel already right (which the
+  // reconciler does not log, being a noop).
   reconciler.onSync((r) => {
-    if (r.degraded && r.trigger === 'startup') {
+    if (r.trigger !== 'startup') return;
+    if (r.result === 'noop' && r.waitingFor === undefined) {
+      logger.info('startup sync: adopted the existing table, 0 writes', summary(r));
+    }
+    if (r.degraded) {
       logger.warn(
         'degraded: this kernel has no flowtable support; maps, chains and counters are kept, flow add is left out',
         {
@@ -140,7 +204,12 @@ export async function startDaemon(options: DaemonOptions, deps: DaemonDeps): Pro
   });
 
   const source = makeSource(options, logger);
-  await source.start();
+  closers.push(() => source.stop());
+  try {
+    await source.start();
+  } catch (error) {
+    throw new StartupError(`reading Services failed: ${(error as Error).message}`);
+  }
   const snapshot = source.snapshot();
   for (const r of snapshot.rejected) logger.warn('Service not read', { ref: r.ref, error: r.error });
   reconciler.update(snapshot);
@@ -150,24 +219,28 @@ export async function startDaemon(options: DaemonOptions, deps: DaemonDeps): Pro
     reconciler.request(trigger);
   });
   await reconciler.start();
-  const health = options.healthListen
-    ? await serveHealth(options.healthListen, reconciler, logger)
-    : undefined;
+  let health: Server | undefined;
+  if (options.healthListen) {
+    try {
+      health = await serveHealth(options.healthListen, reconciler, logger);
+    } catch (error) {
+      const { host, port } = options.healthListen;
+      throw new StartupError(`--health-listen ${host}:${port}: ${(error as Error).message}`);
+    }
+  }
 
+  if (health) {
+    const server = health;
+    closers.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  }
   return {
     reconciler,
     source,
     links,
     health,
-    async stop() {
-      policyWatch?.close();
-      policyWatch = undefined;
-      links.stop();
-      await source.stop();
-      await reconciler.stop();
-      await new Promise<void>((resolve) => (health ? health.close(() => resolve()) : resolve()));
-      kernel.close();
-    },
+    // In the reverse order of the start: health, source, reconciler (waits for a running sync),
+    // links, kernel, policy watch.
+    stop: closeAll,
   };
 }
 

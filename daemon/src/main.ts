@@ -7,7 +7,8 @@ enableCompileCache();
 const { startTelemetry } = await import('@slipstream/shared/telemetry');
 const telemetry = await startTelemetry('slipstream-daemon');
 const { parseDaemonArgs, USAGE, UsageError } = await import('./cli.ts');
-const { cleanup, runOnce, startDaemon } = await import('./daemon.ts');
+const { cleanup, runOnce, StartupError, startDaemon } = await import('./daemon.ts');
+const { PolicyError } = await import('@slipstream/shared/policy');
 const { stderrLogger: logger } = await import('./reconciler.ts');
 
 async function main(): Promise<number> {
@@ -53,7 +54,13 @@ async function main(): Promise<number> {
 try {
   process.exitCode = await main();
 } catch (error) {
-  logger.error('fatal', { error: (error as Error).stack ?? String(error) });
+  // An operator error (a namespace, directory or policy that is not there) is one line that says
+  // what is wrong; anything else is a bug and keeps its stack.
+  if (error instanceof StartupError || error instanceof PolicyError) {
+    logger.error(`cannot start: ${error.message}`);
+  } else {
+    logger.error('fatal', { error: (error as Error).stack ?? String(error) });
+  }
   process.exitCode = 1;
 } finally {
   await telemetry.shutdown();

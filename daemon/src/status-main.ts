@@ -7,6 +7,7 @@ import { effectiveDecision } from '@slipstream/shared/decide';
 import { watchPolicy } from '@slipstream/shared/policy-watch';
 import { desiredRuleset } from '@slipstream/shared/ruleset';
 import { EXAMPLES_DIR } from './cli.ts';
+import { requireNetns, StartupError } from './daemon.ts';
 import { NapiKernel } from './kernel.ts';
 import { FileSource } from './sources/files.ts';
 import { KubernetesSource } from './sources/kubernetes.ts';
@@ -55,6 +56,15 @@ async function main(argv: string[]): Promise<number> {
         });
   const policyWatch = watchPolicy(values.policy as string | undefined, { pollMs: 0 });
   const netns = values.netns as string | undefined;
+  // A namespace that is not there would otherwise read as "table ABSENT" and exit 0.
+  try {
+    await requireNetns(netns);
+  } catch (error) {
+    if (!(error instanceof StartupError)) throw error;
+    process.stderr.write(`slipstream status: ${error.message}\n`);
+    policyWatch.close();
+    return 1;
+  }
   const kernel = await NapiKernel.open(netns ? { netns } : {});
   try {
     await source.start();

@@ -1,0 +1,287 @@
+// `slipstream status`, the pure parts: conntrack counting, the per-port rows against a desired
+// and a kernel ruleset, and the table for people.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { effectiveDecision } from '@slipstream/shared/decide';
+import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { desiredRuleset, elementKey, type Ruleset } from '@slipstream/shared/ruleset';
+import type { Namespace, Service } from '@slipstream/shared/service';
+import { describe, expect, it } from 'vitest';
+import { EXAMPLES_DIR } from './cli.ts';
+import { parseManifests } from './sources/files.ts';
+import {
+  countOffloaded,
+  flowKey,
+  formatStatus,
+  type NodeStatus,
+  type PortStatus,
+  portStatuses,
+} from './status.ts';
+
+// `conntrack -L` lines as conntrack-tools 1.4 prints them (original tuple, reply tuple, flags).
+const TCP_OFFLOADED =
+  'tcp      6 431999 ESTABLISHED src=10.0.1.2 dst=10.96.0.10 sport=46864 dport=5201 packets=18757 bytes=841605305 src=10.0.2.2 dst=10.0.1.2 sport=5201 dport=46864 packets=14998 bytes=779904 [OFFLOAD] mark=0 use=2';
+const TCP_OFFLOADED_IPERF3 =
+  'tcp      6 431999 ESTABLISHED src=10.0.1.2 dst=10.96.20.20 sport=46870 dport=5201 packets=20011 bytes=901605305 src=10.0.2.2 dst=10.0.1.2 sport=5201 dport=46870 packets=15023 bytes=781204 [OFFLOAD] mark=0 use=2';
+const TCP_OFFLOADED_IPERF3_2 =
+  'tcp      6 431999 ESTABLISHED src=10.0.1.3 dst=10.96.20.20 sport=39012 dport=5201 packets=731 bytes=1053002 src=10.0.2.2 dst=10.0.1.3 sport=5201 dport=39012 packets=402 bytes=21004 [HW_OFFLOAD] mark=0 use=2';
+const UDP_OFFLOADED =
+  'udp      17 119 src=10.0.1.2 dst=10.96.20.20 sport=51234 dport=5201 packets=90412 bytes=130796576 src=10.0.2.3 dst=10.0.1.2 sport=5201 dport=51234 packets=3 bytes=168 [OFFLOAD] mark=0 use=2';
+const TCP6_OFFLOADED =
+  'tcp      6 431999 ESTABLISHED src=fd00:10:244:1::2 dst=fd00:10:96::1e sport=38122 dport=8080 packets=1207 bytes=90012 src=fd00:10:244:2::5 dst=fd00:10:244:1::2 sport=8080 dport=38122 packets=1180 bytes=1200013 [OFFLOAD] mark=0 use=2';
+const TCP_NOT_OFFLOADED =
+  'tcp      6 86399 ESTABLISHED src=10.0.1.2 dst=10.96.10.10 sport=50000 dport=5432 packets=5 bytes=300 src=10.0.2.2 dst=10.0.1.2 sport=5432 dport=50000 packets=4 bytes=250 [ASSURED] mark=0 use=1';
+const UDP_UNREPLIED =
+  'udp      17 29 src=10.0.1.2 dst=10.96.0.10 sport=53012 dport=53 packets=1 bytes=72 [UNREPLIED] src=10.0.2.9 dst=10.0.1.2 sport=53 dport=53012 packets=0 bytes=0 mark=0 use=1';
+
+describe('countOffloaded', () => {
+  it('counts [OFFLOAD] entries by original destination, protocol and port', () => {
+    const counts = countOffloaded(
+      [
+        TCP_OFFLOADED,
+        TCP_OFFLOADED_IPERF3,
+        TCP_OFFLOADED_IPERF3_2,
+        UDP_OFFLOADED,
+        TCP6_OFFLOADED,
+        TCP_NOT_OFFLOADED,
+        UDP_UNREPLIED,
+        '',
+      ].join('\n'),
+    );
+    expect(Object.fromEntries(counts)).toEqual({
+      [flowKey('10.96.0.10', 6, 5201)]: 1,
+      [flowKey('10.96.20.20', 6, 5201)]: 2, // [HW_OFFLOAD] counts too
+      [flowKey('10.96.20.20', 17, 5201)]: 1,
+      [flowKey('fd00:10:96::1e', 6, 8080)]: 1,
+    });
+  });
+
+  it('keys by the original tuple (the ClusterIP), never by the reply tuple (the Pod)', () => {
+    const counts = countOffloaded(TCP_OFFLOADED);
+    expect(counts.get(flowKey('10.96.0.10', 6, 5201))).toBe(1);
+    expect(counts.has(flowKey('10.0.1.2', 6, 46864))).toBe(false);
+    expect(counts.size).toBe(1);
+  });
+
+  it('nothing offloaded, empty output, or lines that are not entries: no counts', () => {
+    expect(countOffloaded([TCP_NOT_OFFLOADED, UDP_UNREPLIED].join('\n')).size).toBe(0);
+    expect(countOffloaded('').size).toBe(0);
+    expect(
+      countOffloaded('conntrack v1.4.7 (conntrack-tools): 7 flow entries have been shown.\n[OFFLOAD]\n').size,
+    ).toBe(0);
+  });
+
+  it('accepts CRLF-free text with leading blanks and trailing newlines', () => {
+    expect(countOffloaded(`\n  ${UDP_OFFLOADED}\n\n`).get(flowKey('10.96.20.20', 17, 5201))).toBe(1);
+  });
+});
+
+// The shipped examples, as the daemon's embedded mode reads them.
+function examples(): { services: Service[]; namespaces: Map<string, Namespace> } {
+  const text = ['services.yaml', 'namespaces.yaml']
+    .map((f) => readFileSync(join(EXAMPLES_DIR, f), 'utf8'))
+    .join('\n---\n');
+  const parsed = parseManifests(text, 'examples');
+  if (!parsed.ok) throw new Error(parsed.error);
+  return {
+    services: parsed.content.services,
+    namespaces: new Map(parsed.content.namespaces.map((n) => [n.name, n])),
+  };
+}
+
+describe('portStatuses', () => {
+  const policy = loadDefaultPolicy();
+  const { services, namespaces } = examples();
+  const desired = desiredRuleset({
+    services,
+    namespaces,
+    devices: [],
+    capabilities: { flowtable: false, reason: 'flowtable probe failed' },
+    policy,
+  });
+  const decisionOf = (s: Service) => effectiveDecision(s, policy, namespaces.get(s.namespace));
+  /** The kernel as read back: the desired table without bookkeeping, minus what `edit` removes. */
+  const kernelWith = (edit: (r: Ruleset) => void): Ruleset => {
+    const k = structuredClone(desired);
+    k.services = new Map();
+    k.owners = new Map();
+    edit(k);
+    return k;
+  };
+  const row = (rows: PortStatus[], service: string, port: string) => {
+    const found = rows.find((r) => r.service === service && r.port.startsWith(`${port} `));
+    if (!found) throw new Error(`no row ${service} ${port}`);
+    return found;
+  };
+  const iperf3Udp = elementKey({ family: 'ip', address: '10.96.20.20', protocol: 17, port: 5201 });
+  const catalog6 = elementKey({ family: 'ip6', address: 'fd00:10:96::1e', protocol: 6, port: 8080 });
+
+  it('one row per Service port, sorted by Service, with decisions from the desired ruleset', () => {
+    const rows = portStatuses(
+      services,
+      desired,
+      kernelWith(() => {}),
+      null,
+      decisionOf,
+    );
+    const ports = services.reduce((n, s) => n + Math.max(s.ports.length, 1), 0);
+    expect(rows).toHaveLength(ports);
+    const keys = rows.map((r) => r.service);
+    expect(keys).toEqual([...keys].sort());
+    expect(row(rows, 'shop/postgres', '5432/TCP')).toEqual({
+      service: 'shop/postgres',
+      port: '5432/TCP (postgres)',
+      decision: 'offload',
+      threshold: 20,
+      reason: expect.stringMatching(/^sql-databases: /),
+      inKernel: true,
+      offloaded: null,
+    });
+    expect(row(rows, 'shop/search', '9200/TCP')).toMatchObject({ decision: 'offload', threshold: 200 });
+    for (const [service, port] of [
+      ['platform/dns', '53/UDP'],
+      ['shop/exports', '9000/TCP'],
+      ['legacy/ledger', '3306/TCP'],
+      ['shop/postgres-headless', '5432/TCP'],
+      ['shop/payments', '443/TCP'],
+    ] as const) {
+      expect(row(rows, service, port)).toMatchObject({
+        decision: 'keep',
+        threshold: null,
+        inKernel: null,
+        offloaded: null,
+      });
+    }
+    expect(row(rows, 'legacy/ledger', '3306/TCP').reason).toMatch(/namespace legacy/);
+    expect(row(rows, 'shop/exports', '9000/TCP').reason).toMatch(/acceleration=disabled/);
+  });
+
+  it('a port whose element is missing from the kernel is inKernel false; the other ports are unaffected', () => {
+    const kernel = kernelWith((k) => k.elements.delete(iperf3Udp));
+    const rows = portStatuses(services, desired, kernel, null, decisionOf);
+    expect(row(rows, 'media/iperf3', '5201/UDP').inKernel).toBe(false);
+    expect(row(rows, 'media/iperf3', '5201/TCP').inKernel).toBe(true);
+    const offloadRows = rows.filter((r) => r.decision === 'offload');
+    expect(offloadRows.filter((r) => r.inKernel === false).map((r) => `${r.service} ${r.port}`)).toEqual([
+      'media/iperf3 5201/UDP (iperf3-udp)',
+    ]);
+  });
+
+  it('dual-stack: every ClusterIP of the port must be in the kernel', () => {
+    const rows = portStatuses(
+      services,
+      desired,
+      kernelWith((k) => k.elements.delete(catalog6)),
+      null,
+      decisionOf,
+    );
+    expect(row(rows, 'shop/catalog', '8080/TCP').inKernel).toBe(false);
+  });
+
+  it('an element jumping to another threshold is not "in kernel"', () => {
+    const key = elementKey({ family: 'ip', address: '10.96.10.40', protocol: 6, port: 9200 });
+    const kernel = kernelWith((k) => {
+      const e = k.elements.get(key)!;
+      k.elements.set(key, { ...e, threshold: 20 });
+    });
+    const rows = portStatuses(services, desired, kernel, null, decisionOf);
+    expect(row(rows, 'shop/search', '9200/TCP').inKernel).toBe(false);
+    expect(row(rows, 'shop/postgres', '5432/TCP').inKernel).toBe(true);
+  });
+
+  it('no table in the kernel: every offloaded port is inKernel false, kept ports stay null', () => {
+    const rows = portStatuses(services, desired, null, null, decisionOf);
+    for (const r of rows) expect(r.inKernel).toBe(r.decision === 'offload' ? false : null);
+  });
+
+  it('offloaded connections are summed over the port elements (both families, per protocol)', () => {
+    const counts = countOffloaded(
+      [TCP_OFFLOADED, TCP_OFFLOADED_IPERF3, TCP_OFFLOADED_IPERF3_2, UDP_OFFLOADED, TCP6_OFFLOADED].join('\n'),
+    );
+    const rows = portStatuses(
+      services,
+      desired,
+      kernelWith(() => {}),
+      counts,
+      decisionOf,
+    );
+    expect(row(rows, 'media/iperf3', '5201/TCP').offloaded).toBe(2);
+    expect(row(rows, 'media/iperf3', '5201/UDP').offloaded).toBe(1);
+    expect(row(rows, 'shop/catalog', '8080/TCP').offloaded).toBe(1);
+    expect(row(rows, 'shop/postgres', '5432/TCP').offloaded).toBe(0);
+    // 10.96.0.10:5201 is no Service port: counted by conntrack, shown nowhere. Kept ports: unknown.
+    expect(row(rows, 'platform/dns', '53/TCP').offloaded).toBeNull();
+  });
+});
+
+describe('formatStatus', () => {
+  const ports: PortStatus[] = [
+    {
+      service: 'media/iperf3',
+      port: '5201/TCP (iperf3)',
+      decision: 'offload',
+      threshold: 20,
+      reason: 'iperf3: iperf3 bulk transfer',
+      inKernel: true,
+      offloaded: 3,
+    },
+    {
+      service: 'media/iperf3',
+      port: '5201/UDP (iperf3-udp)',
+      decision: 'offload',
+      threshold: 20,
+      reason: 'iperf3: iperf3 bulk transfer',
+      inKernel: false,
+      offloaded: null,
+    },
+    {
+      service: 'platform/dns',
+      port: '53/UDP (dns)',
+      decision: 'keep',
+      threshold: null,
+      reason: 'dns: DNS is request/response; flows end before any threshold',
+      inKernel: null,
+      offloaded: null,
+    },
+  ];
+
+  it('says DEGRADED with the reason when the kernel has no flowtables', () => {
+    const status: NodeStatus = {
+      degraded: true,
+      degradedReason: 'flowtable probe failed: Error: Could not process rule: No such file or directory',
+      tablePresent: true,
+      ports,
+    };
+    const lines = formatStatus(status).split('\n');
+    expect(lines[0]).toBe(
+      'node: DEGRADED (flowtable probe failed: Error: Could not process rule: No such file or directory): rules are kept, nothing is offloaded',
+    );
+    expect(lines[1]).toBe('table inet slipstream: present');
+    expect(lines[3]).toMatch(/^SERVICE\s+PORT\s+DECISION\s+THRESHOLD\s+IN KERNEL\s+OFFLOADED\s+REASON$/);
+    expect(lines[4]).toMatch(/^media\/iperf3\s+5201\/TCP \(iperf3\)\s+offload\s+20\s+yes\s+3\s+iperf3: /);
+    expect(lines[5]).toMatch(/^media\/iperf3\s+5201\/UDP \(iperf3-udp\)\s+offload\s+20\s+NO\s+-\s+iperf3: /);
+    expect(lines[6]).toMatch(/^platform\/dns\s+53\/UDP \(dns\)\s+keep\s+-\s+-\s+-\s+dns: /);
+    expect(lines).toHaveLength(7);
+  });
+
+  it('without a reason, and with no table', () => {
+    const text = formatStatus({ degraded: true, tablePresent: false, ports: [] });
+    expect(text).toContain('node: DEGRADED (no flowtable support)');
+    expect(text).toContain('table inet slipstream: ABSENT');
+  });
+
+  it('a capable node is not DEGRADED', () => {
+    const text = formatStatus({ degraded: false, tablePresent: true, ports });
+    expect(text.split('\n')[0]).toBe('node: flowtable offload available');
+    expect(text).not.toContain('DEGRADED');
+  });
+
+  it('cuts long reasons to the given width with an ellipsis', () => {
+    const long = { ...ports[0]!, reason: 'x'.repeat(200) };
+    const last = formatStatus({ degraded: false, tablePresent: true, ports: [long] }, 30)
+      .split('\n')
+      .at(-1)!;
+    expect(last.endsWith(`${'x'.repeat(29)}…`)).toBe(true);
+  });
+});
