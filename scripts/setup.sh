@@ -17,7 +17,7 @@ packages=(
   linux-image-amd64 # a kernel with flowtables, booted under qemu by test/kernel
   qemu-system-x86   # the VM for the kernel suite (TCG: no KVM needed)
   busybox-static    # the VM's initramfs
-  xz-utils cpio     # unpack the kernel image, pack the initramfs
+  xz-utils kmod     # unpack the kernel image; modinfo finds the modules for the initramfs
 )
 command -v npm >/dev/null || packages+=(nodejs npm)
 
