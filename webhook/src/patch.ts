@@ -1,0 +1,70 @@
+// The webhook's only write: its own annotations (prefix `hints.slipstream.dev/`), as a JSON Patch
+// against the object the API server sent. Every other annotation, including the user's
+// `slipstream.dev/*` keys, is carried over untouched.
+
+import { HINT_KEYS, HINT_PREFIX } from '@slipstream/shared/contract';
+import { type Decision, hintAnnotations } from '@slipstream/shared/decide';
+import fastJsonPatch from 'fast-json-patch';
+import type { JsonPatchOperation } from './admission.ts';
+
+export interface HintPatch {
+  ops: JsonPatchOperation[];
+  /** The annotations after the patch is applied. */
+  annotations: Record<string, unknown>;
+  /** The offload or threshold differ from the hints the object carried (so the trace is new). */
+  decisionChanged: boolean;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * The hint annotations a decision calls for, given the object's current ones: stale webhook
+ * keys dropped, and the trace context replaced only when the decision itself (offload and
+ * threshold) changed, so that reviewing an already-patched object asks for nothing.
+ */
+export function desiredHints(
+  current: Record<string, unknown>,
+  decision: Decision,
+  traceparent: string | undefined,
+): { hints: Record<string, string>; decisionChanged: boolean } {
+  const hints: Record<string, string> = hintAnnotations(decision);
+  const decisionChanged =
+    current[HINT_KEYS.offload] !== hints[HINT_KEYS.offload] ||
+    current[HINT_KEYS.packetThreshold] !== hints[HINT_KEYS.packetThreshold];
+  const previousTrace = current[HINT_KEYS.trace];
+  if (!decisionChanged) {
+    if (typeof previousTrace === 'string') hints[HINT_KEYS.trace] = previousTrace;
+  } else if (traceparent !== undefined) {
+    hints[HINT_KEYS.trace] = traceparent;
+  }
+  // A change without a trace context (tracing disabled) leaves no trace key: the old one described
+  // an older decision.
+  return { hints, decisionChanged };
+}
+
+/** The patch that makes `object`'s annotations carry `decision`. `object` is not modified. */
+export function hintPatch(object: unknown, decision: Decision, traceparent: string | undefined): HintPatch {
+  const metadata = isRecord(object) && isRecord(object.metadata) ? object.metadata : undefined;
+  const raw = metadata?.annotations;
+  const current = isRecord(raw) ? raw : {};
+  const { hints, decisionChanged } = desiredHints(current, decision, traceparent);
+
+  // Object.fromEntries defines properties (a user key named `__proto__` stays a plain key).
+  const annotations: Record<string, unknown> = Object.fromEntries([
+    ...Object.entries(current).filter(([key]) => !key.startsWith(HINT_PREFIX)),
+    ...Object.entries(hints),
+  ]);
+
+  // Built by diffing a before/after pair of the annotation subtree with fast-json-patch rather
+  // than by hand: compare() emits the minimal add/replace/remove operations, escapes keys per
+  // RFC 6901 (`hints.slipstream.dev/offload` -> `hints.slipstream.dev~1offload`, `~` -> `~0`),
+  // turns a missing annotations map into one `add /metadata/annotations`, and never mentions a
+  // key whose value did not change. Only this subtree is diffed, so the rest of the object
+  // (spec, status, managedFields) cannot appear in the patch and costs nothing to compare.
+  const before = metadata === undefined ? {} : { metadata: raw === undefined ? {} : { annotations: raw } };
+  const after = { metadata: { annotations } };
+  const ops = fastJsonPatch.compare(before, after) as JsonPatchOperation[];
+  return { ops, annotations, decisionChanged };
+}

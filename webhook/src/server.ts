@@ -1,0 +1,122 @@
+// Puts the app on HTTPS: certificate (files or in-memory self-signed), policy source, listen,
+// and a graceful close (stop accepting, let in-flight reviews finish, then drop what is left).
+
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { Tracer } from '@opentelemetry/api';
+import type { Policy } from '@slipstream/shared/policy';
+import type { FileWatch } from '@slipstream/shared/policy-watch';
+import { createRequestListener } from './app.ts';
+import type { Logger } from './log.ts';
+import {
+  checkTlsMaterial,
+  describeCertificate,
+  selfSignedCertificate,
+  type TlsFiles,
+  type TlsMaterial,
+  watchTlsFiles,
+} from './tls.ts';
+
+export interface WebhookServerOptions {
+  host: string;
+  port: number;
+  /** Certificate files; absent: a self-signed certificate generated in memory. */
+  tls?: TlsFiles;
+  policy: () => Policy;
+  log: Logger;
+  tracer?: Tracer;
+  /** File watching for the certificate (tests shorten it). */
+  watch?: { debounceMs?: number; pollMs?: number };
+}
+
+export interface WebhookServer {
+  server: Server;
+  /** `https://host:port` as bound (port 0 resolved). */
+  url: string;
+  port: number;
+  /** The certificate served at start (PEM), e.g. for a test client's `ca`. */
+  certificate: string;
+  /** Stops accepting, waits up to `graceMs` for open requests, then closes every connection. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Kubernetes' webhook timeout is at most 30 s; a request that takes longer is dead anyway. */
+const REQUEST_TIMEOUT_MS = 30_000;
+/** Longer than the API server client's idle timeout (90 s), so it is the client that closes idle connections. */
+const KEEP_ALIVE_TIMEOUT_MS = 120_000;
+
+function readTlsFiles(files: TlsFiles): TlsMaterial {
+  const material = { cert: readFileSync(files.certFile, 'utf8'), key: readFileSync(files.keyFile, 'utf8') };
+  checkTlsMaterial(material);
+  return material;
+}
+
+export async function startWebhookServer(options: WebhookServerOptions): Promise<WebhookServer> {
+  const { log } = options;
+  let material: TlsMaterial;
+  if (options.tls) {
+    material = readTlsFiles(options.tls);
+    log.log('info', 'serving the certificate from files', {
+      certFile: options.tls.certFile,
+      keyFile: options.tls.keyFile,
+      ...describeCertificate(material.cert),
+    });
+  } else {
+    material = await selfSignedCertificate(
+      options.host === '0.0.0.0' || options.host === '::' ? [] : [options.host],
+    );
+    log.log(
+      'warn',
+      'no --tls-cert/--tls-key given: serving a self-signed certificate generated in memory; the API server will not trust it (use files from cert-manager or similar in a cluster)',
+      describeCertificate(material.cert),
+    );
+  }
+
+  let accepting = false;
+  const listener = createRequestListener({
+    policy: options.policy,
+    log,
+    ready: () => accepting,
+    ...(options.tracer ? { tracer: options.tracer } : {}),
+  });
+  const server = createServer({ cert: material.cert, key: material.key, minVersion: 'TLSv1.2' }, listener);
+  server.requestTimeout = REQUEST_TIMEOUT_MS;
+  server.headersTimeout = Math.min(server.headersTimeout, REQUEST_TIMEOUT_MS);
+  server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+  // TLS handshakes that go wrong (port scans, plain HTTP on the TLS port) are not worth a log line each.
+  server.on('tlsClientError', () => {});
+
+  server.listen(options.port, options.host);
+  await once(server, 'listening');
+  accepting = true;
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+
+  let certWatch: FileWatch | undefined;
+  if (options.tls) certWatch = watchTlsFiles(server, options.tls, material, log, options.watch);
+
+  let closing: Promise<void> | undefined;
+  return {
+    server,
+    url: `https://${host}:${address.port}`,
+    port: address.port,
+    certificate: material.cert,
+    close(graceMs = 10_000) {
+      closing ??= (async () => {
+        accepting = false;
+        certWatch?.close();
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        // Keep-alive connections go as soon as they are idle (their review answered), the rest at the deadline.
+        server.closeIdleConnections();
+        const idle = setInterval(() => server.closeIdleConnections(), 100);
+        const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+        await closed;
+        clearInterval(idle);
+        clearTimeout(timer);
+      })();
+      return closing;
+    },
+  };
+}
