@@ -345,6 +345,11 @@ describe('tracing', () => {
     await r.sync('service');
     const second = exporter.getFinishedSpans().find((x) => x.name === 'sync')!;
     expect(second.links.map((l) => l.context.spanId)).toEqual(['00f067aa0ba902b7']);
+    // …and each changed Service is a searchable event on the sync span.
+    expect(second.events.map((e) => [e.name, e.attributes?.['k8s.service.name']])).toEqual([
+      ['service.programmed', 'pg-b'],
+    ]);
+    expect(second.events[0]!.attributes?.['slipstream.decision.offload']).toBe('removed');
     exporter.reset();
     await r.sync('service');
     const names = exporter.getFinishedSpans().map((x) => x.name);

@@ -550,6 +550,19 @@ export class Reconciler {
       return;
     }
     span.addLinks(this.#links(change, desired));
+    // One event per Service this sync changes: Jaeger searches event fields, so an operator finds
+    // "when did this node program shop/postgres" by k8s.service.name (links are not searchable).
+    for (const key of change.summary.services.slice(0, MAX_LINKS)) {
+      const entry = desired.services.get(key);
+      span.addEvent('service.programmed', {
+        'k8s.namespace.name': key.split('/')[0] ?? '',
+        'k8s.service.name': key.slice(key.indexOf('/') + 1),
+        'slipstream.decision.offload': entry
+          ? entry.decision.offload.map((o) => `${o.port}/${o.protocol}`).join(',') || 'none'
+          : 'removed',
+        'slipstream.decision.reason': entry?.decision.reason ?? 'Service removed',
+      });
+    }
 
     const commitSpan = tracer().startSpan(
       'commit',
