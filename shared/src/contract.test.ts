@@ -7,6 +7,7 @@ import {
   parseThreshold,
   parseUserHints,
   parseWebhookHints,
+  specHash,
   USER_KEYS,
 } from './contract.ts';
 import { readService, type Service, type ServicePort } from './service.ts';
@@ -123,6 +124,7 @@ describe('webhook hints', () => {
         [HINT_KEYS.offload]: '5432/TCP',
         [HINT_KEYS.packetThreshold]: '20',
         [HINT_KEYS.policy]: 'p@1',
+        [HINT_KEYS.specHash]: specHash(service({})),
       }),
     );
     expect(parsed.value).toMatchObject({
@@ -139,9 +141,30 @@ describe('webhook hints', () => {
     ['bad threshold', { [HINT_KEYS.offload]: '5432/TCP', [HINT_KEYS.packetThreshold]: '-3' }],
     ['garbage', { [HINT_KEYS.offload]: '5432/TCP; flush ruleset', [HINT_KEYS.packetThreshold]: '20' }],
     ['absent', {}],
+    ['without spec-hash', { [HINT_KEYS.offload]: '5432/TCP', [HINT_KEYS.packetThreshold]: '20' }],
   ])('refuses %s hints', (_what, annotations) => {
     const parsed = parseWebhookHints(service(annotations));
     expect(parsed.value).toBeUndefined();
     expect(parsed.problems).toHaveLength(1);
+  });
+});
+
+describe('specHash', () => {
+  it('changes with a port, a port name, an appProtocol or a user key, not with hints', () => {
+    const base = specHash(service({}));
+    expect(specHash(service({ [HINT_KEYS.offload]: 'none', [HINT_KEYS.reason]: 'x' }))).toBe(base);
+    expect(specHash(service({}, [{ port: 5432 }, { port: 6379 }]))).not.toBe(base);
+    expect(specHash(service({}, [{ port: 5432, name: 'pg' }]))).not.toBe(base);
+    expect(specHash(service({}, [{ port: 5432, appProtocol: 'postgresql' }]))).not.toBe(base);
+    expect(specHash(service({ [USER_KEYS.packetThreshold]: '50' }))).not.toBe(base);
+  });
+
+  it('makes hints stale when a port is added behind the webhook’s back', () => {
+    const hinted = { [HINT_KEYS.offload]: '5432/TCP', [HINT_KEYS.packetThreshold]: '20' };
+    const stamped = { ...hinted, [HINT_KEYS.specHash]: specHash(service({})) };
+    expect(parseWebhookHints(service(stamped)).value).toBeDefined();
+    const grown = parseWebhookHints(service(stamped, [{ port: 5432 }, { port: 6379 }]));
+    expect(grown.value).toBeUndefined();
+    expect(grown.problems[0]!.message).toContain('stale');
   });
 });

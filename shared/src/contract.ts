@@ -2,6 +2,7 @@
 // place where their values are parsed and validated. Annotations are untrusted user input:
 // everything leaves this module as a typed value or as a problem that names the key.
 
+import { createHash } from 'node:crypto';
 import { type Protocol, portKey, type Service, type ServicePort } from './service.ts';
 
 /** User-owned keys: the webhook never writes them, and they always win. */
@@ -20,6 +21,12 @@ export const HINT_KEYS = {
   policy: 'hints.slipstream.dev/policy',
   /** W3C traceparent of the review that last changed the decision (links webhook and daemon traces). */
   trace: 'hints.slipstream.dev/trace',
+  /**
+   * Hash of what the decision was made from (ports with names and appProtocols, and the user keys),
+   * so a reader can tell hints that still fit the Service from hints left over from before a change
+   * the webhook never saw (a port added while it was down).
+   */
+  specHash: 'hints.slipstream.dev/spec-hash',
 } as const;
 
 /** Namespace label that opts every Service of the namespace out. */
@@ -175,6 +182,18 @@ export function hasUserHints(service: Service): boolean {
   return Object.values(USER_KEYS).some((key) => service.annotations[key] !== undefined);
 }
 
+/** The fingerprint of a decision's inputs: the Service's ports and the user-owned keys. */
+export function specHash(service: Service): string {
+  const ports = service.ports
+    .map((p) => [p.port, p.protocol, p.name ?? '', p.appProtocol ?? ''])
+    .sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
+  const user = Object.values(USER_KEYS).map((key) => service.annotations[key] ?? null);
+  return createHash('sha256')
+    .update(JSON.stringify([ports, user]))
+    .digest('hex')
+    .slice(0, 16);
+}
+
 /** The webhook's hints as the daemon reads them back. */
 export interface WebhookHints {
   offload: { port: number; protocol: 'TCP' | 'UDP' }[];
@@ -206,6 +225,17 @@ export function parseWebhookHints(service: Service): Parsed<WebhookHints | undef
   if (long) return { value: undefined, problems: [long] };
   const reason = a[HINT_KEYS.reason] ?? '';
   const policy = a[HINT_KEYS.policy] ?? '';
+  if (a[HINT_KEYS.specHash] !== specHash(service)) {
+    return {
+      value: undefined,
+      problems: [
+        {
+          key: HINT_KEYS.specHash,
+          message: 'stale: the ports or user keys changed since the webhook decided',
+        },
+      ],
+    };
+  }
   if (offload === 'none') return { value: { offload: [], reason, policy }, problems: [] };
 
   const ports: WebhookHints['offload'] = [];

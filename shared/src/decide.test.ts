@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { HINT_KEYS, USER_KEYS } from './contract.ts';
+import { HINT_KEYS, specHash, USER_KEYS } from './contract.ts';
 import { decide, effectiveDecision, hintAnnotations } from './decide.ts';
 import { loadDefaultPolicy } from './policy.ts';
 import { type Namespace, readService, type Service } from './service.ts';
@@ -107,6 +107,7 @@ describe('effectiveDecision (the daemon’s view)', () => {
       [HINT_KEYS.packetThreshold]: '77',
       [HINT_KEYS.reason]: 'from the webhook',
       [HINT_KEYS.policy]: 'other@3#abc',
+      [HINT_KEYS.specHash]: specHash(svc(postgres)),
     });
     expect(effectiveDecision(hinted, policy)).toMatchObject({
       offload: [{ port: 5432, protocol: 'TCP' }],

@@ -10,6 +10,7 @@ import {
   type Problem,
   parseUserHints,
   parseWebhookHints,
+  specHash,
   USER_KEYS,
 } from './contract.ts';
 import { evaluatePort, type Policy } from './policy.ts';
@@ -41,6 +42,8 @@ export interface Decision {
   ports: PortDecision[];
   /** Invalid user values that were ignored, naming the key. */
   warnings: Problem[];
+  /** `specHash` of the Service the decision was made for. */
+  specHash: string;
 }
 
 const MAX_REASON_LENGTH = 1000;
@@ -51,6 +54,7 @@ function oneLine(text: string): string {
 }
 
 function nothing(
+  service: Service,
   policy: Policy,
   source: DecisionSource,
   rule: string,
@@ -66,6 +70,7 @@ function nothing(
     source,
     ports: [],
     warnings,
+    specHash: specHash(service),
   };
 }
 
@@ -81,6 +86,7 @@ export function namespaceOptedOut(namespace: Namespace | undefined): boolean {
 export function decide(service: Service, policy: Policy, namespace?: Namespace): Decision {
   if (service.noClusterIPReason) {
     return nothing(
+      service,
       policy,
       'no-cluster-ip',
       'contract:no-cluster-ip',
@@ -89,6 +95,7 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
   }
   if (namespaceOptedOut(namespace)) {
     return nothing(
+      service,
       policy,
       'namespace',
       'namespace:opt-out',
@@ -98,6 +105,7 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
   const { value: user, problems } = parseUserHints(service);
   if (user.acceleration === 'disabled') {
     return nothing(
+      service,
       policy,
       'user',
       'user:acceleration',
@@ -168,6 +176,7 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
     source,
     ports,
     warnings: problems,
+    specHash: specHash(service),
   };
 }
 
@@ -211,6 +220,7 @@ export function effectiveDecision(service: Service, policy: Policy, namespace?: 
     source: 'hints',
     ports,
     warnings: [],
+    specHash: specHash(service),
   };
 }
 
@@ -229,5 +239,6 @@ export function hintAnnotations(decision: Decision): Record<string, string> {
       : {}),
     [HINT_KEYS.reason]: decision.reason,
     [HINT_KEYS.policy]: decision.policy,
+    [HINT_KEYS.specHash]: decision.specHash,
   };
 }

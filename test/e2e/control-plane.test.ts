@@ -66,6 +66,7 @@ const HINT = {
   reason: 'hints.slipstream.dev/reason',
   policy: 'hints.slipstream.dev/policy',
   trace: 'hints.slipstream.dev/trace',
+  specHash: 'hints.slipstream.dev/spec-hash',
 } as const;
 const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/;
 
@@ -626,13 +627,10 @@ describe.skipIf(!canRun())(
       );
     });
 
-    // KNOWN BUG (shared/src/contract.ts parseWebhookHints, shared/src/decide.ts effectiveDecision):
-    // hints are taken as current when every port they list still exists, so hints written before a
-    // port was added (while the webhook was down, failurePolicy Ignore) are used as they are, and the
-    // new port is never offloaded although the local policy would (5432: sql-databases). The README
-    // promises the daemon uses hints "only when they are valid and match the current spec". Marked
-    // `fails` so that the suite stays green until it is fixed; then remove `.fails`.
-    it.fails('KNOWN BUG: the port added while the webhook was down is programmed from the local policy', () => {
+    // Hints written before a port was added (while the webhook was down, failurePolicy Ignore) no
+    // longer match the Service's spec-hash, so the daemon decides locally and offloads the new port
+    // too (5432: sql-databases). This test found that bug before hints carried the spec-hash.
+    it('a port added while the webhook was down is programmed from the local policy', () => {
       const { ip, elements } = cacheAfterUpdate;
       expect(elements).toContain(`svc4 ${ip} tcp 5432 -> threshold-20`);
     });

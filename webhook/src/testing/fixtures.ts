@@ -3,7 +3,8 @@
 
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { HINT_KEYS } from '@slipstream/shared/contract';
+import { HINT_KEYS, specHash } from '@slipstream/shared/contract';
+import { readService } from '@slipstream/shared/service';
 import fastJsonPatch from 'fast-json-patch';
 import { expect } from 'vitest';
 import type { AdmissionReviewResponse, JsonPatchOperation } from '../admission.ts';
@@ -31,14 +32,18 @@ export interface Fixture {
   review: { request: { uid: string; object: unknown; operation: string } } & Record<string, unknown>;
 }
 
-/** Loads every fixture; `{{POLICY_ID}}` stands for the id of the policy under test. */
+/** Loads every fixture; `{{POLICY_ID}}` stands for the id of the policy under test, `{{SPEC_HASH}}` for the Service's specHash. */
 export function loadFixtures(policyId: string): Fixture[] {
   return readdirSync(FIXTURE_DIR)
     .filter((f) => f.endsWith('.json'))
     .sort()
     .map((file) => {
       const text = readFileSync(FIXTURE_DIR + file, 'utf8').replaceAll('{{POLICY_ID}}', policyId);
-      return { name: file.replace(/\.json$/, ''), ...(JSON.parse(text) as Omit<Fixture, 'name'>) };
+      // `{{SPEC_HASH}}` stands for the specHash of the Service in the request (hints are not part of it).
+      const raw = JSON.parse(text) as Omit<Fixture, 'name'>;
+      const read = readService(raw.review.request.object);
+      const hashed = read.ok ? text.replaceAll('{{SPEC_HASH}}', specHash(read.value)) : text;
+      return { name: file.replace(/\.json$/, ''), ...(JSON.parse(hashed) as Omit<Fixture, 'name'>) };
     });
 }
 
