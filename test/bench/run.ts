@@ -74,7 +74,12 @@ export function table(results: Figures, goals: Record<string, Goal>): string {
   const others = Object.entries(results).filter(([, v]) => typeof v !== 'number');
   const rows = [
     ['figure', 'value', 'goal', 'met'],
-    ...numbers.map(([name, value]) => [name, format(value), goalText(goals[name]), verdict(value, goals[name])]),
+    ...numbers.map(([name, value]) => [
+      name,
+      format(value),
+      goalText(goals[name]),
+      verdict(value, goals[name]),
+    ]),
   ];
   const lines = [
     '# Benchmark results',
