@@ -56,9 +56,11 @@ transfer() {
   log "iperf3 $fam to $vip:5201 for ${IPERF_SECS}s"
   ip netns exec "$CLIENT_NS" iperf3 -c "$vip" -t "$IPERF_SECS" -J >"$LAB/iperf-$fam.json" &
   pid=$!
-  # Snapshot conntrack while the transfer runs: poll until the flow shows up offloaded, at least 1.5 s in
-  # (so the flowtable has synced its counters back to conntrack), or until half the transfer is over.
-  local t0 now running offloaded
+  # Snapshot conntrack while the transfer runs: poll until the flow shows up offloaded, at least 1.5 s
+  # after it first appeared (so the flowtable has synced its counters back to conntrack), or until half
+  # the transfer is over. The clock starts when the flow appears: on a loaded host the emulated VM can
+  # take seconds just to start iperf3 and connect.
+  local t0 now running offloaded seen=false
   t0=$(uptime_ms)
   while :; do
     sleep 0.3
@@ -66,8 +68,13 @@ transfer() {
     kill -0 "$pid" 2>/dev/null && running=true || running=false
     grep -q "dst=$vip .*dport=5201 .*\[OFFLOAD\]" "$LAB/conntrack-$fam.txt" && offloaded=true || offloaded=false
     now=$(uptime_ms)
+    if [ "$seen" = false ] && grep -q "dst=$vip .*dport=5201 " "$LAB/conntrack-$fam.txt"; then
+      seen=true
+      t0=$now
+    fi
     [ "$offloaded" = true ] && [ $((now - t0)) -ge 1500 ] && break
-    [ "$running" = true ] && [ $((now - t0)) -lt $((IPERF_SECS * 500 + 1000)) ] || break
+    [ "$running" = true ] || break
+    [ "$seen" = true ] && [ $((now - t0)) -ge $((IPERF_SECS * 500 + 1000)) ] && break
   done
   echo "{\"iperf_running\": $running, \"uptime\": $(cut -d' ' -f1 /proc/uptime)}" >"$LAB/snapshot-$fam.json"
   wait "$pid" || die "iperf3 $fam failed (see $LAB/iperf-$fam.json)"
