@@ -3,11 +3,19 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import {
+  AdmissionregistrationV1Api,
+  ApiException,
+  CoreV1Api,
+  KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
+} from '@kubernetes/client-node';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   AdmissionDenied,
   applyJsonPatch,
+  applyMergePatch,
   FakeApiServer,
   type Json,
   kubeconfigYaml,
@@ -465,5 +473,298 @@ describe('fake API server', () => {
     } finally {
       await secure.close();
     }
+  });
+});
+
+const b64 = (text: string) => Buffer.from(text).toString('base64');
+
+function tlsSecret(name: string, extra: Json = {}): Json {
+  return {
+    apiVersion: 'v1',
+    kind: 'Secret',
+    metadata: { name, namespace: 'slipstream-system' },
+    type: 'kubernetes.io/tls',
+    data: { 'tls.crt': b64('cert'), 'tls.key': b64('key') },
+    ...extra,
+  };
+}
+
+function webhookConfiguration(name: string, hooks = 1): Json {
+  return {
+    apiVersion: 'admissionregistration.k8s.io/v1',
+    kind: 'MutatingWebhookConfiguration',
+    metadata: { name },
+    webhooks: Array.from({ length: hooks }, (_, i) => ({
+      name: `hook-${i}.slipstream.dev`,
+      admissionReviewVersions: ['v1'],
+      sideEffects: 'None',
+      clientConfig: {
+        service: { name: 'slipstream-webhook', namespace: 'slipstream-system', path: '/mutate' },
+      },
+    })),
+  };
+}
+
+async function patch(server: FakeApiServer, path: string, contentType: string, body: unknown) {
+  const res = await fetch(`${server.url}${path}`, {
+    method: 'PATCH',
+    headers: { authorization: `Bearer ${server.token}`, 'content-type': contentType },
+    body: JSON.stringify(body),
+  });
+  return { status: res.status, body: (await res.json()) as Json };
+}
+
+describe('fake API server: Secrets and MutatingWebhookConfigurations', () => {
+  let server: FakeApiServer;
+  const admitted: string[] = [];
+  const SECRETS = '/api/v1/namespaces/slipstream-system/secrets';
+  const MWC = '/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations';
+
+  beforeEach(async () => {
+    admitted.length = 0;
+    server = await FakeApiServer.start({
+      namespaces: ['default', 'slipstream-system'],
+      onAdmit: (request) => {
+        admitted.push(request.resource);
+        return undefined;
+      },
+    });
+  });
+
+  afterEach(async () => {
+    await server.close();
+  });
+
+  it('creates a Secret once: a second POST is 409 AlreadyExists; GET of a missing one is 404 NotFound', async () => {
+    const missing = await api(server, 'GET', `${SECRETS}/tls`);
+    expect(missing.status).toBe(404);
+    expect(missing.body).toMatchObject({ kind: 'Status', reason: 'NotFound', code: 404 });
+    const created = await api(server, 'POST', SECRETS, tlsSecret('tls'));
+    expect(created.status).toBe(201);
+    expect(created.body).toMatchObject({ kind: 'Secret', apiVersion: 'v1', type: 'kubernetes.io/tls' });
+    expect((created.body.metadata as Json).uid).toEqual(expect.any(String));
+    const again = await api(server, 'POST', SECRETS, tlsSecret('tls'));
+    expect(again.status).toBe(409);
+    expect(again.body).toMatchObject({ kind: 'Status', reason: 'AlreadyExists', code: 409 });
+    expect((again.body.details as Json).name).toBe('tls');
+    const read = await api(server, 'GET', `${SECRETS}/tls`);
+    expect(read.body).toEqual(created.body);
+    expect(server.requests.filter((r) => r.verb === 'create').map((r) => r.status)).toEqual([201, 409]);
+    expect(admitted).toEqual([]); // only Services and Namespaces go through onAdmit
+  });
+
+  it('defaults and validates Secrets like the real server', async () => {
+    const opaque = await api(server, 'POST', SECRETS, {
+      metadata: { name: 'plain' },
+      stringData: { greeting: 'hello' },
+    });
+    expect(opaque.status).toBe(201);
+    expect(opaque.body.type).toBe('Opaque');
+    expect(opaque.body.stringData).toBeUndefined();
+    expect(server.secretData('slipstream-system', 'plain')).toEqual({ greeting: 'hello' });
+
+    const noKey = await api(server, 'POST', SECRETS, tlsSecret('bad', { data: { 'tls.crt': b64('x') } }));
+    expect(noKey.status).toBe(422);
+    expect(String(noKey.body.message)).toContain('data[tls.key]: Required value');
+    const notBase64 = await api(
+      server,
+      'POST',
+      SECRETS,
+      tlsSecret('bad', { data: { 'tls.crt': '*', 'tls.key': '' } }),
+    );
+    expect(notBase64.status).toBe(400);
+    const dotted = await api(server, 'POST', SECRETS, tlsSecret('slipstream.webhook-tls'));
+    expect(dotted.status).toBe(201); // Secret names are DNS subdomains
+    const elsewhere = await api(server, 'POST', '/api/v1/namespaces/nowhere/secrets', {
+      ...tlsSecret('tls'),
+      metadata: { name: 'tls' },
+    });
+    expect(elsewhere.status).toBe(404);
+    const retype = await api(server, 'PUT', `${SECRETS}/plain`, {
+      ...opaque.body,
+      type: 'kubernetes.io/tls',
+    });
+    expect(retype.status).toBe(422);
+    expect(String(retype.body.message)).toContain('field is immutable');
+  });
+
+  it('PUT with a stale resourceVersion is 409 Conflict; with the current one it writes', async () => {
+    const created = await api(server, 'POST', SECRETS, tlsSecret('tls'));
+    const first = await api(server, 'PUT', `${SECRETS}/tls`, {
+      ...created.body,
+      data: { 'tls.crt': b64('cert-2'), 'tls.key': b64('key-2') },
+    });
+    expect(first.status).toBe(200);
+    expect(rvOf(first.body)).toBeGreaterThan(rvOf(created.body));
+    const stale = await api(server, 'PUT', `${SECRETS}/tls`, {
+      ...created.body,
+      data: { 'tls.crt': b64('cert-3'), 'tls.key': b64('key-3') },
+    });
+    expect(stale.status).toBe(409);
+    expect(stale.body).toMatchObject({ kind: 'Status', reason: 'Conflict', code: 409 });
+    expect(server.secretData('slipstream-system', 'tls')?.['tls.crt']).toBe('cert-2');
+  });
+
+  it('PATCHes Secrets with merge and JSON patches; resourceVersion in the patch is a precondition', async () => {
+    const created = await api(server, 'POST', SECRETS, tlsSecret('tls'));
+    const rv = (created.body.metadata as Json).resourceVersion;
+    const merged = await patch(server, `${SECRETS}/tls`, 'application/merge-patch+json', {
+      metadata: { resourceVersion: rv, annotations: { a: '1' } },
+      data: { 'ca.crt': b64('ca') },
+    });
+    expect(merged.status).toBe(200);
+    expect(server.secretData('slipstream-system', 'tls')).toEqual({
+      'tls.crt': 'cert',
+      'tls.key': 'key',
+      'ca.crt': 'ca',
+    });
+    const staleMerge = await patch(server, `${SECRETS}/tls`, 'application/merge-patch+json', {
+      metadata: { resourceVersion: rv },
+      data: { 'ca.crt': null },
+    });
+    expect(staleMerge.status).toBe(409);
+    expect(staleMerge.body.reason).toBe('Conflict');
+    const unconditional = await patch(server, `${SECRETS}/tls`, 'application/merge-patch+json', {
+      data: { 'ca.crt': null },
+    });
+    expect(unconditional.status).toBe(200);
+    expect(server.secretData('slipstream-system', 'tls')).toEqual({ 'tls.crt': 'cert', 'tls.key': 'key' });
+
+    const current = (unconditional.body.metadata as Json).resourceVersion;
+    const tested = await patch(server, `${SECRETS}/tls`, 'application/json-patch+json', [
+      { op: 'test', path: '/metadata/resourceVersion', value: rv },
+      { op: 'add', path: '/data/ca.crt', value: b64('ca') },
+    ]);
+    expect(tested.status).toBe(422);
+    expect(tested.body).toMatchObject({ kind: 'Status', reason: 'Invalid', code: 422 });
+    const ok = await patch(server, `${SECRETS}/tls`, 'application/json-patch+json', [
+      { op: 'test', path: '/metadata/resourceVersion', value: current },
+      { op: 'add', path: '/data/ca.crt', value: b64('ca') },
+    ]);
+    expect(ok.status).toBe(200);
+    expect(server.secretData('slipstream-system', 'tls')?.['ca.crt']).toBe('ca');
+    const strategic = await patch(server, `${SECRETS}/tls`, 'application/strategic-merge-patch+json', {});
+    expect(strategic.status).toBe(415);
+    const missing = await patch(server, `${SECRETS}/nope`, 'application/merge-patch+json', {});
+    expect(missing.status).toBe(404);
+  });
+
+  it('serves MutatingWebhookConfigurations: defaults, GET, PUT, JSON and merge PATCH as client-node sends them', async () => {
+    await server.createMutatingWebhookConfiguration(webhookConfiguration('slipstream', 2));
+    const stored = server.getMutatingWebhookConfiguration('slipstream')!;
+    expect(stored.apiVersion).toBe('admissionregistration.k8s.io/v1');
+    const hook = (stored.webhooks as Json[])[0]!;
+    expect(hook).toMatchObject({ failurePolicy: 'Fail', timeoutSeconds: 10, matchPolicy: 'Equivalent' });
+    expect((hook.clientConfig as { service: Json }).service.port).toBe(443);
+    expect(server.caBundles('slipstream')).toEqual(['', '']);
+
+    const kc = new KubeConfig();
+    kc.loadFromString(server.kubeconfig());
+    const admission = kc.makeApiClient(AdmissionregistrationV1Api);
+    const read = await admission.readMutatingWebhookConfiguration({ name: 'slipstream' });
+    expect(read.webhooks).toHaveLength(2);
+    const rv = read.metadata?.resourceVersion;
+
+    await admission.patchMutatingWebhookConfiguration({
+      name: 'slipstream',
+      body: [
+        { op: 'test', path: '/metadata/resourceVersion', value: rv },
+        { op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: b64('CA-1') },
+        { op: 'add', path: '/webhooks/1/clientConfig/caBundle', value: b64('CA-1') },
+      ],
+    });
+    expect(server.caBundles('slipstream')).toEqual(['CA-1', 'CA-1']);
+    const stale = await admission
+      .patchMutatingWebhookConfiguration({
+        name: 'slipstream',
+        body: [
+          { op: 'test', path: '/metadata/resourceVersion', value: rv },
+          { op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: b64('CA-2') },
+        ],
+      })
+      .catch((error: unknown) => error);
+    expect(stale).toBeInstanceOf(ApiException);
+    expect((stale as ApiException<unknown>).code).toBe(422);
+
+    await admission.patchMutatingWebhookConfiguration(
+      { name: 'slipstream', body: { metadata: { annotations: { 'slipstream.dev/x': 'y' } } } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+    expect((server.getMutatingWebhookConfiguration('slipstream')!.metadata as Json).annotations).toEqual({
+      'slipstream.dev/x': 'y',
+    });
+    expect(server.requests.filter((r) => r.verb === 'patch').map((r) => [r.contentType, r.status])).toEqual([
+      ['application/json-patch+json', 200],
+      ['application/json-patch+json', 422],
+      ['application/merge-patch+json', 200],
+    ]);
+
+    const latest = await admission.readMutatingWebhookConfiguration({ name: 'slipstream' });
+    const hooks = latest.webhooks!;
+    hooks[1]!.clientConfig.caBundle = b64('CA-3');
+    await admission.replaceMutatingWebhookConfiguration({ name: 'slipstream', body: latest });
+    expect(server.caBundles('slipstream')).toEqual(['CA-1', 'CA-3']);
+    const conflict = await admission
+      .replaceMutatingWebhookConfiguration({ name: 'slipstream', body: latest })
+      .catch((error: unknown) => error);
+    expect((conflict as ApiException<unknown>).code).toBe(409);
+
+    const missing = await api(server, 'GET', `${MWC}/nope`);
+    expect(missing.status).toBe(404);
+    const invalid = await api(server, 'POST', MWC, {
+      ...webhookConfiguration('broken'),
+      webhooks: [{ name: 'nodots', clientConfig: { url: 'https://x' } }],
+    });
+    expect(invalid.status).toBe(422);
+    const badBundle = await patch(server, `${MWC}/slipstream`, 'application/json-patch+json', [
+      { op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: 'not base64!' },
+    ]);
+    expect(badBundle.status).toBe(400);
+  });
+
+  it('works with client-node CoreV1Api for Secrets (409s are ApiExceptions), and direct writes', async () => {
+    const kc = new KubeConfig();
+    kc.loadFromString(server.kubeconfig());
+    const core = kc.makeApiClient(CoreV1Api);
+    const created = await core.createNamespacedSecret({
+      namespace: 'slipstream-system',
+      body: tlsSecret('tls'),
+    });
+    const exists = await core
+      .createNamespacedSecret({ namespace: 'slipstream-system', body: tlsSecret('tls') })
+      .catch((error: unknown) => error);
+    expect((exists as ApiException<unknown>).code).toBe(409);
+    await server.updateSecret({
+      ...server.getSecret('slipstream-system', 'tls'),
+      data: { 'tls.crt': b64('direct'), 'tls.key': b64('k') },
+    });
+    const conflict = await core
+      .replaceNamespacedSecret({ namespace: 'slipstream-system', name: 'tls', body: created })
+      .catch((error: unknown) => error);
+    expect((conflict as ApiException<unknown>).code).toBe(409);
+    const read = await core.readNamespacedSecret({ namespace: 'slipstream-system', name: 'tls' });
+    expect(Buffer.from(read.data?.['tls.crt'] ?? '', 'base64').toString()).toBe('direct');
+    const missing = await core
+      .readNamespacedSecret({ namespace: 'slipstream-system', name: 'nope' })
+      .catch((error: unknown) => error);
+    expect((missing as ApiException<unknown>).code).toBe(404);
+
+    await server.goDown();
+    await server.createSecret(tlsSecret('while-down'));
+    await server.comeBack();
+    expect(server.getSecret('slipstream-system', 'while-down')).toBeDefined();
+    await server.deleteNamespace('slipstream-system');
+    expect(server.getSecret('slipstream-system', 'tls')).toBeUndefined();
+  });
+
+  it('applies merge patches per RFC 7386', () => {
+    expect(
+      applyMergePatch({ a: 1, b: { c: 2, d: 3 }, e: [1] }, { b: { c: null, f: 4 }, e: [2], g: 'x' }),
+    ).toEqual({
+      a: 1,
+      b: { d: 3, f: 4 },
+      e: [2],
+      g: 'x',
+    });
   });
 });

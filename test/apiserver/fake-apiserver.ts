@@ -2,16 +2,22 @@
 //
 // No real kube-apiserver (or etcd, kind, k3s, envtest) can run on this machine, so the daemon's
 // Kubernetes source and the webhook are tested against this server instead. It speaks the real
-// wire protocol for the small part of the core/v1 API that Slipstream uses, so the tests run the
-// REAL @kubernetes/client-node code (KubeConfig, CoreV1Api, Watch, ListWatch) against it:
+// wire protocol for the small part of the Kubernetes API that Slipstream uses, so the tests run
+// the REAL @kubernetes/client-node code (KubeConfig, CoreV1Api, AdmissionregistrationV1Api, Watch,
+// ListWatch) against it:
 //
 //   GET    /api/v1/services                              list / ?watch=true (all namespaces)
 //   GET    /api/v1/namespaces                            list / ?watch=true
 //   POST   /api/v1/namespaces                            create
-//   GET|PUT|DELETE /api/v1/namespaces/{name}
+//   GET|PUT|PATCH|DELETE /api/v1/namespaces/{name}
 //   GET    /api/v1/namespaces/{ns}/services              list / ?watch=true (one namespace)
 //   POST   /api/v1/namespaces/{ns}/services              create
-//   GET|PUT|DELETE /api/v1/namespaces/{ns}/services/{name}
+//   GET|PUT|PATCH|DELETE /api/v1/namespaces/{ns}/services/{name}
+//   GET    /api/v1/namespaces/{ns}/secrets               list / ?watch=true
+//   POST   /api/v1/namespaces/{ns}/secrets               create
+//   GET|PUT|PATCH|DELETE /api/v1/namespaces/{ns}/secrets/{name}
+//   GET|POST /apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations
+//   GET|PUT|PATCH|DELETE /apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}
 //
 // What it reproduces: one cluster-wide resourceVersion counter (like etcd's revision) that every
 // write increases; lists `{kind: ServiceList, apiVersion: v1, metadata: {resourceVersion}, items}`
@@ -21,18 +27,26 @@
 // Status with code 410 ("too old resource version") when the requested resourceVersion is older
 // than the history, and as a 410 response for an expired continue token; BOOKMARK events when the
 // client asks with allowWatchBookmarks=true; timeoutSeconds; bearer-token auth; Status objects for
-// errors (404 NotFound, 409 AlreadyExists/Conflict, 422 Invalid, 400 BadRequest, 401); the
+// errors (404 NotFound, 409 AlreadyExists/Conflict, 422 Invalid, 400 BadRequest, 401, 415); the
 // server-side defaults a Service gets (type, protocol, targetPort, ClusterIP allocation from
-// 10.96.0.0/16 and fd00:10:96::/112, ipFamilies, uid, creationTimestamp, managedFields, status).
+// 10.96.0.0/16 and fd00:10:96::/112, ipFamilies, uid, creationTimestamp, managedFields, status);
+// Secrets (type default Opaque and immutable, base64 data, stringData folded into data,
+// kubernetes.io/tls needs tls.crt and tls.key) and MutatingWebhookConfigurations (webhook
+// defaults, base64 caBundle); PATCH as application/json-patch+json (a failed `test` is 422) and
+// application/merge-patch+json, where a metadata.resourceVersion in the patched object is a
+// precondition (stale: 409 Conflict), as kube-apiserver does it.
 //
-// What it does not: PATCH, label/field selectors, subresources, sendInitialEvents, graceful
-// namespace termination (deleting a Namespace deletes its Services at once), RBAC.
+// What it does not: strategic merge and apply patches (415), label/field selectors,
+// subresources, sendInitialEvents, graceful namespace termination (deleting a Namespace deletes
+// its Services and Secrets at once), RBAC, admission for Secrets and webhook configurations.
 //
 // Test controls: dropWatches() (network failure or clean server-side close), expireWatches(),
 // compact() (forget the history, so older resourceVersions get 410), injectBookmark(),
 // holdWatches()/releaseWatches() (delay delivery), goDown()/comeBack() (connections refused,
-// state kept, like an apiserver restart with etcd intact), and direct writes that work while
-// down. `onAdmit` is a mutating/validating admission hook for POST and PUT.
+// state kept, like an apiserver restart with etcd intact), beforeHandle (hold back or fail a
+// request, e.g. to make two writers race for real), and direct reads and writes that work while
+// down. `onAdmit` is a mutating/validating admission hook for POST, PUT and PATCH of Services and
+// Namespaces.
 
 import { randomBytes, randomUUID } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
@@ -42,7 +56,10 @@ import type { Socket } from 'node:net';
 import { stringify } from 'yaml';
 
 export type Json = Record<string, unknown>;
+/** The resources that go through admission (`onAdmit`). */
 export type ResourceName = 'services' | 'namespaces';
+/** Every resource the server stores. */
+export type StoredResource = ResourceName | 'secrets' | 'mutatingwebhookconfigurations';
 export type WatchEventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
 
 export interface AdmissionRequest {
@@ -89,32 +106,67 @@ export interface RequestRecord {
   method: string;
   path: string;
   query: string;
-  verb: 'list' | 'watch' | 'get' | 'create' | 'update' | 'delete' | 'other';
-  resource?: ResourceName;
+  verb: 'list' | 'watch' | 'get' | 'create' | 'update' | 'patch' | 'delete' | 'other';
+  resource?: StoredResource;
   /** The client's TCP port: requests with the same one shared a connection. */
   remotePort?: number;
+  /** The HTTP status answered (set when the response is finished). */
+  status?: number;
+  /** Content-Type of a PATCH. */
+  contentType?: string;
 }
 
 interface ResourceInfo {
-  resource: ResourceName;
-  kind: 'Service' | 'Namespace';
+  resource: StoredResource;
+  kind: string;
   listKind: string;
+  apiVersion: string;
+  namespaced: boolean;
 }
 
-const RESOURCES: Record<ResourceName, ResourceInfo> = {
-  services: { resource: 'services', kind: 'Service', listKind: 'ServiceList' },
-  namespaces: { resource: 'namespaces', kind: 'Namespace', listKind: 'NamespaceList' },
+const RESOURCES: Record<StoredResource, ResourceInfo> = {
+  services: {
+    resource: 'services',
+    kind: 'Service',
+    listKind: 'ServiceList',
+    apiVersion: 'v1',
+    namespaced: true,
+  },
+  namespaces: {
+    resource: 'namespaces',
+    kind: 'Namespace',
+    listKind: 'NamespaceList',
+    apiVersion: 'v1',
+    namespaced: false,
+  },
+  secrets: {
+    resource: 'secrets',
+    kind: 'Secret',
+    listKind: 'SecretList',
+    apiVersion: 'v1',
+    namespaced: true,
+  },
+  mutatingwebhookconfigurations: {
+    resource: 'mutatingwebhookconfigurations',
+    kind: 'MutatingWebhookConfiguration',
+    listKind: 'MutatingWebhookConfigurationList',
+    apiVersion: 'admissionregistration.k8s.io/v1',
+    namespaced: false,
+  },
 };
+
+const JSON_PATCH = 'application/json-patch+json';
+const MERGE_PATCH = 'application/merge-patch+json';
 
 interface EventRecord {
   rv: number;
-  resource: ResourceName;
+  resource: StoredResource;
   namespace: string | undefined;
   line: string;
 }
 
 interface Watcher {
-  resource: ResourceName;
+  resource: StoredResource;
   namespace: string | undefined;
   bookmarks: boolean;
   res: http.ServerResponse;
@@ -125,7 +177,7 @@ interface Watcher {
 
 interface ContinueSnapshot {
   rv: number;
-  resource: ResourceName;
+  resource: StoredResource;
   namespace: string | undefined;
   items: Json[];
   limit: number;
@@ -183,6 +235,13 @@ function keyOf(namespace: string | undefined, name: string): string {
 }
 
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+/** Secrets and webhook configurations take DNS subdomains (dots allowed, 253 characters). */
+const SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+function isBase64(value: unknown): value is string {
+  return typeof value === 'string' && value.length % 4 === 0 && BASE64.test(value);
+}
 
 /** The body a real mutating webhook receives for this request (admission.k8s.io/v1 AdmissionReview). */
 export function toAdmissionReview(request: AdmissionRequest, uid: string = randomUUID()): Json {
@@ -258,6 +317,17 @@ export function applyJsonPatch(object: Json, patch: unknown): Json {
   return root.doc;
 }
 
+/** Applies an RFC 7386 JSON Merge Patch to a copy of `target` (null deletes a key; lists are replaced whole). */
+export function applyMergePatch(target: unknown, patch: unknown): unknown {
+  if (!isRecord(patch)) return clone(patch);
+  const result: Json = isRecord(target) ? clone(target) : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete result[key];
+    else result[key] = applyMergePatch(result[key], value);
+  }
+  return result;
+}
+
 export interface KubeconfigOptions {
   server: string;
   token?: string;
@@ -311,6 +381,12 @@ export class FakeApiServer {
   readonly requests: RequestRecord[] = [];
   /** TCP connections accepted so far. */
   connections = 0;
+  /**
+   * Runs before a resource request is handled (after it is recorded, with its verb and resource):
+   * a test can hold a request back (say, until a competing one has arrived), write directly in
+   * between, or throw a StatusError to fail it.
+   */
+  beforeHandle: ((record: RequestRecord) => Promise<void> | void) | undefined;
 
   readonly #historyLimit: number;
   readonly #onAdmit: AdmissionHook | undefined;
@@ -321,7 +397,12 @@ export class FakeApiServer {
   #down = true;
 
   #rv = 100;
-  readonly #objects: Record<ResourceName, Map<string, Json>> = { services: new Map(), namespaces: new Map() };
+  readonly #objects: Record<StoredResource, Map<string, Json>> = {
+    services: new Map(),
+    namespaces: new Map(),
+    secrets: new Map(),
+    mutatingwebhookconfigurations: new Map(),
+  };
   #history: EventRecord[] = [];
   #compactedRv = 0;
   readonly #watchers = new Set<Watcher>();
@@ -383,13 +464,13 @@ export class FakeApiServer {
   }
 
   /** Open watch connections (of one resource, or all). */
-  openWatches(resource?: ResourceName): number {
+  openWatches(resource?: StoredResource): number {
     let n = 0;
     for (const w of this.#watchers) if (!w.closed && (resource === undefined || w.resource === resource)) n++;
     return n;
   }
 
-  count(verb: RequestRecord['verb'], resource?: ResourceName): number {
+  count(verb: RequestRecord['verb'], resource?: StoredResource): number {
     return this.requests.filter((r) => r.verb === verb && (resource === undefined || r.resource === resource))
       .length;
   }
@@ -397,7 +478,7 @@ export class FakeApiServer {
   // --- test controls ------------------------------------------------------------------------
 
   /** 'reset': destroy the sockets (a network failure); 'end': finish the responses cleanly (a server-side timeout). */
-  dropWatches(how: 'reset' | 'end' = 'reset', resource?: ResourceName): number {
+  dropWatches(how: 'reset' | 'end' = 'reset', resource?: StoredResource): number {
     let n = 0;
     for (const w of [...this.#watchers]) {
       if (resource !== undefined && w.resource !== resource) continue;
@@ -413,7 +494,7 @@ export class FakeApiServer {
   }
 
   /** Sends every open watch an ERROR event with a 410 Status and closes it (as after a watch-cache reset). */
-  expireWatches(resource?: ResourceName): void {
+  expireWatches(resource?: StoredResource): void {
     for (const w of [...this.#watchers]) {
       if (resource !== undefined && w.resource !== resource) continue;
       w.queue = [];
@@ -431,12 +512,12 @@ export class FakeApiServer {
   }
 
   /** Sends a BOOKMARK at the current resourceVersion to every watch that allowed bookmarks. */
-  injectBookmark(resource?: ResourceName): void {
+  injectBookmark(resource?: StoredResource): void {
     for (const w of this.#watchers) {
       if (!w.bookmarks || (resource !== undefined && w.resource !== resource)) continue;
       const object = {
         kind: RESOURCES[w.resource].kind,
-        apiVersion: 'v1',
+        apiVersion: RESOURCES[w.resource].apiVersion,
         metadata: { resourceVersion: String(this.#rv) },
       };
       this.#send(w, `${JSON.stringify({ type: 'BOOKMARK', object })}\n`);
@@ -546,10 +627,78 @@ export class FakeApiServer {
     return this.#delete('namespaces', undefined, name);
   }
 
+  getSecret(namespace: string, name: string): Json | undefined {
+    const object = this.#objects.secrets.get(keyOf(namespace, name));
+    return object ? clone(object) : undefined;
+  }
+
+  /** A Secret's `data`, base64-decoded to text (undefined when there is no such Secret). */
+  secretData(namespace: string, name: string): Record<string, string> | undefined {
+    const object = this.#objects.secrets.get(keyOf(namespace, name));
+    if (!object) return undefined;
+    const data = isRecord(object.data) ? object.data : {};
+    return Object.fromEntries(
+      Object.entries(data).map(([key, value]) => [
+        key,
+        Buffer.from(String(value), 'base64').toString('utf8'),
+      ]),
+    );
+  }
+
+  /** Creates a Secret (`stringData` is accepted, as by the real server). */
+  async createSecret(object: Json): Promise<Json> {
+    const namespace = str(isRecord(object.metadata) ? object.metadata.namespace : undefined) ?? 'default';
+    return this.#create('secrets', namespace, clone(object), false);
+  }
+
+  async updateSecret(object: Json): Promise<Json> {
+    const metadata = isRecord(object.metadata) ? object.metadata : {};
+    return this.#update(
+      'secrets',
+      str(metadata.namespace) ?? 'default',
+      str(metadata.name) ?? '',
+      clone(object),
+      false,
+    );
+  }
+
+  async deleteSecret(namespace: string, name: string): Promise<Json> {
+    return this.#delete('secrets', namespace, name);
+  }
+
+  getMutatingWebhookConfiguration(name: string): Json | undefined {
+    const object = this.#objects.mutatingwebhookconfigurations.get(name);
+    return object ? clone(object) : undefined;
+  }
+
+  /** The decoded `clientConfig.caBundle` of each webhook ('' where there is none). */
+  caBundles(name: string): string[] | undefined {
+    const object = this.#objects.mutatingwebhookconfigurations.get(name);
+    if (!object) return undefined;
+    const webhooks = Array.isArray(object.webhooks) ? object.webhooks : [];
+    return webhooks.map((webhook) => {
+      const config = isRecord(webhook) && isRecord(webhook.clientConfig) ? webhook.clientConfig : {};
+      return Buffer.from(String(config.caBundle ?? ''), 'base64').toString('utf8');
+    });
+  }
+
+  async createMutatingWebhookConfiguration(object: Json): Promise<Json> {
+    return this.#create('mutatingwebhookconfigurations', undefined, clone(object), false);
+  }
+
+  async updateMutatingWebhookConfiguration(object: Json): Promise<Json> {
+    const name = str(isRecord(object.metadata) ? object.metadata.name : undefined) ?? '';
+    return this.#update('mutatingwebhookconfigurations', undefined, name, clone(object), false);
+  }
+
+  async deleteMutatingWebhookConfiguration(name: string): Promise<Json> {
+    return this.#delete('mutatingwebhookconfigurations', undefined, name);
+  }
+
   // --- storage --------------------------------------------------------------------------------
 
   #commit(
-    resource: ResourceName,
+    resource: StoredResource,
     type: 'ADDED' | 'MODIFIED' | 'DELETED',
     namespace: string | undefined,
     name: string,
@@ -573,6 +722,157 @@ export class FakeApiServer {
         this.#send(w, line);
     }
     return clone(stored);
+  }
+
+  #defaulted(resource: StoredResource, object: Json): Json {
+    switch (resource) {
+      case 'services':
+        return this.#defaultService(object);
+      case 'namespaces':
+        return this.#defaultNamespace(object);
+      case 'secrets':
+        return this.#defaultSecret(object);
+      case 'mutatingwebhookconfigurations':
+        return this.#defaultWebhookConfiguration(object);
+    }
+  }
+
+  #validate(resource: StoredResource, object: Json, old: Json | undefined): void {
+    if (resource === 'services') this.#validateService(object);
+    else if (resource === 'secrets') this.#validateSecret(object, old);
+    else if (resource === 'mutatingwebhookconfigurations') this.#validateWebhookConfiguration(object);
+  }
+
+  #defaultSecret(object: Json): Json {
+    object.apiVersion = 'v1';
+    object.kind = 'Secret';
+    if (!str(object.type)) object.type = 'Opaque';
+    if (object.data !== undefined && object.data !== null && !isRecord(object.data)) {
+      throw new StatusError(
+        400,
+        'BadRequest',
+        'Secret in version "v1" cannot be handled: data must be a map',
+      );
+    }
+    // stringData is write-only: merged into data (winning over it), never stored.
+    if (isRecord(object.stringData)) {
+      const data = child(object, 'data');
+      for (const [key, value] of Object.entries(object.stringData)) {
+        data[key] = Buffer.from(String(value), 'utf8').toString('base64');
+      }
+    }
+    delete object.stringData;
+    return object;
+  }
+
+  #validateSecret(object: Json, old: Json | undefined): void {
+    const name = str(child(object, 'metadata').name) ?? '';
+    const invalid = (field: string, message: string): StatusError =>
+      new StatusError(422, 'Invalid', `Secret "${name}" is invalid: ${field}: ${message}`, {
+        name,
+        kind: 'Secret',
+        causes: [{ reason: 'FieldValueInvalid', message, field }],
+      });
+    if (old && old.type !== object.type) {
+      throw invalid('type', `Invalid value: "${String(object.type)}": field is immutable`);
+    }
+    const data = isRecord(object.data) ? object.data : {};
+    let size = 0;
+    for (const [key, value] of Object.entries(data)) {
+      // data values are []byte: JSON carries them base64-encoded, and anything else fails to decode.
+      if (!isBase64(value)) {
+        throw new StatusError(
+          400,
+          'BadRequest',
+          `Secret in version "v1" cannot be handled: illegal base64 data in data[${key}]`,
+        );
+      }
+      if (!/^[-._a-zA-Z0-9]+$/.test(key)) {
+        throw invalid(
+          `data[${key}]`,
+          `Invalid value: "${key}": a valid config key must consist of alphanumeric characters, '-', '_' or '.'`,
+        );
+      }
+      size += Buffer.from(value, 'base64').length;
+    }
+    if (size > 1024 * 1024) throw invalid('data', 'Too long: must have at most 1048576 bytes');
+    if (object.type === 'kubernetes.io/tls') {
+      for (const key of ['tls.crt', 'tls.key']) {
+        if (data[key] === undefined) throw invalid(`data[${key}]`, 'Required value');
+      }
+    }
+  }
+
+  #defaultWebhookConfiguration(object: Json): Json {
+    object.apiVersion = 'admissionregistration.k8s.io/v1';
+    object.kind = 'MutatingWebhookConfiguration';
+    if (Array.isArray(object.webhooks)) {
+      for (const webhook of object.webhooks) {
+        if (!isRecord(webhook)) continue;
+        webhook.failurePolicy ??= 'Fail';
+        webhook.matchPolicy ??= 'Equivalent';
+        webhook.namespaceSelector ??= {};
+        webhook.objectSelector ??= {};
+        webhook.timeoutSeconds ??= 10;
+        webhook.reinvocationPolicy ??= 'Never';
+        const config = isRecord(webhook.clientConfig) ? webhook.clientConfig : undefined;
+        if (config && isRecord(config.service)) config.service.port ??= 443;
+      }
+    }
+    return object;
+  }
+
+  #validateWebhookConfiguration(object: Json): void {
+    const name = str(child(object, 'metadata').name) ?? '';
+    const invalid = (field: string, message: string): StatusError =>
+      new StatusError(
+        422,
+        'Invalid',
+        `MutatingWebhookConfiguration.admissionregistration.k8s.io "${name}" is invalid: ${field}: ${message}`,
+        {
+          name,
+          group: 'admissionregistration.k8s.io',
+          kind: 'MutatingWebhookConfiguration',
+          causes: [{ reason: 'FieldValueInvalid', message, field }],
+        },
+      );
+    const webhooks = object.webhooks ?? [];
+    if (!Array.isArray(webhooks)) throw invalid('webhooks', 'must be a list');
+    const names = new Set<string>();
+    for (const [i, webhook] of webhooks.entries()) {
+      const at = `webhooks[${i}]`;
+      if (!isRecord(webhook)) throw invalid(at, 'must be an object');
+      const hookName = str(webhook.name);
+      if (!hookName) throw invalid(`${at}.name`, 'Required value');
+      if (!hookName.includes('.'))
+        throw invalid(
+          `${at}.name`,
+          `Invalid value: "${hookName}": should be a domain with at least three segments separated by dots`,
+        );
+      if (names.has(hookName)) throw invalid(`${at}.name`, `Duplicate value: "${hookName}"`);
+      names.add(hookName);
+      const config = webhook.clientConfig;
+      if (!isRecord(config)) throw invalid(`${at}.clientConfig`, 'Required value');
+      if ((config.url === undefined) === (config.service === undefined)) {
+        throw invalid(`${at}.clientConfig`, 'Required value: exactly one of url or service is required');
+      }
+      if (config.caBundle !== undefined && !isBase64(config.caBundle)) {
+        throw new StatusError(
+          400,
+          'BadRequest',
+          `MutatingWebhookConfiguration in version "v1" cannot be handled: illegal base64 data in ${at}.clientConfig.caBundle`,
+        );
+      }
+      if (!Array.isArray(webhook.admissionReviewVersions) || webhook.admissionReviewVersions.length === 0) {
+        throw invalid(`${at}.admissionReviewVersions`, 'Required value: must specify one of v1, v1beta1');
+      }
+      if (webhook.sideEffects !== 'None' && webhook.sideEffects !== 'NoneOnDryRun') {
+        throw invalid(
+          `${at}.sideEffects`,
+          `Unsupported value: ${JSON.stringify(webhook.sideEffects)}: supported values: "None", "NoneOnDryRun"`,
+        );
+      }
+    }
   }
 
   #defaultNamespace(object: Json): Json {
@@ -707,12 +1007,12 @@ export class FakeApiServer {
     spec.ipFamilies = wanted;
   }
 
-  #managedFields(manager: string, operation: 'Update' | 'Apply'): Json[] {
+  #managedFields(manager: string, operation: 'Update' | 'Apply', apiVersion = 'v1'): Json[] {
     return [
       {
         manager,
         operation,
-        apiVersion: 'v1',
+        apiVersion,
         time: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
         fieldsType: 'FieldsV1',
         fieldsV1: {
@@ -749,7 +1049,7 @@ export class FakeApiServer {
   }
 
   async #create(
-    resource: ResourceName,
+    resource: StoredResource,
     namespace: string | undefined,
     body: Json,
     admit: boolean,
@@ -773,11 +1073,12 @@ export class FakeApiServer {
         'Invalid',
         `${info.kind} "" is invalid: metadata.name: Required value: name or generateName is required`,
       );
-    if (!NAME.test(name) || name.length > 63) {
+    const subdomain = resource === 'secrets' || resource === 'mutatingwebhookconfigurations';
+    if (subdomain ? !SUBDOMAIN.test(name) || name.length > 253 : !NAME.test(name) || name.length > 63) {
       throw new StatusError(
         422,
         'Invalid',
-        `${info.kind} "${name}" is invalid: metadata.name: Invalid value: "${name}": a DNS-1035 label`,
+        `${info.kind} "${name}" is invalid: metadata.name: Invalid value: "${name}": a ${subdomain ? 'lowercase RFC 1123 subdomain' : 'DNS-1035 label'}`,
       );
     }
     if (namespace !== undefined) {
@@ -808,18 +1109,18 @@ export class FakeApiServer {
     exists();
     for (const field of ['uid', 'resourceVersion', 'creationTimestamp', 'managedFields', 'deletionTimestamp'])
       delete metadata[field];
-    let object = resource === 'services' ? this.#defaultService(body) : this.#defaultNamespace(body);
-    if (resource === 'services') this.#validateService(object);
-    if (admit) {
+    let object = this.#defaulted(resource, body);
+    this.#validate(resource, object, undefined);
+    if (admit && (resource === 'services' || resource === 'namespaces')) {
       object = await this.#admit({
         operation: 'CREATE',
         resource,
-        kind: info.kind,
+        kind: resource === 'services' ? 'Service' : 'Namespace',
         ...(namespace !== undefined ? { namespace } : {}),
         name,
         object: clone(object),
       });
-      if (resource === 'services') this.#validateService(object);
+      this.#validate(resource, object, undefined);
     }
     exists();
     if (namespace !== undefined && !this.#objects.namespaces.has(namespace)) {
@@ -831,18 +1132,18 @@ export class FakeApiServer {
     const meta = child(object, 'metadata');
     meta.uid = randomUUID();
     meta.creationTimestamp = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
-    meta.managedFields = this.#managedFields('kubectl-client-side-apply', 'Update');
+    meta.managedFields = this.#managedFields('kubectl-client-side-apply', 'Update', info.apiVersion);
     if (resource === 'services') {
       this.#allocate(object, undefined);
       object.status = { loadBalancer: {} };
-    } else {
+    } else if (resource === 'namespaces') {
       object.status = { phase: 'Active' };
     }
     return this.#commit(resource, 'ADDED', namespace, name, object);
   }
 
   async #update(
-    resource: ResourceName,
+    resource: StoredResource,
     namespace: string | undefined,
     name: string,
     body: Json,
@@ -885,31 +1186,27 @@ export class FakeApiServer {
     metadata.uid = currentMeta.uid;
     metadata.creationTimestamp = currentMeta.creationTimestamp;
     delete metadata.managedFields;
-    let object = resource === 'services' ? this.#defaultService(body) : this.#defaultNamespace(body);
-    if (resource === 'services') {
-      this.#validateService(object);
-      this.#allocate(object, current);
-    }
-    if (admit) {
+    let object = this.#defaulted(resource, body);
+    this.#validate(resource, object, current);
+    if (resource === 'services') this.#allocate(object, current);
+    if (admit && (resource === 'services' || resource === 'namespaces')) {
       object = await this.#admit({
         operation: 'UPDATE',
         resource,
-        kind: info.kind,
+        kind: resource === 'services' ? 'Service' : 'Namespace',
         ...(namespace !== undefined ? { namespace } : {}),
         name,
         object: clone(object),
         oldObject: clone(current),
       });
-      if (resource === 'services') {
-        this.#validateService(object);
-        this.#allocate(object, current);
-      }
+      this.#validate(resource, object, current);
+      if (resource === 'services') this.#allocate(object, current);
     }
     const latest = this.#objects[resource].get(key);
     if (!latest)
       throw new StatusError(404, 'NotFound', `${resource} "${name}" not found`, { name, kind: resource });
     if (latest !== current) conflict();
-    object.status = current.status;
+    if (current.status !== undefined) object.status = current.status;
     const comparable = (o: Json): string => {
       const copy = clone(o);
       const m = child(copy, 'metadata');
@@ -920,19 +1217,75 @@ export class FakeApiServer {
     if (comparable(object) === comparable(current)) return clone(current); // a no-op update writes nothing
     child(object, 'metadata').managedFields = [
       ...(Array.isArray(currentMeta.managedFields) ? currentMeta.managedFields : []),
-      ...this.#managedFields('kubectl-edit', 'Update'),
+      ...this.#managedFields('kubectl-edit', 'Update', info.apiVersion),
     ].slice(-4);
     return this.#commit(resource, 'MODIFIED', namespace, name, object);
   }
 
-  #delete(resource: ResourceName, namespace: string | undefined, name: string): Json {
+  /**
+   * PATCH, JSON Patch or JSON Merge Patch. As in kube-apiserver, the patched object's
+   * metadata.resourceVersion is the precondition: a patch that does not touch it applies to the
+   * latest object; one that sets a stale value gets 409 Conflict. A failing JSON Patch `test`
+   * operation is 422 (kube-apiserver answers every patch application error so).
+   */
+  async #patch(
+    resource: StoredResource,
+    namespace: string | undefined,
+    name: string,
+    contentType: string,
+    raw: string,
+  ): Promise<Json> {
+    const current = this.#objects[resource].get(keyOf(namespace, name));
+    if (!current)
+      throw new StatusError(404, 'NotFound', `${resource} "${name}" not found`, { name, kind: resource });
+    if (contentType !== JSON_PATCH && contentType !== MERGE_PATCH) {
+      throw new StatusError(
+        415,
+        'UnsupportedMediaType',
+        `the body of the request was in an unknown format - accepted media types include: ${JSON_PATCH}, ${MERGE_PATCH}`,
+      );
+    }
+    let patch: unknown;
+    try {
+      patch = JSON.parse(raw);
+    } catch (error) {
+      throw new StatusError(400, 'BadRequest', `error decoding patch: ${String(error)}`);
+    }
+    let patched: unknown;
+    if (contentType === JSON_PATCH) {
+      if (!Array.isArray(patch))
+        throw new StatusError(400, 'BadRequest', 'error decoding patch: not a JSON Patch list');
+      try {
+        patched = applyJsonPatch(current, patch);
+      } catch (error) {
+        throw new StatusError(422, 'Invalid', (error as Error).message);
+      }
+    } else {
+      if (!isRecord(patch))
+        throw new StatusError(400, 'BadRequest', 'error decoding patch: not a JSON object');
+      patched = applyMergePatch(current, patch);
+    }
+    if (!isRecord(patched))
+      throw new StatusError(422, 'Invalid', 'the patch replaced the object with a non-object');
+    return this.#update(
+      resource,
+      namespace,
+      name,
+      patched,
+      resource === 'services' || resource === 'namespaces',
+    );
+  }
+
+  #delete(resource: StoredResource, namespace: string | undefined, name: string): Json {
     const current = this.#objects[resource].get(keyOf(namespace, name));
     if (!current)
       throw new StatusError(404, 'NotFound', `${resource} "${name}" not found`, { name, kind: resource });
     if (resource === 'namespaces') {
-      for (const [key, service] of [...this.#objects.services]) {
-        if (key.startsWith(`${name}/`))
-          this.#commit('services', 'DELETED', name, key.slice(name.length + 1), service);
+      for (const kind of ['services', 'secrets'] as const) {
+        for (const [key, object] of [...this.#objects[kind]]) {
+          if (key.startsWith(`${name}/`))
+            this.#commit(kind, 'DELETED', name, key.slice(name.length + 1), object);
+        }
       }
     }
     return this.#commit(resource, 'DELETED', namespace, name, current);
@@ -958,7 +1311,7 @@ export class FakeApiServer {
   }
 
   #watch(
-    resource: ResourceName,
+    resource: StoredResource,
     namespace: string | undefined,
     query: URLSearchParams,
     res: http.ServerResponse,
@@ -1013,7 +1366,7 @@ export class FakeApiServer {
     }
   }
 
-  #list(resource: ResourceName, namespace: string | undefined, query: URLSearchParams): Json {
+  #list(resource: StoredResource, namespace: string | undefined, query: URLSearchParams): Json {
     const info = RESOURCES[resource];
     const limit = Number(query.get('limit') ?? '0');
     const token = query.get('continue');
@@ -1061,7 +1414,7 @@ export class FakeApiServer {
     }
     return {
       kind: info.listKind,
-      apiVersion: 'v1',
+      apiVersion: info.apiVersion,
       metadata,
       // The real server sends list items without kind and apiVersion.
       items: page.map(({ kind: _kind, apiVersion: _apiVersion, ...rest }) => rest),
@@ -1076,18 +1429,10 @@ export class FakeApiServer {
   }
 
   async #body(req: http.IncomingMessage): Promise<Json> {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of req) {
-      const buffer = chunk as Buffer;
-      size += buffer.length;
-      if (size > 3 * 1024 * 1024)
-        throw new StatusError(413, 'RequestEntityTooLarge', 'request entity too large');
-      chunks.push(buffer);
-    }
+    const text = await this.#rawBody(req);
     let parsed: unknown;
     try {
-      parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+      parsed = JSON.parse(text);
     } catch (error) {
       throw new StatusError(
         400,
@@ -1098,6 +1443,19 @@ export class FakeApiServer {
     if (!isRecord(parsed))
       throw new StatusError(400, 'BadRequest', 'the body of the request is not an object');
     return parsed;
+  }
+
+  async #rawBody(req: http.IncomingMessage): Promise<string> {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req) {
+      const buffer = chunk as Buffer;
+      size += buffer.length;
+      if (size > 3 * 1024 * 1024)
+        throw new StatusError(413, 'RequestEntityTooLarge', 'request entity too large');
+      chunks.push(buffer);
+    }
+    return Buffer.concat(chunks).toString('utf8');
   }
 
   #reply(res: http.ServerResponse, code: number, body: unknown): void {
@@ -1116,6 +1474,9 @@ export class FakeApiServer {
     const record: RequestRecord = { method, path: url.pathname, query: url.search, verb: 'other' };
     if (req.socket.remotePort !== undefined) record.remotePort = req.socket.remotePort;
     this.#record(record);
+    res.on('finish', () => {
+      record.status = res.statusCode;
+    });
     try {
       if (this.token && req.headers.authorization !== `Bearer ${this.token}`) {
         throw new StatusError(401, 'Unauthorized', 'Unauthorized');
@@ -1136,13 +1497,21 @@ export class FakeApiServer {
         });
         return;
       }
-      if (parts[0] !== 'api' || parts[1] !== 'v1')
-        throw new StatusError(404, 'NotFound', 'the server could not find the requested resource');
-      const rest = parts.slice(2);
-      let resource: ResourceName;
+      const notFound = () =>
+        new StatusError(404, 'NotFound', 'the server could not find the requested resource');
+      const core = parts[0] === 'api' && parts[1] === 'v1';
+      const admission =
+        parts[0] === 'apis' && parts[1] === 'admissionregistration.k8s.io' && parts[2] === 'v1';
+      if (!core && !admission) throw notFound();
+      const rest = parts.slice(core ? 2 : 3);
+      let resource: StoredResource;
       let namespace: string | undefined;
       let name: string | undefined;
-      if (rest.length === 1 && rest[0] === 'services') {
+      if (admission) {
+        if (rest[0] !== 'mutatingwebhookconfigurations' || rest.length > 2) throw notFound();
+        resource = 'mutatingwebhookconfigurations';
+        name = rest[1];
+      } else if (rest.length === 1 && rest[0] === 'services') {
         resource = 'services';
         if (method !== 'GET')
           throw new StatusError(
@@ -1153,15 +1522,30 @@ export class FakeApiServer {
       } else if (rest[0] === 'namespaces' && rest.length <= 2) {
         resource = 'namespaces';
         name = rest[1];
-      } else if (rest[0] === 'namespaces' && rest[2] === 'services' && rest.length <= 4) {
-        resource = 'services';
+      } else if (
+        rest[0] === 'namespaces' &&
+        (rest[2] === 'services' || rest[2] === 'secrets') &&
+        rest.length <= 4
+      ) {
+        resource = rest[2];
         namespace = rest[1];
         name = rest[3];
       } else {
-        throw new StatusError(404, 'NotFound', 'the server could not find the requested resource');
+        throw notFound();
       }
       record.resource = resource;
       const isWatch = url.searchParams.get('watch') === 'true' || url.searchParams.get('watch') === '1';
+      const itemVerbs: Record<string, RequestRecord['verb']> = {
+        GET: 'get',
+        PUT: 'update',
+        PATCH: 'patch',
+        DELETE: 'delete',
+      };
+      if (name === undefined) {
+        record.verb =
+          method === 'GET' ? (isWatch ? 'watch' : 'list') : method === 'POST' ? 'create' : 'other';
+      } else record.verb = itemVerbs[method] ?? 'other';
+      if (this.beforeHandle) await this.beforeHandle(record);
       if (name === undefined) {
         if (method === 'GET' && isWatch) {
           record.verb = 'watch';
@@ -1190,6 +1574,15 @@ export class FakeApiServer {
       } else if (method === 'PUT') {
         record.verb = 'update';
         this.#reply(res, 200, await this.#update(resource, namespace, name, await this.#body(req), true));
+      } else if (method === 'PATCH') {
+        record.verb = 'patch';
+        const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+        record.contentType = contentType;
+        this.#reply(
+          res,
+          200,
+          await this.#patch(resource, namespace, name, contentType, await this.#rawBody(req)),
+        );
       } else if (method === 'DELETE') {
         record.verb = 'delete';
         this.#reply(res, 200, this.#delete(resource, namespace, name));

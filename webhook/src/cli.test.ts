@@ -1,12 +1,16 @@
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { request } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { checkServerIdentity, type TLSSocket } from 'node:tls';
 import { loadDefaultPolicy } from '@slipstream/shared/policy';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { FakeApiServer } from '../../test/apiserver/fake-apiserver.ts';
 import type { AdmissionReviewResponse } from './admission.ts';
-import { parseCli, parseListen, UsageError } from './cli.ts';
+import { parseCli, parseDuration, parseListen, UsageError } from './cli.ts';
 import { postReview, send } from './testing/client.ts';
 import { decodePatch, loadFixtures } from './testing/fixtures.ts';
 import { spawnWebhook } from './testing/spawn.ts';
@@ -50,6 +54,86 @@ describe('command line', () => {
     });
     expect(parseCli([])).toEqual({ host: '0.0.0.0', port: 8443 });
     expect(parseCli(['--help'])).toBe('help');
+  });
+
+  it('reads the --tls-secret bootstrap options', () => {
+    const base = [
+      '--tls-secret',
+      'slipstream-system/slipstream-webhook-tls',
+      '--webhook-config',
+      'slipstream',
+    ];
+    expect(parseCli(base)).toEqual({
+      host: '0.0.0.0',
+      port: 8443,
+      tlsSecret: { namespace: 'slipstream-system', name: 'slipstream-webhook-tls' },
+      webhookConfig: 'slipstream',
+    });
+    expect(
+      parseCli([
+        ...base,
+        '--kubeconfig',
+        'kc.yaml',
+        '--service-name',
+        'hooks',
+        '--cert-validity',
+        '10m',
+        '--cert-renew-before',
+        '5m',
+        '--ca-validity',
+        '2h',
+        '--ca-renew-before',
+        '1h',
+        '--ca-overlap',
+        '10m',
+        '--tls-check-interval',
+        '30s',
+      ]),
+    ).toMatchObject({
+      kubeconfig: 'kc.yaml',
+      serviceName: 'hooks',
+      durations: {
+        certValidityMs: 600_000,
+        certRenewBeforeMs: 300_000,
+        caValidityMs: 7_200_000,
+        caRenewBeforeMs: 3_600_000,
+        caOverlapMs: 600_000,
+      },
+      tlsCheckIntervalMs: 30_000,
+    });
+  });
+
+  it.each([
+    [['--tls-secret', 'ns/name'], /needs --webhook-config/],
+    [['--webhook-config', 'slipstream'], /goes with --tls-secret/],
+    [
+      ['--kubeconfig', 'kc', '--cert-validity', '1d'],
+      /--kubeconfig, --cert-validity: only with --tls-secret/,
+    ],
+    [['--tls-secret', 'name-only', '--webhook-config', 'w'], /is not NAMESPACE\/NAME/],
+    [['--tls-secret', 'ns/n', '--webhook-config', 'w', '--tls-cert', 'c', '--tls-key', 'k'], /one place/],
+    [
+      ['--tls-secret', 'ns/n', '--webhook-config', 'w', '--service-name', 'Bad_Name'],
+      /not a valid Service name/,
+    ],
+    [['--tls-secret', 'ns/n', '--webhook-config', 'w', '--cert-validity', '90'], /not a duration/],
+    [
+      ['--tls-secret', 'ns/n', '--webhook-config', 'w', '--cert-renew-before', '100d'],
+      /shorter than its validity/,
+    ],
+    [['--tls-secret', 'ns/n', '--webhook-config', 'w', '--tls-check-interval', '20d'], /two check intervals/],
+  ])('refuses %j', (argv, message) => {
+    expect(() => parseCli(argv)).toThrow(UsageError);
+    expect(() => parseCli(argv)).toThrow(message);
+  });
+
+  it('reads durations', () => {
+    expect(parseDuration('90d')).toBe(90 * 86_400_000);
+    expect(parseDuration('1h30m')).toBe(5_400_000);
+    expect(parseDuration('250ms')).toBe(250);
+    expect(parseDuration('2s')).toBe(2000);
+    for (const bad of ['', '5', '1x', '-1s', '0s', '1.5h', 'h'])
+      expect(() => parseDuration(bad)).toThrow(UsageError);
   });
 
   it('refuses a certificate without its key, and unknown options', () => {
@@ -167,5 +251,103 @@ describe('npm run webhook (a real process)', () => {
     } finally {
       receiver.close();
     }
+  });
+});
+
+describe('npm run webhook -- --tls-secret (a real process against the API server stand-in)', () => {
+  const dirs: string[] = [];
+  afterAll(() => {
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('creates the Secret, writes the caBundle, becomes ready, answers reviews the caBundle verifies, stops on SIGTERM', async () => {
+    const api = await FakeApiServer.start({ namespaces: ['default', 'slipstream-system'] });
+    const dir = mkdtempSync(join(tmpdir(), 'slipstream-cli-'));
+    dirs.push(dir);
+    try {
+      await api.createMutatingWebhookConfiguration({
+        metadata: { name: 'slipstream' },
+        webhooks: [
+          {
+            name: 'service-hints.slipstream.dev',
+            admissionReviewVersions: ['v1'],
+            sideEffects: 'None',
+            clientConfig: {
+              service: { name: 'slipstream-webhook', namespace: 'slipstream-system', path: '/mutate' },
+            },
+          },
+        ],
+      });
+      const kubeconfig = await api.writeKubeconfig(join(dir, 'kubeconfig'));
+      const webhook = await spawnWebhook(
+        [
+          '--tls-secret',
+          'slipstream-system/slipstream-webhook-tls',
+          '--webhook-config',
+          'slipstream',
+          '--kubeconfig',
+          kubeconfig,
+        ],
+        { KUBERNETES_SERVICE_HOST: undefined },
+      );
+      try {
+        await vi.waitFor(
+          async () => expect((await send(webhook.url, { method: 'GET', path: '/readyz' })).status).toBe(200),
+          { timeout: 20_000, interval: 50 },
+        );
+        // The caBundle is written right after the certificate is served.
+        await vi.waitFor(() => expect(webhook.logs.map((l) => l.msg)).toContain('caBundle updated'), {
+          timeout: 20_000,
+          interval: 50,
+        });
+        const bundle = api.caBundles('slipstream')?.[0] ?? '';
+        const served = api.secretData('slipstream-system', 'slipstream-webhook-tls')!['tls.crt']!;
+        expect(bundle).toContain('BEGIN CERTIFICATE');
+        const name = 'slipstream-webhook.slipstream-system.svc';
+        const body = JSON.stringify(postgres.review);
+        const answer = await new Promise<{ status: number; fingerprint: string }>((resolve, reject) => {
+          const req = request(
+            `${webhook.url}/mutate`,
+            {
+              method: 'POST',
+              agent: false,
+              ca: bundle,
+              servername: name,
+              checkServerIdentity: (_h, cert) => checkServerIdentity(name, cert),
+              headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+            },
+            (res) => {
+              const fingerprint = (res.socket as TLSSocket).getPeerCertificate().fingerprint256;
+              res.resume();
+              res.on('end', () => resolve({ status: res.statusCode ?? 0, fingerprint }));
+            },
+          );
+          req.on('error', reject);
+          req.end(body);
+        });
+        expect(answer.status).toBe(200);
+        expect(answer.fingerprint).toBe(new X509Certificate(served).fingerprint256);
+        const messages = webhook.logs.map((l) => l.msg);
+        expect(messages).toContain('TLS Secret created');
+        expect(messages).toContain('serving the certificate from the TLS Secret');
+        expect(messages).toContain('caBundle updated');
+        const listening = webhook.logs.find((l) => l.msg === 'slipstream webhook listening')!;
+        expect(listening.tlsSecret).toBe('slipstream-system/slipstream-webhook-tls');
+      } finally {
+        expect(await webhook.stop()).toBe(0);
+      }
+      expect(webhook.logs.at(-1)?.msg).toBe('stopped');
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('exits 1 with a clear line when there is no kubeconfig to load', async () => {
+    await expect(
+      spawnWebhook(
+        ['--tls-secret', 'ns/name', '--webhook-config', 'w', '--kubeconfig', '/nonexistent/kubeconfig'],
+        { KUBERNETES_SERVICE_HOST: undefined },
+      ),
+    ).rejects.toThrow(/exited with 1.*no access to the Kubernetes API/);
   });
 });

@@ -1,19 +1,44 @@
-// `npm run webhook -- --listen HOST:PORT [--tls-cert F --tls-key F] [--policy F]`: parses the
-// command line, starts the server with a watched policy, and shuts down cleanly on SIGTERM/SIGINT.
+// `npm run webhook -- --listen HOST:PORT [--tls-cert F --tls-key F | --tls-secret NS/NAME --webhook-config NAME]
+// [--policy F]`: parses the command line, starts the server with a watched policy (and, with
+// --tls-secret, the TLS bootstrap), and shuts down cleanly on SIGTERM/SIGINT.
 
 import { parseArgs } from 'node:util';
 import { watchPolicy } from '@slipstream/shared/policy-watch';
 import type { Telemetry } from '@slipstream/shared/telemetry';
+import {
+  checkDurations,
+  DEFAULT_CHECK_INTERVAL_MS,
+  DEFAULT_DURATIONS,
+  type TlsDurations,
+} from './bootstrap-plan.ts';
 import { createLogger, type Logger } from './log.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';
 
-export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE] [--policy FILE]
+export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--policy FILE]
+         [--tls-cert FILE --tls-key FILE | --tls-secret NAMESPACE/NAME --webhook-config NAME [--kubeconfig FILE]]
 
   --listen HOST:PORT   address to serve HTTPS on (default 0.0.0.0:8443; [::]:8443 for IPv6; port 0 picks one)
+  --policy FILE        policy (YAML or JSON); default: the shipped default policy; reloaded when it changes
+
+ Certificate, one of:
   --tls-cert FILE      PEM certificate (chain); reloaded when the file changes
   --tls-key FILE       PEM private key for --tls-cert
-                       without both: a self-signed certificate generated in memory
-  --policy FILE        policy (YAML or JSON); default: the shipped default policy; reloaded when it changes
+  --tls-secret NS/NAME keep a CA and serving certificate in this Secret (created when missing, rotated
+                       before expiry, shared by every replica) and serve from it; /readyz is 503 until then
+  --webhook-config NAME  MutatingWebhookConfiguration whose webhooks get the CA as caBundle (with --tls-secret)
+                       neither: a self-signed certificate generated in memory
+
+ With --tls-secret:
+  --kubeconfig FILE    API server access (default: in-cluster inside a Pod, else $KUBECONFIG or ~/.kube/config)
+  --service-name NAME  Service in front of the webhook, in the Secret's namespace (default slipstream-webhook):
+                       the certificate names NAME.NS.svc and NAME.NS.svc.cluster.local
+  --cert-validity D    serving certificate lifetime (default 90d)
+  --cert-renew-before D  re-issue it when less than this is left (default 30d)
+  --ca-validity D      CA lifetime (default 3650d)
+  --ca-renew-before D  rotate the CA when less than this is left (default 365d)
+  --ca-overlap D       each CA rotation step: new CA trusted before it signs, old one after (default 24h)
+  --tls-check-interval D  re-read the Secret and the caBundle this often (default 1m)
+                       durations: a number with ms, s, m, h or d, combinable (1h30m)
 
 Tracing: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP), OTEL_TRACES_EXPORTER=none, OTEL_SERVICE_NAME, ...
 `;
@@ -24,6 +49,14 @@ export interface CliOptions {
   tlsCert?: string;
   tlsKey?: string;
   policy?: string;
+  /** --tls-secret: bootstrap TLS through this Secret. */
+  tlsSecret?: { namespace: string; name: string };
+  webhookConfig?: string;
+  kubeconfig?: string;
+  serviceName?: string;
+  /** Only the durations given on the command line. */
+  durations?: Partial<TlsDurations>;
+  tlsCheckIntervalMs?: number;
 }
 
 export class UsageError extends Error {
@@ -39,9 +72,36 @@ export function parseListen(value: string): { host: string; port: number } {
   return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
 }
 
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `90d`, `30s`, `1h30m`, `250ms` in milliseconds; throws UsageError otherwise. */
+export function parseDuration(value: string, flag = 'duration'): number {
+  const parts = [...value.matchAll(/([0-9]+)(ms|s|m|h|d)/g)];
+  if (!/^([0-9]+(ms|s|m|h|d))+$/.test(value) || parts.length === 0) {
+    throw new UsageError(
+      `${flag} ${JSON.stringify(value)} is not a duration (e.g. 90d, 12h, 1h30m, 30s, 500ms)`,
+    );
+  }
+  const ms = parts.reduce((sum, [, n, unit]) => sum + Number(n) * UNITS[unit!]!, 0);
+  if (ms <= 0 || !Number.isSafeInteger(ms))
+    throw new UsageError(`${flag} ${JSON.stringify(value)} must be positive`);
+  return ms;
+}
+
+const DURATION_FLAGS = {
+  'cert-validity': 'certValidityMs',
+  'cert-renew-before': 'certRenewBeforeMs',
+  'ca-validity': 'caValidityMs',
+  'ca-renew-before': 'caRenewBeforeMs',
+  'ca-overlap': 'caOverlapMs',
+} as const satisfies Record<string, keyof TlsDurations>;
+
+const SECRET_REF = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?)\/([a-z0-9]([-.a-z0-9]*[a-z0-9])?)$/;
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
 /** Returns the options, or `help` when the usage was asked for; throws UsageError for bad arguments. */
 export function parseCli(argv: string[]): CliOptions | 'help' {
-  let values: { listen?: string; 'tls-cert'?: string; 'tls-key'?: string; policy?: string; help?: boolean };
+  let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -52,27 +112,98 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
         policy: { type: 'string' },
+        'tls-secret': { type: 'string' },
+        'webhook-config': { type: 'string' },
+        kubeconfig: { type: 'string' },
+        'service-name': { type: 'string' },
+        'cert-validity': { type: 'string' },
+        'cert-renew-before': { type: 'string' },
+        'ca-validity': { type: 'string' },
+        'ca-renew-before': { type: 'string' },
+        'ca-overlap': { type: 'string' },
+        'tls-check-interval': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
+  const string = (name: string): string | undefined => {
+    const value = values[name];
+    return typeof value === 'string' ? value : undefined;
+  };
   if (values.help) return 'help';
-  const { host, port } = parseListen(values.listen ?? '0.0.0.0:8443');
-  const cert = values['tls-cert'];
-  const key = values['tls-key'];
+  const { host, port } = parseListen(string('listen') ?? '0.0.0.0:8443');
+  const cert = string('tls-cert');
+  const key = string('tls-key');
+  const policy = string('policy');
   if ((cert === undefined) !== (key === undefined)) {
     throw new UsageError(
       '--tls-cert and --tls-key go together: give both, or neither for a self-signed certificate',
     );
   }
-  return {
+  const options: CliOptions = {
     host,
     port,
     ...(cert !== undefined ? { tlsCert: cert } : {}),
     ...(key !== undefined ? { tlsKey: key } : {}),
-    ...(values.policy !== undefined ? { policy: values.policy } : {}),
+    ...(policy !== undefined ? { policy } : {}),
+  };
+
+  const secret = string('tls-secret');
+  const webhookConfig = string('webhook-config');
+  const bootstrapOnly = [
+    'kubeconfig',
+    'service-name',
+    'tls-check-interval',
+    ...Object.keys(DURATION_FLAGS),
+  ].filter((name) => values[name] !== undefined);
+  if (secret === undefined) {
+    if (webhookConfig !== undefined) throw new UsageError('--webhook-config goes with --tls-secret');
+    if (bootstrapOnly.length > 0) {
+      throw new UsageError(`${bootstrapOnly.map((n) => `--${n}`).join(', ')}: only with --tls-secret`);
+    }
+    return options;
+  }
+  if (cert !== undefined) {
+    throw new UsageError('--tls-secret or --tls-cert/--tls-key: the certificate comes from one place');
+  }
+  const ref = SECRET_REF.exec(secret);
+  if (!ref) throw new UsageError(`--tls-secret ${JSON.stringify(secret)} is not NAMESPACE/NAME`);
+  if (webhookConfig === undefined) {
+    throw new UsageError(
+      '--tls-secret needs --webhook-config NAME (the MutatingWebhookConfiguration to trust it)',
+    );
+  }
+  if (!/^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/.test(webhookConfig)) {
+    throw new UsageError(`--webhook-config ${JSON.stringify(webhookConfig)} is not a valid name`);
+  }
+  const serviceName = string('service-name');
+  if (serviceName !== undefined && !DNS_LABEL.test(serviceName)) {
+    throw new UsageError(`--service-name ${JSON.stringify(serviceName)} is not a valid Service name`);
+  }
+  const durations: Partial<TlsDurations> = {};
+  for (const [flag, field] of Object.entries(DURATION_FLAGS)) {
+    const value = string(flag);
+    if (value !== undefined) durations[field] = parseDuration(value, `--${flag}`);
+  }
+  const interval = string('tls-check-interval');
+  const tlsCheckIntervalMs =
+    interval === undefined ? undefined : parseDuration(interval, '--tls-check-interval');
+  try {
+    checkDurations({ ...DEFAULT_DURATIONS, ...durations }, tlsCheckIntervalMs ?? DEFAULT_CHECK_INTERVAL_MS);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const kubeconfig = string('kubeconfig');
+  return {
+    ...options,
+    tlsSecret: { namespace: ref[1]!, name: ref[3]! },
+    webhookConfig,
+    ...(kubeconfig !== undefined ? { kubeconfig } : {}),
+    ...(serviceName !== undefined ? { serviceName } : {}),
+    ...(Object.keys(durations).length > 0 ? { durations } : {}),
+    ...(tlsCheckIntervalMs !== undefined ? { tlsCheckIntervalMs } : {}),
   };
 }
 
@@ -116,7 +247,36 @@ export async function runCli(
     return 1;
   }
 
-  let server: WebhookServer;
+  // --tls-secret: the bootstrap hands its certificate to the server once it has one. client-node is
+  // loaded only then, so the other modes start without it.
+  let server: WebhookServer | undefined;
+  let bootstrap: import('./bootstrap.ts').TlsBootstrap | undefined;
+  if (options.tlsSecret && options.webhookConfig) {
+    try {
+      const { loadKubeConfig, TlsBootstrap } = await import('./bootstrap.ts');
+      bootstrap = new TlsBootstrap({
+        kubeConfig: loadKubeConfig(options.kubeconfig),
+        secret: options.tlsSecret,
+        webhookConfig: options.webhookConfig,
+        ...(options.serviceName ? { serviceName: options.serviceName } : {}),
+        ...(options.durations ? { durations: options.durations } : {}),
+        ...(options.tlsCheckIntervalMs ? { checkIntervalMs: options.tlsCheckIntervalMs } : {}),
+        log,
+        onCertificate: (material) => {
+          if (!server) throw new Error('the server is not listening yet');
+          server.setCertificate(material);
+        },
+      });
+    } catch (error) {
+      log.log('error', 'cannot start: no access to the Kubernetes API for --tls-secret', {
+        error: (error as Error).message,
+      });
+      policy.close();
+      await telemetry.shutdown();
+      return 1;
+    }
+  }
+
   try {
     server = await startWebhookServer({
       host: options.host,
@@ -124,6 +284,7 @@ export async function runCli(
       ...(options.tlsCert && options.tlsKey
         ? { tls: { certFile: options.tlsCert, keyFile: options.tlsKey } }
         : {}),
+      ...(bootstrap ? { deferCertificate: true } : {}),
       policy: policy.current,
       log,
       tracer: telemetry.tracer,
@@ -134,11 +295,19 @@ export async function runCli(
     await telemetry.shutdown();
     return 1;
   }
+  bootstrap?.start();
   log.log('info', 'slipstream webhook listening', {
     url: server.url,
     policy: policy.current().id,
     policyFile: policy.path ?? '(shipped default)',
     tracing: telemetry.exportTarget,
+    ...(options.tlsSecret
+      ? {
+          tlsSecret: `${options.tlsSecret.namespace}/${options.tlsSecret.name}`,
+          webhookConfig: options.webhookConfig,
+          dnsNames: bootstrap?.dnsNames,
+        }
+      : {}),
     pid: process.pid,
   });
 
@@ -151,6 +320,7 @@ export async function runCli(
   const force = () => process.exit(1);
   process.once('SIGTERM', force);
   process.once('SIGINT', force);
+  await bootstrap?.stop();
   await server.close();
   policy.close();
   await telemetry.shutdown();

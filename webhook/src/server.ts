@@ -1,5 +1,6 @@
-// Puts the app on HTTPS: certificate (files or in-memory self-signed), policy source, listen,
-// and a graceful close (stop accepting, let in-flight reviews finish, then drop what is left).
+// Puts the app on HTTPS: certificate (files, in-memory self-signed, or handed over later by the
+// Secret bootstrap), policy source, listen, and a graceful close (stop accepting, let in-flight
+// reviews finish, then drop what is left).
 
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
@@ -24,6 +25,12 @@ export interface WebhookServerOptions {
   port: number;
   /** Certificate files; absent: a self-signed certificate generated in memory. */
   tls?: TlsFiles;
+  /**
+   * The certificate comes later, through `setCertificate` (the Secret bootstrap). Until then the
+   * server listens with a throwaway self-signed certificate (so /healthz answers) and /readyz
+   * answers 503.
+   */
+  deferCertificate?: boolean;
   policy: () => Policy;
   log: Logger;
   tracer?: Tracer;
@@ -38,6 +45,14 @@ export interface WebhookServer {
   port: number;
   /** The certificate served at start (PEM), e.g. for a test client's `ca`. */
   certificate: string;
+  /**
+   * Serves this certificate from the next handshake on; open connections keep theirs. Throws
+   * (keeping the current one) when the pair does not load. With `deferCertificate`, the first call
+   * makes the server ready.
+   */
+  setCertificate(material: TlsMaterial): void;
+  /** What /readyz answers: listening, not closing, and (with `deferCertificate`) a certificate set. */
+  readonly ready: boolean;
   /** Stops accepting, waits up to `graceMs` for open requests, then closes every connection. */
   close(graceMs?: number): Promise<void>;
 }
@@ -63,6 +78,13 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       keyFile: options.tls.keyFile,
       ...describeCertificate(material.cert),
     });
+  } else if (options.deferCertificate) {
+    material = await selfSignedCertificate();
+    log.log(
+      'info',
+      'waiting for the serving certificate: a throwaway self-signed one answers until then, /readyz 503',
+      describeCertificate(material.cert),
+    );
   } else {
     material = await selfSignedCertificate(
       options.host === '0.0.0.0' || options.host === '::' ? [] : [options.host],
@@ -75,10 +97,11 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   }
 
   let accepting = false;
+  let certificateSet = !options.deferCertificate;
   const listener = createRequestListener({
     policy: options.policy,
     log,
-    ready: () => accepting,
+    ready: () => accepting && certificateSet,
     ...(options.tracer ? { tracer: options.tracer } : {}),
   });
   const server = createServer({ cert: material.cert, key: material.key, minVersion: 'TLSv1.2' }, listener);
@@ -103,6 +126,14 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     url: `https://${host}:${address.port}`,
     port: address.port,
     certificate: material.cert,
+    setCertificate(next: TlsMaterial) {
+      checkTlsMaterial(next);
+      server.setSecureContext({ cert: next.cert, key: next.key, minVersion: 'TLSv1.2' });
+      certificateSet = true;
+    },
+    get ready() {
+      return accepting && certificateSet;
+    },
     close(graceMs = 10_000) {
       closing ??= (async () => {
         accepting = false;
