@@ -5,7 +5,7 @@
 
 import { type Change, isEmpty, type Op } from '@slipstream/shared/diff';
 import {
-  changeToCommands,
+  changeToInput,
   formatRuleset,
   listTableCommand,
   parseFlowtable,
@@ -113,7 +113,8 @@ export class NapiKernel implements Kernel {
 
   async apply(change: Change): Promise<void> {
     if (isEmpty(change)) return;
-    await this.#runner.run(changeToCommands(change));
+    // One run = one transaction, whether JSON or (large element batches) nft text.
+    await this.#runner.run(changeToInput(change));
     this.#writes++;
   }
 

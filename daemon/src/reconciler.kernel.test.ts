@@ -4,9 +4,11 @@
 
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { USER_KEYS } from '@slipstream/shared/contract';
 import { parseTable } from '@slipstream/shared/nft-json';
 import { loadDefaultPolicy } from '@slipstream/shared/policy';
 import { desiredRuleset, type Ruleset } from '@slipstream/shared/ruleset';
+import type { Service } from '@slipstream/shared/service';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { NapiKernel, type NftRunner } from './kernel.ts';
@@ -220,5 +222,70 @@ describe.skipIf(!canUseNetns())('Reconciler on the real kernel (degraded: no flo
     expect(results.length).toBeGreaterThan(0);
     expect(results.filter((x) => x.result === 'error')).toEqual([]);
     expect(results.every((x) => x.degraded)).toBe(true);
+  });
+  it('sends large element batches as nft text, one transaction, read back equal to the desired table', async () => {
+    nft('flush', 'ruleset');
+    const inner = await runnerFor(ns);
+    // Which form each element write took (probes and listings are not recorded).
+    const inputs: string[] = [];
+    const spy: NftRunner = {
+      run: (commands, options) => {
+        if (typeof commands === 'string') {
+          if (commands.includes(' element ')) inputs.push('text');
+        } else if (JSON.stringify(commands).includes('"element"')) inputs.push('json');
+        return inner.run(commands, options);
+      },
+      close: () => inner.close(),
+    };
+    const kernel = new NapiKernel(spy);
+    const r = new Reconciler({
+      kernel,
+      policy,
+      minSyncIntervalMs: 0,
+      resyncIntervalMs: 0,
+      logger: silentLogger,
+    });
+    cleanup.push(async () => {
+      await r.stop();
+      kernel.close();
+    });
+    const svc = (i: number, threshold?: string): Service => ({
+      namespace: 'bulk',
+      name: `s${i}`,
+      annotations: threshold ? { [USER_KEYS.packetThreshold]: threshold } : {},
+      type: 'ClusterIP',
+      clusterIPs: [`10.97.${i >> 8}.${i & 255}`, `fd00:97::${i.toString(16)}`],
+      ports: [
+        { port: 5432, protocol: 'TCP' },
+        { port: 8080, protocol: 'TCP', name: 'http' },
+      ],
+    });
+    const namespaces = [{ name: 'bulk', labels: {} }];
+    const all = Array.from({ length: 400 }, (_, i) => svc(i, i % 3 === 0 ? '33' : undefined));
+    r.update({ services: all, namespaces, devices: [] });
+    const first = await r.start();
+    expect(first).toMatchObject({ result: 'ok', writes: 1, elementsAdded: 1600 });
+    const inputInput = {
+      services: all,
+      namespaces: new Map(namespaces.map((n) => [n.name, n])),
+      devices: [],
+      capabilities: { flowtable: false },
+      policy,
+    };
+    expect(view(kernelTable())).toEqual(view(desiredRuleset(inputInput)));
+    // Most Services go (a large delete batch, as text), the threshold-33 chain with its last element.
+    const rest = all.filter((_, i) => i % 3 !== 0).slice(0, 20);
+    r.update({ services: rest });
+    const second = await r.sync('service');
+    expect(second).toMatchObject({ result: 'ok', writes: 1, readBack: false, elementsRemoved: 1520 });
+    expect(view(kernelTable())).toEqual(view(desiredRuleset({ ...inputInput, services: rest })));
+    expect(kernelTable()?.chains.has('threshold-33')).toBe(false);
+    // A small change goes as JSON.
+    r.update({ services: [...rest, svc(999)] });
+    expect(await r.sync('service')).toMatchObject({ result: 'ok', writes: 1, elementsAdded: 4 });
+    expect(view(kernelTable())).toEqual(
+      view(desiredRuleset({ ...inputInput, services: [...rest, svc(999)] })),
+    );
+    expect(inputs).toEqual(['text', 'text', 'json']);
   });
 });

@@ -4,11 +4,12 @@ import {
   InMemorySpanExporter,
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
-import { HINT_KEYS } from '@slipstream/shared/contract';
+import { HINT_KEYS, NAMESPACE_OPT_OUT_LABEL, USER_KEYS } from '@slipstream/shared/contract';
 import { diff } from '@slipstream/shared/diff';
 import { loadDefaultPolicy, parsePolicy } from '@slipstream/shared/policy';
 import { desiredRuleset, type Ruleset } from '@slipstream/shared/ruleset';
 import type { Service } from '@slipstream/shared/service';
+import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadScenario, type Scenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { KernelError, MemoryKernel } from './kernel.ts';
@@ -404,5 +405,196 @@ describe('diff sanity for the reconciler', () => {
   it('a ruleset diffed against itself is empty', () => {
     const d = desiredRuleset(scenarioInput(loadScenario('dual-stack')));
     expect(diff(d, d).ops).toEqual([]);
+  });
+});
+
+describe('Reconciler incremental syncs', () => {
+  // A small pool of names, addresses and ports, so that random edits collide: two Services on one
+  // ClusterIP and port (the first by name owns it), one namespace/name twice, invalid addresses,
+  // thresholds that come and go (chains appear with their first element and go with their last).
+  const NAMES = ['a', 'b', 'c', 'd', 'e'];
+  const NAMESPACES = ['data', 'web'];
+  const IPS = ['10.96.0.1', '10.96.0.2', '10.96.0.3', '10.96.0.4', 'fd00::1', 'fd00:0::2', 'bogus'];
+  const PORTS = [
+    { port: 5432, protocol: 'TCP' as const },
+    { port: 8080, protocol: 'TCP' as const, name: 'http' },
+    { port: 53, protocol: 'UDP' as const, name: 'dns' },
+  ];
+  const THRESHOLDS = [undefined, '7', '20', '300'];
+  const arbService = fc.record({
+    namespace: fc.constantFrom(...NAMESPACES),
+    name: fc.constantFrom(...NAMES),
+    uid: fc.constantFrom('u1', 'u2'),
+    ips: fc.uniqueArray(fc.constantFrom(...IPS), { maxLength: 2 }),
+    ports: fc.uniqueArray(fc.constantFrom(...PORTS), { minLength: 1, maxLength: 3 }),
+    threshold: fc.constantFrom(...THRESHOLDS),
+    trace: fc.constantFrom(undefined, TRACE_A, TRACE_B),
+  });
+  interface Gen {
+    namespace: string;
+    name: string;
+    uid: string;
+    ips: string[];
+    ports: { port: number; protocol: 'TCP' | 'UDP'; name?: string }[];
+    threshold: string | undefined;
+    trace: string | undefined;
+  }
+  const toService = (g: Gen): Service =>
+    ({
+      namespace: g.namespace,
+      name: g.name,
+      uid: g.uid,
+      annotations: {
+        ...(g.threshold !== undefined ? { [USER_KEYS.packetThreshold]: g.threshold } : {}),
+        ...(g.trace !== undefined ? { [HINT_KEYS.trace]: g.trace } : {}),
+      },
+      type: 'ClusterIP',
+      clusterIPs: g.ips,
+      ports: g.ports.map((p) => ({ ...p })),
+    }) satisfies Service;
+  const arbStep = fc.oneof(
+    { weight: 6, arbitrary: arbService.map((s) => ({ kind: 'set' as const, service: toService(s) })) },
+    {
+      weight: 3,
+      arbitrary: fc.record({
+        kind: fc.constant('delete' as const),
+        ns: fc.constantFrom(...NAMESPACES),
+        name: fc.constantFrom(...NAMES),
+      }),
+    },
+    // A full replace (as sources do), sometimes holding one namespace/name twice (stale input).
+    {
+      weight: 1,
+      arbitrary: fc
+        .array(arbService, { maxLength: 6 })
+        .map((l) => ({ kind: 'replace' as const, services: l.map(toService) })),
+    },
+    { weight: 1, arbitrary: fc.constant({ kind: 'resync' as const }) },
+  );
+
+  it('keeps the desired ruleset and the kernel equal to a full recompute after every edit', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(arbService, { maxLength: 6 }),
+        fc.array(arbStep, { maxLength: 25 }),
+        async (initial, steps) => {
+          const kernel = new MemoryKernel({ flowtable: false });
+          const r = new Reconciler({
+            kernel,
+            policy,
+            minSyncIntervalMs: 0,
+            resyncIntervalMs: 0,
+            logger: silentLogger,
+          });
+          const namespaces = new Map(NAMESPACES.map((name) => [name, { name, labels: {} }]));
+          let services = initial.map(toService);
+          r.update({ services, namespaces, devices: [] });
+          try {
+            expect((await r.start()).result).not.toBe('error');
+            for (const step of steps) {
+              // The model: what the reconciler's own map holds (one Service per namespace/name).
+              const byKey = () => new Map(services.map((s) => [`${s.namespace}/${s.name}`, s]));
+              if (step.kind === 'set') {
+                r.setService(step.service);
+                const m = byKey();
+                m.set(`${step.service.namespace}/${step.service.name}`, step.service);
+                services = [...m.values()];
+              } else if (step.kind === 'delete') {
+                r.deleteService(step.ns, step.name);
+                const m = byKey();
+                m.delete(`${step.ns}/${step.name}`);
+                services = [...m.values()];
+              } else if (step.kind === 'replace') {
+                services = step.services;
+                r.update({ services });
+              }
+              const result = await r.sync(step.kind === 'resync' ? 'resync' : 'service');
+              expect(result.result).not.toBe('error');
+              expect(result.drift).toBe(false);
+              const full = desiredRuleset({
+                services,
+                namespaces,
+                devices: [],
+                capabilities: { flowtable: false },
+                policy,
+              });
+              expect(r.desired).toEqual(full);
+              expect(view(kernel.table)).toEqual(view(full));
+            }
+          } finally {
+            await r.stop();
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('patches only the changed Service: the Change equals a full diff', async () => {
+    const kernel = new MemoryKernel({ flowtable: false });
+    const r = new Reconciler({
+      kernel,
+      policy,
+      minSyncIntervalMs: 0,
+      resyncIntervalMs: 0,
+      logger: silentLogger,
+    });
+    reconcilers.push(r);
+    const mk = (i: number, threshold?: string): Service => ({
+      namespace: 'data',
+      name: `s${i}`,
+      annotations: threshold ? { [USER_KEYS.packetThreshold]: threshold } : {},
+      type: 'ClusterIP',
+      clusterIPs: [`10.96.1.${i}`],
+      ports: [{ port: 5432, protocol: 'TCP' }],
+    });
+    const list = [mk(1), mk(2), mk(3)];
+    const namespaces = new Map([['data', { name: 'data', labels: {} }]]);
+    r.update({ services: list, namespaces, devices: [] });
+    await r.start();
+    const incremental = () =>
+      exporter
+        .getFinishedSpans()
+        .filter((x) => x.name === 'compute')
+        .at(-1)?.attributes['slipstream.compute.incremental'];
+    expect(incremental()).toBe(false);
+    const before = structuredClone(r.desired!);
+    // As daemon.ts does: the whole snapshot, with the same Namespaces Map and devices.
+    r.update({ services: [list[0]!, mk(2, '77'), list[2]!, mk(4)], namespaces, devices: [] });
+    const result = await r.sync('service');
+    expect(incremental()).toBe(true);
+    expect(result).toMatchObject({
+      result: 'ok',
+      readBack: false,
+      elementsAdded: 2,
+      elementsRemoved: 1,
+      writes: 1,
+    });
+    const change = kernel.applied.at(-1)!;
+    expect(change).toEqual(diff(before, r.desired!));
+    expect(change.summary.chainsAdded).toEqual(['threshold-77']);
+    // The last Service on threshold 77 goes: so does its chain.
+    r.update({ services: list });
+    await r.sync('service');
+    expect(kernel.applied.at(-1)!.summary.chainsRemoved).toEqual(['threshold-77']);
+    expect(incremental()).toBe(true);
+    // A Namespace change (here: opted out) recomputes in full.
+    const optedOut = new Map([['data', { name: 'data', labels: { [NAMESPACE_OPT_OUT_LABEL]: 'disabled' } }]]);
+    r.update({ namespaces: optedOut });
+    expect(await r.sync('namespace')).toMatchObject({ result: 'ok', elements: 0, elementsRemoved: 3 });
+    expect(incremental()).toBe(false);
+    r.update({ namespaces });
+    await r.sync('namespace');
+    expect(view(kernel.table)).toEqual(
+      view(
+        desiredRuleset({
+          services: list,
+          namespaces: new Map([['data', { name: 'data', labels: {} }]]),
+          devices: [],
+          capabilities: { flowtable: false },
+          policy,
+        }),
+      ),
+    );
   });
 });

@@ -11,17 +11,29 @@
 // Kernel reads: the whole table is read only at start-up (adoption), on each periodic resync
 // (drift repair) and after a refused transaction (the belief may be wrong). Every other sync
 // diffs desired against the belief, so a steady state costs no kernel I/O at all.
+//
+// Compute: a full `desiredRuleset` + `diff` at start-up, on read-backs and when the policy,
+// Namespaces or devices change; otherwise the desired ruleset is patched with only the Services
+// that changed (by object identity: sources replace, never mutate) and the Change follows from
+// the touched keys (`applyServiceDelta` + `diffDelta`), so one Service add costs O(changed).
+// Conflicting inputs (two Services on one element or one namespace/name) always recompute in full.
 
 import { type Context, context, type Link, type Span, SpanStatusCode, trace } from '@opentelemetry/api';
-import { type Change, diff, isEmpty } from '@slipstream/shared/diff';
+import { type Change, diff, diffDelta, isEmpty } from '@slipstream/shared/diff';
 import { describeChange } from '@slipstream/shared/nft-json';
 import type { Policy } from '@slipstream/shared/policy';
 import {
+  applyServiceDelta,
   type Capabilities,
+  type Contribution,
+  contribution,
   desiredRuleset,
-  newContributionCache,
+  isConflictFree,
   type Ruleset,
+  type ServiceEntry,
   serviceKey,
+  type ThresholdRefs,
+  thresholdRefs,
 } from '@slipstream/shared/ruleset';
 import type { Namespace, Service } from '@slipstream/shared/service';
 import { errorClassOf, errorText, type Kernel, type KernelErrorClass } from './kernel.ts';
@@ -160,14 +172,26 @@ export class Reconciler {
   #namespaces: ReadonlyMap<string, Namespace> = new Map();
   #ownNamespaces = true;
   #devices: string[] = [];
-  /** Per-Service decisions and elements, memoized by object identity across syncs. */
-  readonly #cache = newContributionCache();
   readonly #primed = { services: false, namespaces: false, devices: false };
 
   /** The kernel's table as this reconciler believes it is; undefined = unknown (read it back). */
   #belief: Ruleset | null | undefined = undefined;
   #desired: Ruleset | null = null;
   #capabilities: Capabilities | null = null;
+  /**
+   * Incremental syncs: `#desired` is kept and patched with the contributions of the Services that
+   * changed (found by object identity) instead of being recomputed. `#inputsVersion` counts the
+   * changes that require a full recompute (policy, Namespaces, devices); `#incremental` is the
+   * state the patching needs, or null when the next sync must recompute in full.
+   */
+  #inputsVersion = 0;
+  #incremental: {
+    version: number;
+    capabilities: Capabilities;
+    /** The Service objects `#desired` was computed from. */
+    services: Set<Service>;
+    refs: ThresholdRefs;
+  } | null = null;
 
   #started = false;
   #stopped = false;
@@ -212,6 +236,8 @@ export class Reconciler {
     }
     if (inputs.namespaces) {
       const given = inputs.namespaces;
+      // Sources pass the same Map while their Namespaces do not change: that keeps syncs incremental.
+      if (given !== this.#namespaces) this.#inputsVersion++;
       if (given instanceof Map) {
         this.#namespaces = given as ReadonlyMap<string, Namespace>;
         this.#ownNamespaces = false;
@@ -222,7 +248,11 @@ export class Reconciler {
       this.#primed.namespaces = true;
     }
     if (inputs.devices) {
-      this.#devices = [...inputs.devices];
+      const devices = [...inputs.devices];
+      if (devices.length !== this.#devices.length || devices.some((d, i) => d !== this.#devices[i])) {
+        this.#inputsVersion++;
+      }
+      this.#devices = devices;
       this.#primed.devices = true;
     }
   }
@@ -246,6 +276,7 @@ export class Reconciler {
   /** Replaces the policy (a reloaded policy file); every Service is re-decided at the next sync. */
   setPolicy(policy: Policy): void {
     this.#policy = policy;
+    this.#inputsVersion++;
   }
 
   /** Adds or replaces one Service (informer-style updates; `update` replaces everything). */
@@ -259,10 +290,12 @@ export class Reconciler {
 
   setNamespace(namespace: Namespace): void {
     this.#editableNamespaces().set(namespace.name, namespace);
+    this.#inputsVersion++;
   }
 
   deleteNamespace(name: string): void {
     this.#editableNamespaces().delete(name);
+    this.#inputsVersion++;
   }
 
   // --- state for status -------------------------------------------------------------------
@@ -511,17 +544,40 @@ export class Reconciler {
     }
 
     const computeSpan = tracer().startSpan('compute', {}, ctx);
-    const desired = desiredRuleset(
-      {
-        services: this.#serviceMap ? this.#serviceMap.values() : this.#serviceList,
-        namespaces: this.#namespaces,
-        devices: this.#devices,
-        capabilities: caps,
-        policy: this.#policy,
-      },
-      this.#cache,
-    );
-    computeSpan.setAttributes({ 'slipstream.elements': desired.elements.size });
+    const services = new Set(this.#serviceMap ? this.#serviceMap.values() : this.#serviceList);
+    // Incremental: the belief is the desired ruleset last committed (or found equal), and only
+    // Services changed since. The change then follows from the touched keys alone.
+    const patched = readBack ? null : this.#patch(services, caps);
+    let desired: Ruleset;
+    if (patched) {
+      desired = patched.desired;
+    } else {
+      this.#incremental = null;
+      desired = desiredRuleset(
+        {
+          services,
+          namespaces: this.#namespaces,
+          devices: this.#devices,
+          capabilities: caps,
+          policy: this.#policy,
+        },
+        // No ContributionCache: Services that did not change are not recomputed anyway (the
+        // incremental path), full recomputes (resync, policy, Namespaces) share decisions by
+        // shape, and a cache would hold a second copy of every Service's contribution.
+      );
+      if (isConflictFree(desired, services.size)) {
+        this.#incremental = {
+          version: this.#inputsVersion,
+          capabilities: caps,
+          services,
+          refs: thresholdRefs(desired),
+        };
+      }
+    }
+    computeSpan.setAttributes({
+      'slipstream.elements': desired.elements.size,
+      'slipstream.compute.incremental': patched !== null,
+    });
     computeSpan.end();
     this.#desired = desired;
     result.services = desired.services.size;
@@ -529,7 +585,7 @@ export class Reconciler {
     result.chains = desired.chains.size;
 
     const diffSpan = tracer().startSpan('diff', {}, ctx);
-    let change = diff(this.#belief ?? null, desired);
+    let change = patched ? patched.change : diff(this.#belief ?? null, desired);
     if (change.summary.devicesRemoved.length > 0 && this.#belief?.flowtable && caps.flowtable) {
       // The kernel unhooks a deleted link from the flowtable by itself: refresh the belief's
       // devices (a cheap read, no elements) so that only links that still exist are removed
@@ -546,10 +602,12 @@ export class Reconciler {
     result.elementsAdded = change.summary.elementsAdded;
     result.elementsRemoved = change.summary.elementsRemoved;
     if (isEmpty(change)) {
+      // The kernel holds what is desired: the desired ruleset (with its bookkeeping) is the belief.
+      this.#belief = desired;
       result.result = 'noop';
       return;
     }
-    span.addLinks(this.#links(change, desired));
+    span.addLinks(this.#links(change, desired, patched?.gone));
     // One event per Service this sync changes: Jaeger searches event fields, so an operator finds
     // "when did this node program shop/postgres" by k8s.service.name (links are not searchable).
     for (const key of change.summary.services.slice(0, MAX_LINKS)) {
@@ -597,12 +655,61 @@ export class Reconciler {
     result.change = describeChange(change);
   }
 
-  #links(change: Change, desired: Ruleset): Link[] {
+  /**
+   * Patches `#desired` in place with the Services added to and removed from `services` since it
+   * was computed, or returns null when it must be recomputed in full (first sync, other inputs
+   * changed, a conflict, too many changes). Only when the belief IS `#desired` (committed or
+   * found equal): the Change is then exactly the patch.
+   */
+  #patch(
+    services: Set<Service>,
+    caps: Capabilities,
+  ): { desired: Ruleset; change: Change; gone: Map<string, ServiceEntry> } | null {
+    const inc = this.#incremental;
+    const desired = this.#desired;
+    if (
+      !inc ||
+      !desired ||
+      this.#belief !== desired ||
+      inc.version !== this.#inputsVersion ||
+      inc.capabilities !== caps
+    ) {
+      return null;
+    }
+    const removed: string[] = [];
+    const added: Contribution[] = [];
+    // Past a quarter of the Services a full recompute (memoized per Service) is as cheap.
+    const limit = Math.max(64, services.size >> 2);
+    for (const s of inc.services) {
+      if (services.has(s)) continue;
+      removed.push(serviceKey(s));
+      if (removed.length > limit) return null;
+    }
+    for (const s of services) {
+      if (inc.services.has(s)) continue;
+      added.push(contribution(s, this.#policy, this.#namespaces.get(s.namespace)));
+      if (removed.length + added.length > limit) return null;
+    }
+    // The removed entries, for the span links (the belief is patched along with `desired`).
+    const gone = new Map<string, ServiceEntry>();
+    for (const key of removed) {
+      const entry = desired.services.get(key);
+      if (entry) gone.set(key, entry);
+    }
+    const delta = applyServiceDelta(desired, inc.refs, removed, added, caps);
+    if (!delta) return null;
+    inc.services = services;
+    return { desired, change: diffDelta(delta, desired), gone };
+  }
+
+  #links(change: Change, desired: Ruleset, gone?: ReadonlyMap<string, ServiceEntry>): Link[] {
     const links: Link[] = [];
     const seen = new Set<string>();
     for (const key of change.summary.services) {
       if (links.length >= MAX_LINKS) break;
-      const raw = desired.services.get(key)?.trace ?? this.#belief?.services.get(key)?.trace;
+      const raw =
+        desired.services.get(key)?.trace ??
+        (gone ? gone.get(key)?.trace : this.#belief?.services.get(key)?.trace);
       if (raw === undefined) continue;
       const parsed = parseTraceparent(raw);
       if (!parsed || seen.has(parsed.spanId)) continue;

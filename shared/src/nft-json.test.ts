@@ -8,6 +8,8 @@ import { loadScenario, scenarioInput, scenarioNames } from '../../test/fixtures/
 import { diff, isEmpty } from './diff.ts';
 import {
   changeToCommands,
+  changeToInput,
+  changeToText,
   formatRuleset,
   parseFlowtable,
   parseRule,
@@ -310,5 +312,72 @@ describe.skipIf(!canUseNetns())('round trip through nft in a private network nam
     expect(back.foreign).toEqual(['set intruders']);
     load(changeToCommands(diff(back, desired)));
     expect(kernelView(list()!)).toEqual(kernelView(desired));
+  });
+});
+
+describe('changeToText (large element batches)', () => {
+  const degraded = (name: string) => desiredRuleset(scenarioInput(loadScenario(name), false));
+
+  it('renders a whole degraded ruleset as one nft text buffer', () => {
+    const text = changeToText(diff(null, degraded('dual-stack')));
+    expect(text?.split('\n')).toEqual([
+      'add table inet slipstream',
+      'add map inet slipstream svc4 { type ipv4_addr . inet_proto . inet_service : verdict; }',
+      'add map inet slipstream svc6 { type ipv6_addr . inet_proto . inet_service : verdict; }',
+      'add chain inet slipstream threshold-20',
+      'add chain inet slipstream forward { type filter hook forward priority 10; policy accept; }',
+      'add element inet slipstream svc4 { 10.96.0.10 . udp . 443 : jump threshold-20, 10.96.0.10 . tcp . 5432 : jump threshold-20 }',
+      'add element inet slipstream svc6 { fd00:10:96::a . udp . 443 : jump threshold-20, fd00:10:96::a . tcp . 5432 : jump threshold-20 }',
+      'add rule inet slipstream threshold-20 ct packets > 20 counter',
+      'add rule inet slipstream forward meta l4proto tcp ct original ip daddr . ct protocol . ct original proto-dst vmap @svc4',
+      'add rule inet slipstream forward meta l4proto udp ct original ip daddr . ct protocol . ct original proto-dst vmap @svc4',
+      'add rule inet slipstream forward meta l4proto tcp ct original ip6 daddr . ct protocol . ct original proto-dst vmap @svc6',
+      'add rule inet slipstream forward meta l4proto udp ct original ip6 daddr . ct protocol . ct original proto-dst vmap @svc6',
+      '',
+    ]);
+  });
+
+  it('refuses (null: JSON is used) any value that is not in its strict form', () => {
+    const change = diff(null, degraded('dual-stack'));
+    const withElement = (patch: Record<string, unknown>) => ({
+      ...change,
+      ops: change.ops.map((op) =>
+        op.op === 'add-elements' && op.family === 'ip'
+          ? { ...op, elements: op.elements.map((e, i) => (i === 0 ? { ...e, ...patch } : e)) }
+          : op,
+      ),
+    });
+    expect(changeToText(change)).not.toBeNull();
+    for (const patch of [
+      { address: '10.0.0.1 } ; flush ruleset ; add element inet slipstream svc4 { 10.0.0.2' },
+      { address: '10.0.0.1;' },
+      { address: 'fd00::1' }, // an IPv6 address in the IPv4 map
+      { family: 'ip6' },
+      { port: 70000 },
+      { port: 80.5 },
+      { port: '80' },
+      { protocol: -1 },
+      { threshold: null },
+      { threshold: 1.5 },
+    ]) {
+      expect(changeToText(withElement(patch) as typeof change), JSON.stringify(patch)).toBeNull();
+    }
+    const badChain = {
+      ...change,
+      ops: [...change.ops, { op: 'delete-chain' as const, chain: 'x; flush ruleset' }],
+    };
+    expect(changeToText(badChain)).toBeNull();
+    // Flowtables and `flow add` (not verifiable on a kernel without flowtables) stay JSON.
+    expect(changeToText(diff(null, desiredRuleset(scenarioInput(loadScenario('dual-stack')))))).toBeNull();
+  });
+
+  it('is used by changeToInput only for large element batches', () => {
+    const small = diff(null, degraded('dual-stack'));
+    expect(changeToInput(small)).toEqual(changeToCommands(small));
+    const large = { ...small, summary: { ...small.summary, elementsAdded: 5000 } };
+    expect(typeof changeToInput(large)).toBe('string');
+    const flowtable = diff(null, desiredRuleset(scenarioInput(loadScenario('dual-stack'))));
+    const largeFlowtable = { ...flowtable, summary: { ...flowtable.summary, elementsAdded: 5000 } };
+    expect(changeToInput(largeFlowtable)).toEqual(changeToCommands(flowtable));
   });
 });

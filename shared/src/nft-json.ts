@@ -4,13 +4,16 @@
 //
 // Only typed values reach the JSON: element addresses that passed `canonicalAddress`, port and
 // protocol numbers, threshold numbers, device names that passed `validDeviceName`. Nothing
-// from an annotation is ever spliced into nft syntax, and JSON needs no quoting rules.
+// from an annotation is ever spliced into nft syntax, and JSON needs no quoting rules. Changes
+// with large element batches go as nft text instead (`changeToInput`: parsed ~1.35x faster),
+// built only from values re-checked against strict forms (see `changeToText`).
 //
 // libnftables JSON (nft 1.0.6) cannot express two things, and this module works around both:
 // a flowtable's `counter` flag (not parsed from JSON: the flowtable is created without it, the
 // threshold chains count instead) and deleting single devices from a flowtable (`delete
 // flowtable` deletes the whole flowtable; `diff` recreates it in the same transaction).
 
+import { isIPv4, isIPv6 } from 'node:net';
 import { type Change, diff, type Op } from './diff.ts';
 import {
   type BaseChain,
@@ -22,7 +25,9 @@ import {
   type Family,
   FLOWTABLE_NAME,
   FLOWTABLE_PRIORITY,
+  FORWARD_CHAIN,
   MAP_NAMES,
+  parseThresholdChainName,
   type RuleSpec,
   type Ruleset,
   TABLE_FAMILY,
@@ -155,6 +160,139 @@ export function changeToCommands(change: Change): NftCommands {
 /** The commands that create a whole ruleset in a namespace without the table. */
 export function rulesetToCommands(ruleset: Ruleset): NftCommands {
   return changeToCommands(diff(null, ruleset));
+}
+
+// ---------------------------------------------------------------------------------------------
+// nft text for large element batches
+//
+// libnftables parses its text syntax faster than JSON (100,000 elements: ~0.75 s against ~1.05 s),
+// so a Change with many elements is sent as text, in ONE buffer (one run = one transaction, as
+// with `nft -f`). Text has quoting rules JSON does not, so it is emitted only from values checked
+// here, each against a strict form: addresses that node:net accepts and that consist of
+// [0-9a-f.:] only, integers in range, chain names Slipstream itself makes (`forward`,
+// `threshold-N`), base-chain keywords of lowercase letters. Anything else — and, as they cannot
+// be verified on a kernel without flowtables, flowtable operations and `flow add` rules — makes
+// `changeToText` return null, and the Change goes as JSON.
+
+/** Changes with at least this many elements go as nft text (smaller ones: JSON, as always). */
+export const TEXT_MIN_ELEMENTS = 1000;
+
+class NotText extends Error {}
+
+const V4_TEXT = /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/;
+const V6_TEXT = /^[0-9a-f:.]{2,45}$/;
+
+function textMap(family: Family): string {
+  if (family !== 'ip' && family !== 'ip6') throw new NotText();
+  return MAP_NAMES[family];
+}
+
+function textAddress(e: Element): string {
+  const ok =
+    e.family === 'ip'
+      ? V4_TEXT.test(e.address) && isIPv4(e.address)
+      : V6_TEXT.test(e.address) && isIPv6(e.address);
+  if (!ok) throw new NotText();
+  return e.address;
+}
+
+function textInt(n: unknown, max: number): number {
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > max) throw new NotText();
+  return n;
+}
+
+function textChain(name: string): string {
+  if (name !== FORWARD_CHAIN && parseThresholdChainName(name) === null) throw new NotText();
+  return name;
+}
+
+function textWord(word: string): string {
+  if (!/^[a-z]{1,32}$/.test(word)) throw new NotText();
+  return word;
+}
+
+function textElementKey(family: Family, e: Element): string {
+  if (e.family !== family) throw new NotText();
+  const protocol = textInt(e.protocol, 255);
+  return `${textAddress(e)} . ${PROTOCOL_NAMES[protocol] ?? protocol} . ${textInt(e.port, 65535)}`;
+}
+
+function textElement(family: Family, e: Element): string {
+  if (e.threshold === null) throw new NotText();
+  return `${textElementKey(family, e)} : jump threshold-${textInt(e.threshold, 9_999_999)}`;
+}
+
+function textRule(rule: RuleSpec): string {
+  switch (rule.kind) {
+    case 'dispatch': {
+      const family = rule.family === 'ip' ? 'ip' : rule.family === 'ip6' ? 'ip6' : null;
+      const protocol = rule.protocol === 'tcp' ? 'tcp' : rule.protocol === 'udp' ? 'udp' : null;
+      if (!family || !protocol) throw new NotText();
+      return `meta l4proto ${protocol} ct original ${family} daddr . ct protocol . ct original proto-dst vmap @${MAP_NAMES[family]}`;
+    }
+    case 'threshold':
+      if (rule.offload) throw new NotText();
+      return `ct packets > ${textInt(rule.threshold, 9_999_999)} counter`;
+    case 'foreign':
+      throw new NotText();
+  }
+}
+
+const TABLE = `${TABLE_FAMILY} ${TABLE_NAME}`;
+
+function opText(op: Op): string {
+  switch (op.op) {
+    case 'delete-table':
+      return `delete table ${TABLE}`;
+    case 'add-table':
+      return `add table ${TABLE}`;
+    case 'flush-chain':
+      return `flush chain ${TABLE} ${textChain(op.chain)}`;
+    case 'delete-flowtable':
+    case 'add-flowtable':
+      throw new NotText();
+    case 'add-map':
+      return `add map ${TABLE} ${textMap(op.family)} { type ${KEY_TYPES[op.family].join(' . ')} : verdict; }`;
+    case 'add-chain': {
+      const b = op.base;
+      if (!b) return `add chain ${TABLE} ${textChain(op.chain)}`;
+      const prio = textInt(b.priority, 1000);
+      return `add chain ${TABLE} ${textChain(op.chain)} { type ${textWord(b.type)} hook ${textWord(b.hook)} priority ${prio}; policy ${textWord(b.policy)}; }`;
+    }
+    case 'delete-elements':
+      return `delete element ${TABLE} ${textMap(op.family)} { ${op.elements.map((e) => textElementKey(op.family, e)).join(', ')} }`;
+    case 'add-elements':
+      return `add element ${TABLE} ${textMap(op.family)} { ${op.elements.map((e) => textElement(op.family, e)).join(', ')} }`;
+    case 'add-rule':
+      return `add rule ${TABLE} ${textChain(op.chain)} ${textRule(op.rule)}`;
+    case 'delete-chain':
+      return `delete chain ${TABLE} ${textChain(op.chain)}`;
+  }
+}
+
+/** The Change as one nft text buffer (see above), or null when some value does not qualify. */
+export function changeToText(change: Change): string | null {
+  const lines: string[] = [];
+  try {
+    for (const op of change.ops) {
+      if ((op.op === 'add-elements' || op.op === 'delete-elements') && op.elements.length === 0) continue;
+      lines.push(opText(op));
+    }
+  } catch (error) {
+    if (error instanceof NotText) return null;
+    throw error;
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** What the kernel edge runs for a Change: nft text for large element batches when it qualifies, else JSON. */
+export function changeToInput(change: Change): NftCommands | string {
+  const elements = change.summary.elementsAdded + change.summary.elementsRemoved;
+  if (elements >= TEXT_MIN_ELEMENTS) {
+    const text = changeToText(change);
+    if (text !== null) return text;
+  }
+  return changeToCommands(change);
 }
 
 /** `list table inet slipstream` as a command object. */

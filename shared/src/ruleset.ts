@@ -252,7 +252,10 @@ export type AddressResult = { ok: true; family: Family; address: string } | { ok
  */
 export function canonicalAddress(raw: string): AddressResult {
   if (isIPv4(raw)) {
-    return { ok: true, family: 'ip', address: raw.split('.').map(Number).join('.') };
+    // node:net accepts no leading zeros (each octet is 0 or [1-9][0-9]*): `raw` is canonical;
+    // the normalization is kept for any other form (cheap test first: it runs per Service).
+    const canonical = /(^|\.)0[0-9]/.test(raw) ? raw.split('.').map(Number).join('.') : raw;
+    return { ok: true, family: 'ip', address: canonical };
   }
   if (isIPv6(raw)) {
     if (raw.includes('%'))
@@ -326,7 +329,57 @@ export interface Contribution {
   /** Skipped ClusterIPs (invalid addresses). */
   skipped: Skipped[];
   /** The elements the Service asks for, with their keys. */
-  candidates: { key: string; element: Element; what: string }[];
+  candidates: { key: string; element: Element }[];
+}
+
+/** How a skipped element is named in `skipped` (e.g. `10.96.0.10 5432/TCP`). */
+function candidateWhat(e: Element): string {
+  return `${e.address} ${e.port}/${e.protocol === L4_NUMBER.tcp ? 'TCP' : e.protocol === L4_NUMBER.udp ? 'UDP' : e.protocol}`;
+}
+
+type EntryDecision = Contribution['entry']['decision'];
+
+/**
+ * Decisions shared by Services of one shape, within one `desiredRuleset` call (one policy, one
+ * Namespace per name): 100,000 Services of a few shapes are decided a few times, and share one
+ * decision object (and its reason string) in memory.
+ */
+export type DecisionMemo = Map<string, EntryDecision>;
+
+/**
+ * What a decision depends on: everything in the Service but its name, uid and ClusterIPs (and
+ * the trace annotation, which only links spans); the Namespace by name (one per call). A
+ * Service whose shape cannot be keyed (unexpected values) gets no key and is decided alone.
+ */
+function decisionShape(service: Service): string | undefined {
+  let annotations = service.annotations;
+  if (annotations[HINT_KEYS.trace] !== undefined) {
+    const { [HINT_KEYS.trace]: _trace, ...rest } = annotations;
+    annotations = rest;
+  }
+  try {
+    return JSON.stringify([
+      service.namespace,
+      service.type,
+      service.noClusterIPReason ?? null,
+      service.ports,
+      annotations,
+    ]);
+  } catch {
+    return undefined;
+  }
+}
+
+function entryDecision(service: Service, policy: Policy, namespace: Namespace | undefined): EntryDecision {
+  const decision = effectiveDecision(service, policy, namespace);
+  return {
+    offload: decision.offload,
+    threshold: decision.threshold,
+    reason: decision.reason,
+    rule: decision.rule,
+    policy: decision.policy,
+    source: decision.source,
+  };
 }
 
 interface Memo {
@@ -351,22 +404,22 @@ export function contribution(
   service: Service,
   policy: Policy,
   namespace: Namespace | undefined,
+  decisions?: DecisionMemo,
 ): Contribution {
   const key = serviceKey(service);
-  const decision = effectiveDecision(service, policy, namespace);
+  let decision: EntryDecision | undefined;
+  const shape = decisions ? decisionShape(service) : undefined;
+  if (shape !== undefined) decision = decisions!.get(shape);
+  if (!decision) {
+    decision = entryDecision(service, policy, namespace);
+    if (shape !== undefined) decisions!.set(shape, decision);
+  }
   const entry: Contribution['entry'] = {
     key,
     namespace: service.namespace,
     name: service.name,
     ...(service.uid !== undefined ? { uid: service.uid } : {}),
-    decision: {
-      offload: decision.offload,
-      threshold: decision.threshold,
-      reason: decision.reason,
-      rule: decision.rule,
-      policy: decision.policy,
-      source: decision.source,
-    },
+    decision,
   };
   const trace = service.annotations[HINT_KEYS.trace];
   if (trace !== undefined) entry.trace = trace;
@@ -394,15 +447,45 @@ export function contribution(
     for (const port of decision.offload) {
       const protocol = port.protocol === 'TCP' ? L4_NUMBER.tcp : L4_NUMBER.udp;
       const element: Element = { family, address, protocol, port: port.port, threshold };
-      out.candidates.push({
-        key: elementKey(element),
-        element,
-        what: `${address} ${port.port}/${port.protocol}`,
-      });
+      out.candidates.push({ key: elementKey(element), element });
     }
   }
   return out;
 }
+
+/** `contribution`, memoized by Service identity (and the Namespace and policy it was computed with). */
+export function cachedContribution(
+  service: Service,
+  policy: Policy,
+  namespace: Namespace | undefined,
+  cache?: ContributionCache,
+  decisions?: DecisionMemo,
+): Contribution {
+  const memo = cache?.get(service);
+  if (memo && memo.namespace === namespace && memo.policy === policy) return memo.contribution;
+  const c = contribution(service, policy, namespace, decisions);
+  cache?.set(service, { namespace, policy, contribution: c });
+  return c;
+}
+
+/** A Service's entry in a ruleset, before its elements are added (an object literal: no spread). */
+function newEntry(c: Contribution): ServiceEntry {
+  const e = c.entry;
+  const entry: ServiceEntry = {
+    key: e.key,
+    namespace: e.namespace,
+    name: e.name,
+    decision: e.decision,
+    elements: [],
+    skipped: c.skipped.length > 0 ? [...c.skipped] : [],
+  };
+  if (e.uid !== undefined) entry.uid = e.uid;
+  if (e.trace !== undefined) entry.trace = e.trace;
+  return entry;
+}
+
+/** The start of the `skipped` reason of an element another Service already owns. */
+const CONFLICT_REASON = 'already programmed for Service ';
 
 /**
  * The ruleset Slipstream wants in the kernel. Deterministic: Services are processed in
@@ -416,28 +499,23 @@ export function desiredRuleset(input: DesiredInput, cache?: ContributionCache): 
   const ruleset = emptyRuleset(capabilities.flowtable ? [...input.devices] : null);
   const thresholds = new Set<number>();
   const contributions: Contribution[] = [];
+  const decisions: DecisionMemo = new Map();
   for (const service of input.services) {
-    const namespace = input.namespaces.get(service.namespace);
-    const memo = cache?.get(service);
-    if (memo && memo.namespace === namespace && memo.policy === policy) {
-      contributions.push(memo.contribution);
-      continue;
-    }
-    const c = contribution(service, policy, namespace);
-    cache?.set(service, { namespace, policy, contribution: c });
-    contributions.push(c);
+    contributions.push(
+      cachedContribution(service, policy, input.namespaces.get(service.namespace), cache, decisions),
+    );
   }
   contributions.sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
 
   for (const c of contributions) {
     // Two objects with one namespace/name (stale input): the first (by uid) wins.
     if (ruleset.services.has(c.key)) continue;
-    const entry: ServiceEntry = { ...c.entry, elements: [], skipped: [...c.skipped] };
+    const entry = newEntry(c);
     ruleset.services.set(c.key, entry);
-    for (const { key, element, what } of c.candidates) {
+    for (const { key, element } of c.candidates) {
       const owner = ruleset.owners.get(key);
       if (owner !== undefined) {
-        entry.skipped.push({ what, reason: `already programmed for Service ${owner}` });
+        entry.skipped.push({ what: candidateWhat(element), reason: `${CONFLICT_REASON}${owner}` });
         continue;
       }
       ruleset.elements.set(key, element);
@@ -476,4 +554,164 @@ export function elementsByFamily(elements: Iterable<Element>): Record<Family, El
 
 function compareKeys(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Incremental updates
+//
+// A sync that follows a few Service changes need not rebuild the whole desired ruleset: the
+// Reconciler keeps it, and applies the contributions of the Services that were removed and
+// added (a changed Service is both) with `applyServiceDelta`. The result is the ruleset that
+// `desiredRuleset` would compute from the new Services (the property tests check this), as
+// long as no two Services compete for one element or one `namespace/name`: the winner of such a
+// conflict depends on the order of all Services, so `applyServiceDelta` refuses (returns null)
+// and the caller recomputes in full. `isConflictFree` tells whether a full result qualifies.
+
+/**
+ * Whether `desiredRuleset` resolved no conflict: `serviceCount` distinct Service objects gave
+ * as many entries (no shared `namespace/name`), and no Service was denied an element that
+ * another Service owns.
+ */
+export function isConflictFree(ruleset: Ruleset, serviceCount: number): boolean {
+  if (ruleset.services.size !== serviceCount) return false;
+  for (const entry of ruleset.services.values()) {
+    for (const s of entry.skipped) if (s.reason.startsWith(CONFLICT_REASON)) return false;
+  }
+  return true;
+}
+
+/** Elements per threshold: the reference counts that decide whether a threshold chain exists. */
+export type ThresholdRefs = Map<number, number>;
+
+export function thresholdRefs(ruleset: Ruleset): ThresholdRefs {
+  const refs: ThresholdRefs = new Map();
+  for (const e of ruleset.elements.values()) {
+    if (e.threshold !== null) refs.set(e.threshold, (refs.get(e.threshold) ?? 0) + 1);
+  }
+  return refs;
+}
+
+/** One element touched by `applyServiceDelta`: its value and owner before and after. */
+export interface TouchedElement {
+  before: Element | undefined;
+  beforeOwner: string | undefined;
+  after: Element | undefined;
+  afterOwner: string | undefined;
+}
+
+/** What `applyServiceDelta` changed. */
+export interface RulesetDelta {
+  /** Every element key a removed or added Service had or asked for (unchanged ones included). */
+  elements: Map<string, TouchedElement>;
+  /** Threshold chains that came into use (ascending). */
+  thresholdsAdded: number[];
+  /** Threshold chains no longer used (ascending). */
+  thresholdsRemoved: number[];
+}
+
+/**
+ * Applies per-Service changes to a conflict-free `ruleset` IN PLACE (with `refs`, its
+ * `thresholdRefs`): the entries of the Services keyed `removed` go, with their elements; the
+ * `added` contributions come in, with their elements; threshold chains appear when first used
+ * and go when last used. Returns what changed, or null — leaving `ruleset` and `refs` untouched
+ * — when the result would hold a conflict (see above) or `removed` names an unknown Service.
+ */
+export function applyServiceDelta(
+  ruleset: Ruleset,
+  refs: ThresholdRefs,
+  removed: readonly string[],
+  added: readonly Contribution[],
+  capabilities: Capabilities,
+): RulesetDelta | null {
+  // Check first, mutate after: a refusal leaves everything as it was.
+  const going = new Set<string>();
+  for (const key of removed) {
+    if (going.has(key) || !ruleset.services.has(key)) return null;
+    going.add(key);
+  }
+  const coming = new Set<string>();
+  const claimed = new Set<string>();
+  for (const c of added) {
+    if (coming.has(c.key) || (ruleset.services.has(c.key) && !going.has(c.key))) return null;
+    coming.add(c.key);
+    for (const { key } of c.candidates) {
+      if (claimed.has(key)) return null;
+      claimed.add(key);
+      const owner = ruleset.owners.get(key);
+      if (owner !== undefined && !going.has(owner)) return null;
+    }
+  }
+
+  const touched = new Map<string, TouchedElement>();
+  const touch = (key: string): TouchedElement => {
+    let t = touched.get(key);
+    if (!t) {
+      const before = ruleset.elements.get(key);
+      const owner = ruleset.owners.get(key);
+      t = { before, beforeOwner: owner, after: before, afterOwner: owner };
+      touched.set(key, t);
+    }
+    return t;
+  };
+  const changedThresholds = new Set<number>();
+  const count = (threshold: number | null, by: number) => {
+    if (threshold === null) return;
+    refs.set(threshold, (refs.get(threshold) ?? 0) + by);
+    changedThresholds.add(threshold);
+  };
+
+  for (const key of removed) {
+    const entry = ruleset.services.get(key)!;
+    for (const ek of entry.elements) {
+      const t = touch(ek);
+      count(t.after?.threshold ?? null, -1);
+      t.after = undefined;
+      t.afterOwner = undefined;
+      ruleset.elements.delete(ek);
+      ruleset.owners.delete(ek);
+    }
+    ruleset.services.delete(key);
+  }
+  for (const c of added) {
+    const entry = newEntry(c);
+    ruleset.services.set(c.key, entry);
+    for (const { key, element } of c.candidates) {
+      const t = touch(key);
+      t.after = element;
+      t.afterOwner = c.key;
+      count(element.threshold, 1);
+      ruleset.elements.set(key, element);
+      ruleset.owners.set(key, c.key);
+      entry.elements.push(key);
+    }
+    entry.elements.sort();
+  }
+
+  const thresholdsAdded: number[] = [];
+  const thresholdsRemoved: number[] = [];
+  const inUse = new Set(ruleset.thresholds);
+  for (const t of changedThresholds) {
+    const n = refs.get(t) ?? 0;
+    if (n <= 0) {
+      refs.delete(t);
+      if (inUse.has(t)) thresholdsRemoved.push(t);
+    } else if (!inUse.has(t)) {
+      thresholdsAdded.push(t);
+    }
+  }
+  if (thresholdsAdded.length > 0 || thresholdsRemoved.length > 0) {
+    thresholdsAdded.sort((a, b) => a - b);
+    thresholdsRemoved.sort((a, b) => a - b);
+    ruleset.thresholds = [...refs.keys()].sort((a, b) => a - b);
+    // Rebuilt in the order `desiredRuleset` uses: the forward chain, then thresholds ascending.
+    const chains = new Map<string, Chain>();
+    for (const [name, chain] of ruleset.chains)
+      if (parseThresholdChainName(name) === null) chains.set(name, chain);
+    for (const t of ruleset.thresholds) {
+      const name = thresholdChainName(t);
+      chains.set(name, ruleset.chains.get(name) ?? thresholdChain(t, capabilities.flowtable));
+    }
+    ruleset.chains = chains;
+  }
+  return { elements: touched, thresholdsAdded, thresholdsRemoved };
 }

@@ -122,7 +122,10 @@ export interface RunRecord {
 
 function kindOf(commands: string | object, check: boolean): RunKind {
   if (check) return 'probe';
-  const items = typeof commands === 'object' ? (commands as { nftables?: object[] }).nftables : undefined;
+  // nft text: the kernel edge writes large element batches as text (`add …`, `delete …`).
+  if (typeof commands === 'string')
+    return /^(add|delete|flush) /.test(commands) ? 'write' : /^list /.test(commands) ? 'read' : 'other';
+  const items = (commands as { nftables?: object[] }).nftables;
   if (!items) return 'other';
   if (items.every((i) => 'list' in i)) return 'read';
   return 'write';
