@@ -123,6 +123,14 @@ table inet $KUBE_PROXY_STANDIN_TABLE {
 NFT
 }
 
+# kube_proxy_standin_element CLUSTER_IP PROTO PORT ENDPOINT_IP [ENDPOINT_PORT]: prints the nft command (for
+# nft -f, to add many in one transaction) that kube_proxy_standin_add_service runs.
+kube_proxy_standin_element() {
+  local vip=$1 proto=$2 port=$3 ep=$4 epport=${5:-$3} fam=v4
+  case $vip in *:*) fam=v6 ;; esac
+  echo "add element inet $KUBE_PROXY_STANDIN_TABLE service-ips-$fam { $vip . $proto . $port : $ep . $epport }"
+}
+
 # kube_proxy_standin_add_service CLUSTER_IP PROTO PORT ENDPOINT_IP [ENDPOINT_PORT]
 # e.g. kube_proxy_standin_add_service "$SVC_IP4" tcp 5201 "$SERVER_IP4"
 kube_proxy_standin_add_service() {
@@ -147,4 +155,204 @@ conntrack_snapshot() {
     conntrack -L -f ipv4 2>/dev/null
     conntrack -L -f ipv6 2>/dev/null
   } >"$1" || true
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers for scenarios that run the real daemon (embedded mode: Service manifests from a directory).
+
+# Observer: a table of its own whose forward chain runs after Slipstream's (`priority filter + 10`), so its
+# counters see every packet that still takes the slow path (an offloaded packet skips the forward hook).
+OBSERVER_TABLE=observer
+
+observer_init() {
+  nft -f - <<NFT
+table inet $OBSERVER_TABLE {
+  comment "test observer: counts slow-path packets after Slipstream's forward chain"
+  chain forward {
+    type filter hook forward priority filter + 20; policy accept;
+  }
+}
+NFT
+}
+
+# observer_rule NAME CLUSTER_IP PROTO PORT: prints the nft command (for nft -f) of a counter (comment NAME) of the
+# slow-path packets, both directions, of connections whose original destination is CLUSTER_IP PORT/PROTO.
+observer_rule() {
+  local name=$1 vip=$2 proto=$3 port=$4 fam=ip
+  case $vip in *:*) fam=ip6 ;; esac
+  echo "add rule inet $OBSERVER_TABLE forward meta l4proto $proto ct original $fam daddr $vip ct original proto-dst $port counter comment \"$name\""
+}
+
+# observer_add NAME CLUSTER_IP PROTO PORT: adds that counter now.
+observer_add() {
+  observer_rule "$@" | nft -f -
+}
+
+# service_yaml NAMESPACE NAME CLUSTER_IPS PORTS [ANNOTATION=VALUE ...]: a v1 Service manifest on stdout.
+#   CLUSTER_IPS: comma-separated, first = primary (dual-stack: "10.96.1.50,fd00:96::1:50")
+#   PORTS: comma-separated PORT/PROTO (e.g. "5432/TCP,5201/UDP")
+service_yaml() {
+  local ns=$1 name=$2 ips=$3 ports=$4 kv ip p proto
+  shift 4
+  printf 'apiVersion: v1\nkind: Service\nmetadata:\n  name: %s\n  namespace: %s\n' "$name" "$ns"
+  if [ $# -gt 0 ]; then
+    printf '  annotations:\n'
+    for kv in "$@"; do printf '    %s: "%s"\n' "${kv%%=*}" "${kv#*=}"; done
+  fi
+  printf 'spec:\n  type: ClusterIP\n  clusterIP: %s\n  clusterIPs:\n' "${ips%%,*}"
+  for ip in ${ips//,/ }; do printf '    - "%s"\n' "$ip"; done
+  printf '  ports:\n'
+  for p in ${ports//,/ }; do
+    proto=${p#*/}
+    printf '    - name: p%s-%s\n      port: %s\n      protocol: %s\n' "${p%/*}" "${proto,,}" "${p%/*}" "$proto"
+  done
+}
+
+# namespace_yaml NAME [LABEL=VALUE ...]: a v1 Namespace manifest on stdout.
+namespace_yaml() {
+  local name=$1 kv
+  shift
+  printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n' "$name"
+  if [ $# -gt 0 ]; then
+    printf '  labels:\n'
+    for kv in "$@"; do printf '    %s: "%s"\n' "${kv%%=*}" "${kv#*=}"; done
+  fi
+}
+
+# put_manifest DIR FILE < manifest: replaces DIR/FILE atomically (written under a dot name, which the
+# daemon's file source skips, then renamed), so the daemon never reads half a file.
+put_manifest() {
+  cat >"$1/.$2.tmp" && mv -f "$1/.$2.tmp" "$1/$2"
+}
+
+# daemon_start DIR LOGFILE [ARGS...]: starts the daemon (embedded mode, --min-sync-period 100ms) in the
+# background, JSON log lines to LOGFILE; sets DAEMON_PID.
+daemon_start() {
+  DAEMON_DIR=$1 DAEMON_LOG=$2
+  shift 2
+  DAEMON_ARGS=("$@")
+  OTEL_TRACES_EXPORTER=none "$NODE" daemon/src/main.ts --services "$DAEMON_DIR" --min-sync-period 100ms "$@" \
+    </dev/null >/dev/null 2>>"$DAEMON_LOG" &
+  DAEMON_PID=$!
+}
+
+# wait_log FILE PATTERN [SECONDS]: waits until a line of FILE matches the extended regex PATTERN.
+wait_log() {
+  local f=$1 pat=$2 secs=${3:-60} t0
+  t0=$(uptime_ms)
+  until grep -Eq -- "$pat" "$f" 2>/dev/null; do
+    [ $(($(uptime_ms) - t0)) -lt $((secs * 1000)) ] || die "no line matching '$pat' in $f after ${secs}s"
+    sleep 0.1
+  done
+}
+
+# daemon_wait_started LOGFILE [SECONDS]: waits for the start-up sync (written or adopted) of the daemon that
+# daemon_start started last. If that process dies first (under qemu TCG, Node 24 now and then dies of SIGSEGV
+# or SIGTRAP while loading its modules, before it prints anything), its log is kept as LOGFILE.crash-N, the
+# crash is noted in $LAB/daemon-crashes.txt (the suites print it) and the daemon is started again; a third
+# death fails the scenario.
+daemon_wait_started() {
+  local f=$1 secs=${2:-90} t0 rc crashes=0
+  t0=$(uptime_ms)
+  until grep -q '"trigger":"startup"' "$f" 2>/dev/null; do
+    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+      wait "$DAEMON_PID" && rc=0 || rc=$?
+      crashes=$((crashes + 1))
+      mv "$f" "$f.crash-$crashes"
+      echo "$(basename "$f"): the daemon exited with status $rc before its start-up sync; log: $(basename "$f").crash-$crashes" >>"$LAB/daemon-crashes.txt"
+      log "the daemon exited with status $rc before its start-up sync; its log:"
+      tail -20 "$f.crash-$crashes" >&2 || true
+      [ "$crashes" -lt 3 ] || die "the daemon died $crashes times before its start-up sync"
+      daemon_start "$DAEMON_DIR" "$f" "${DAEMON_ARGS[@]}"
+    fi
+    [ $(($(uptime_ms) - t0)) -lt $((secs * 1000)) ] || die "no start-up sync in $f after ${secs}s"
+    sleep 0.1
+  done
+}
+
+# slipstream_has_element CLUSTER_IP PROTO PORT: whether Slipstream's svc4/svc6 map holds the element.
+slipstream_has_element() {
+  local vip=$1 proto=$2 port=$3 map=svc4
+  case $vip in *:*) map=svc6 ;; esac
+  nft list map inet slipstream "$map" 2>/dev/null | tr -d '\n\t' | grep -Eq "(^|[{ ,])$vip \. $proto \. $port :"
+}
+
+# wait_until SECONDS CMD...: runs CMD every 100 ms until it succeeds; fails after SECONDS. Prints the
+# milliseconds it took.
+wait_until() {
+  local secs=$1 t0
+  shift
+  t0=$(uptime_ms)
+  until "$@"; do
+    [ $(($(uptime_ms) - t0)) -lt $((secs * 1000)) ] || return 1
+    sleep 0.1
+  done
+  echo $(($(uptime_ms) - t0))
+}
+
+# flowtable_devices: the devices of Slipstream's flowtable, one per line.
+flowtable_devices() {
+  nft list flowtable inet slipstream ft 2>/dev/null | sed -n 's/.*devices = { *\(.*\) *}.*/\1/p' | tr -d ' ' | tr ',' '\n'
+}
+
+# ct_offloaded PROTO CLUSTER_IP PORT [FILE]: whether a connection to CLUSTER_IP:PORT is [OFFLOAD] (in FILE, a
+# conntrack_snapshot, or now).
+ct_offloaded() {
+  local proto=$1 vip=$2 port=$3 f=${4:-}
+  if [ -z "$f" ]; then
+    { conntrack -L -f ipv4 2>/dev/null; conntrack -L -f ipv6 2>/dev/null; } |
+      grep -Eq "^$proto .* dst=$vip .*dport=$port .*\[OFFLOAD\]"
+    return
+  fi
+  grep -Eq "^$proto .* dst=$vip .*dport=$port .*\[OFFLOAD\]" "$f"
+}
+
+# iperf_servers NS PORT...: one iperf3 server per port in netns NS (an iperf3 server runs one test at a time).
+iperf_servers() {
+  local ns=$1 port
+  shift
+  for port in "$@"; do ip netns exec "$ns" iperf3 -s -D -p "$port"; done
+  for port in "$@"; do wait_listen "$ns" "$port" 60; done
+}
+
+# ct_packets PROTO CLUSTER_IP PORT FILE: the most packets (original + reply direction) that one connection to
+# CLUSTER_IP:PORT has in FILE (a conntrack_snapshot); 0 if there is none.
+ct_packets() {
+  grep -E "^$1 .* dst=$2 .*dport=$3 " "$4" 2>/dev/null |
+    awk '{ n = 0; for (i = 1; i <= NF; i++) if ($i ~ /^packets=/) { sub(/^packets=/, "", $i); n += $i } if (n > m) m = n } END { print m + 0 }'
+}
+
+# Long iperf3 flows from the client pod, by key. flow_start KEY CLUSTER_IP PORT [iperf3 args...]: starts one
+# (default: TCP rate-limited to 40 Mbit/s in 8 KiB writes, so that many flows leave the emulated CPUs
+# responsive while each still carries ~1000 packets/s); output in $LAB/iperf-KEY.txt. flows_pause freezes
+# every client (SIGSTOP: no FIN, the connections stay established, offloaded ones stay offloaded) so that
+# conntrack and counters can be read from one state; flows_stop ends them.
+declare -A FLOW_PID=()
+flow_start() {
+  local key=$1 vip=$2 port=$3
+  shift 3
+  [ $# -gt 0 ] || set -- -b 40M -l 8K
+  ip netns exec "$CLIENT_NS" iperf3 -c "$vip" -p "$port" -t 3600 "$@" >"$LAB/iperf-$key.txt" 2>&1 &
+  FLOW_PID[$key]=$!
+}
+flows_pause() {
+  local key
+  for key in "${!FLOW_PID[@]}"; do kill -STOP "${FLOW_PID[$key]}" 2>/dev/null || true; done
+}
+flows_stop() {
+  local key
+  for key in "${!FLOW_PID[@]}"; do kill -KILL "${FLOW_PID[$key]}" 2>/dev/null || true; done
+  for key in "${!FLOW_PID[@]}"; do wait "${FLOW_PID[$key]}" 2>/dev/null || true; done
+  FLOW_PID=()
+}
+# flows_running_json: {"KEY": true|false, ...}: whether each client is still there (running or paused).
+flows_running_json() {
+  local key sep= r
+  printf '{'
+  for key in "${!FLOW_PID[@]}"; do
+    kill -0 "${FLOW_PID[$key]}" 2>/dev/null && r=true || r=false
+    printf '%s"%s": %s' "$sep" "$key" "$r"
+    sep=', '
+  done
+  printf '}'
 }
