@@ -17,7 +17,7 @@
 #   long-R-MODE-REP.json       iperf3 -J, SECS seconds, to the ClusterIP
 #   pod-R-on-REP.json          iperf3 -J to the pod IP (no DNAT, so never offloaded), with the rules on
 #   observer-R-MODE-REP.txt    "before after" forwarded packets of the ClusterIP flow (observer counter)
-# At R = SHORT_RULES, per repetition and mode:
+# At R = SHORT_RULES, per repetition (SHORT_REPS) and mode:
 #   short-MODE-REP.json        {"connections", "failed", "ms", "perSecond"} of SHORT_COUNT short connections
 #   short-MODE-REP.txt         "threshold-20 counter" (on): packets that crossed the threshold (expect 0)
 # Also: env.json (kernel), daemon.log, slipstream.nft, done.json.
@@ -25,6 +25,7 @@ set -eu
 . "$(dirname "$0")/lib.sh"
 
 REPS=${REPS:-5}
+SHORT_REPS=${SHORT_REPS:-9}
 SECS=${SECS:-5}
 RULES=${RULES:-"0 500 2000"}
 SHORT_RULES=${SHORT_RULES:-500}
@@ -32,13 +33,16 @@ SHORT_COUNT=${SHORT_COUNT:-400}
 SHORT_CONC=${SHORT_CONC:-4}
 SVC_DIR=/tmp/services
 mkdir -p "$SVC_DIR"
-echo "{\"kernel\": \"$(uname -r)\", \"nproc\": $(nproc), \"reps\": $REPS, \"secs\": $SECS, \"rules\": \"$RULES\", \"shortCount\": $SHORT_COUNT, \"shortConcurrency\": $SHORT_CONC}" >"$LAB/env.json"
+echo "{\"kernel\": \"$(uname -r)\", \"nproc\": $(nproc), \"reps\": $REPS, \"secs\": $SECS, \"rules\": \"$RULES\", \"shortReps\": $SHORT_REPS, \"shortCount\": $SHORT_COUNT, \"shortConcurrency\": $SHORT_CONC}" >"$LAB/env.json"
 
 namespace_yaml shop | put_manifest "$SVC_DIR" namespaces.yaml
 service_yaml shop bulk 10.96.3.10 5432/TCP | put_manifest "$SVC_DIR" bulk.yaml
 service_yaml shop short 10.96.3.11 5432/TCP | put_manifest "$SVC_DIR" short.yaml
 
 log "starting the daemon; building the topology"
+# Kernel modules first: the daemon died a few times (SIGSEGV/SIGTRAP, see daemon_wait_started) when it
+# started while modprobe was loading them.
+router_init
 daemon_start "$SVC_DIR" "$LAB/daemon.log"
 standard_topology
 kube_proxy_standin_init
@@ -94,6 +98,12 @@ long() { # NAME TARGET PORT: one iperf3 run
     log "iperf3 $name failed"
 }
 
+# Warm-up, not measured: the first runs after boot pay for cold caches (and the short-flow server's JIT).
+slipstream on
+long warmup-long 10.96.3.10 5432
+ip netns exec "$CLIENT_NS" "$NODE" test/bench/dataplane-shortflow.ts client 10.96.3.11 5432 200 "$SHORT_CONC" \
+  >"$LAB/warmup-short.json" 2>&1 || log "warm-up short flows failed"
+
 for r in $RULES; do
   firewall "$r"
   for ((rep = 1; rep <= REPS; rep++)); do
@@ -108,7 +118,7 @@ for r in $RULES; do
     log "rules $r, repetition $rep done"
   done
   if [ "$r" = "$SHORT_RULES" ]; then
-    for ((rep = 1; rep <= REPS; rep++)); do
+    for ((rep = 1; rep <= SHORT_REPS; rep++)); do
       if ((rep % 2)); then order="off on"; else order="on off"; fi
       for mode in $order; do
         slipstream "$mode"

@@ -41,6 +41,9 @@ service_yaml shop a 10.96.2.10 5432/TCP | put_manifest "$SVC_DIR" a.yaml
 service_yaml shop x 10.96.2.30 5432/TCP | put_manifest "$SVC_DIR" x.yaml
 
 log "starting the daemon; building the topology"
+# Kernel modules first: the daemon died a few times (SIGSEGV/SIGTRAP, see daemon_wait_started) when it
+# started while modprobe was loading them.
+router_init
 daemon_start "$SVC_DIR" "$LAB/daemon-1.log" --health-listen "$HEALTH"
 standard_topology
 add_pod server-x 4 vx

@@ -62,6 +62,9 @@ service_yaml shop dual 10.96.1.50,fd00:96::1:50 5432/TCP | put_manifest "$SVC_DI
 service_yaml shop toggle 10.96.1.60 5432/TCP | put_manifest "$SVC_DIR" toggle.yaml
 
 log "starting the daemon; building the topology"
+# Kernel modules first: the daemon died a few times (SIGSEGV/SIGTRAP, see daemon_wait_started) when it
+# started while modprobe was loading them.
+router_init
 daemon_start "$SVC_DIR" "$LAB/daemon.log"
 standard_topology
 kube_proxy_standin_init
