@@ -12,6 +12,7 @@ import {
   parseTable,
 } from '@slipstream/shared/nft-json';
 import {
+  bareTable,
   type Capabilities,
   elementKey,
   FLOWTABLE_NAME,
@@ -164,21 +165,6 @@ function fail(errorClass: KernelErrorClass, what: string): never {
   throw new KernelError(`Error: Could not process rule: ${errno[errorClass]}\n${what}`, errorClass);
 }
 
-function emptyTable(): Ruleset {
-  return {
-    family: 'inet',
-    table: TABLE_NAME,
-    flowtable: null,
-    maps: [],
-    chains: new Map(),
-    elements: new Map(),
-    thresholds: [],
-    foreign: [],
-    services: new Map(),
-    owners: new Map(),
-  };
-}
-
 export interface MemoryKernelOptions {
   /** Whether flowtables are supported (default true). */
   flowtable?: boolean;
@@ -255,7 +241,7 @@ export class MemoryKernel implements Kernel {
   }
 
   #applyOp(table: Ruleset | null, op: Op): Ruleset | null {
-    if (op.op === 'add-table') return table ?? emptyTable();
+    if (op.op === 'add-table') return table ?? bareTable();
     if (!table) return fail('no-such-object', `${op.op}: no table inet ${TABLE_NAME}`);
     const chainUsers = (name: string) => {
       let uses = 0;

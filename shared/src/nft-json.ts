@@ -17,6 +17,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { type Change, diff, type Op } from './diff.ts';
 import {
   type BaseChain,
+  bareTable,
   type Chain,
   canonicalAddress,
   type Element,
@@ -455,18 +456,7 @@ export function parseTable(output: unknown): Ruleset | null {
   );
   if (!table) return null;
 
-  const ruleset: Ruleset = {
-    family: 'inet',
-    table: TABLE_NAME,
-    flowtable: null,
-    maps: [],
-    chains: new Map(),
-    elements: new Map(),
-    thresholds: [],
-    foreign: [],
-    services: new Map(),
-    owners: new Map(),
-  };
+  const ruleset: Ruleset = bareTable();
   const rules: { chain: string; expr: unknown }[] = [];
 
   for (const item of items) {

@@ -299,6 +299,22 @@ export function serviceKey(s: Pick<Service, 'namespace' | 'name'>): string {
 }
 
 /** An empty ruleset skeleton (table, maps, forward chain) with the given flowtable devices. */
+/** A table with nothing in it: what the kernel holds right after `add table`. */
+export function bareTable(): Ruleset {
+  return {
+    family: 'inet',
+    table: TABLE_NAME,
+    flowtable: null,
+    maps: [],
+    chains: new Map(),
+    elements: new Map(),
+    thresholds: [],
+    foreign: [],
+    services: new Map(),
+    owners: new Map(),
+  };
+}
+
 export function emptyRuleset(flowtableDevices: string[] | null): Ruleset {
   return {
     family: 'inet',
