@@ -11,7 +11,7 @@
 // connections older than the first threshold chain are never offloaded (they stay correct, on
 // the normal path).
 
-import { type Capabilities, TABLE_FAMILY } from '@slipstream/shared/ruleset';
+import { type Capabilities, TABLE_FAMILY } from '@slipstream/shared/core/ruleset';
 import { errorClassOf, errorText, type NftRunner } from './kernel.ts';
 
 export const PROBE_TABLE = 'slipstream-probe';

@@ -8,7 +8,7 @@ import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PolicyError } from '@slipstream/shared/policy';
+import { PolicyError } from '@slipstream/shared/core/policy';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type DaemonOptions, EXAMPLES_DIR } from './cli.ts';
 import { cleanup, type RunningDaemon, requireNetns, runOnce, StartupError, startDaemon } from './daemon.ts';

@@ -4,9 +4,9 @@
 
 import { stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
-import { formatRuleset } from '@slipstream/shared/nft-json';
-import { type PolicyWatch, watchPolicy } from '@slipstream/shared/policy-watch';
-import { TABLE_NAME } from '@slipstream/shared/ruleset';
+import { type PolicyWatch, watchPolicy } from '@slipstream/shared/adapters/policy-watch';
+import { formatRuleset } from '@slipstream/shared/core/nft-json';
+import { TABLE_NAME } from '@slipstream/shared/core/ruleset';
 import type { DaemonOptions } from './cli.ts';
 import { type Kernel, NapiKernel, netnsPath } from './kernel.ts';
 import { LinkWatcher } from './links.ts';

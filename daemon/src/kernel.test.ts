@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { diff } from '@slipstream/shared/diff';
-import { parseTable } from '@slipstream/shared/nft-json';
-import { desiredRuleset, type Ruleset } from '@slipstream/shared/ruleset';
+import { diff } from '@slipstream/shared/core/diff';
+import { parseTable } from '@slipstream/shared/core/nft-json';
+import { desiredRuleset, type Ruleset } from '@slipstream/shared/core/ruleset';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { MemoryKernel, NapiKernel, type NftRunner } from './kernel.ts';

@@ -3,14 +3,14 @@
 // network namespace; `MemoryKernel` is an in-memory twin that applies the same Change with the
 // kernel's rules (what exists, what is busy, which devices exist) for unit tests.
 
-import { type Change, isEmpty, type Op } from '@slipstream/shared/diff';
+import { type Change, isEmpty, type Op } from '@slipstream/shared/core/diff';
 import {
   changeToInput,
   formatRuleset,
   listTableCommand,
   parseFlowtable,
   parseTable,
-} from '@slipstream/shared/nft-json';
+} from '@slipstream/shared/core/nft-json';
 import {
   bareTable,
   type Capabilities,
@@ -22,7 +22,7 @@ import {
   TABLE_NAME,
   thresholdChainName,
   thresholdsOf,
-} from '@slipstream/shared/ruleset';
+} from '@slipstream/shared/core/ruleset';
 import { probeCapabilities } from './capabilities.ts';
 
 export type KernelErrorClass =

@@ -11,7 +11,7 @@
 
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { validDeviceName } from '@slipstream/shared/ruleset';
+import { validDeviceName } from '@slipstream/shared/core/ruleset';
 import { type Logger, stderrLogger } from './reconciler.ts';
 
 export interface LinkInfo {

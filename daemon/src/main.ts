@@ -4,11 +4,11 @@ import { enableCompileCache } from 'node:module';
 
 enableCompileCache();
 
-const { startTelemetry } = await import('@slipstream/shared/telemetry');
+const { startTelemetry } = await import('@slipstream/shared/adapters/telemetry');
 const telemetry = await startTelemetry('slipstream-daemon');
 const { parseDaemonArgs, USAGE, UsageError } = await import('./cli.ts');
 const { cleanup, runOnce, StartupError, startDaemon } = await import('./daemon.ts');
-const { PolicyError } = await import('@slipstream/shared/policy');
+const { PolicyError } = await import('@slipstream/shared/core/policy');
 const { stderrLogger: logger } = await import('./reconciler.ts');
 
 async function main(): Promise<number> {

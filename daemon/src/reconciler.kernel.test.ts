@@ -4,11 +4,11 @@
 
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { USER_KEYS } from '@slipstream/shared/contract';
-import { parseTable } from '@slipstream/shared/nft-json';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
-import { desiredRuleset, type Ruleset } from '@slipstream/shared/ruleset';
-import type { Service } from '@slipstream/shared/service';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import { USER_KEYS } from '@slipstream/shared/core/contract';
+import { parseTable } from '@slipstream/shared/core/nft-json';
+import { desiredRuleset, type Ruleset } from '@slipstream/shared/core/ruleset';
+import type { Service } from '@slipstream/shared/core/service';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { NapiKernel, type NftRunner } from './kernel.ts';

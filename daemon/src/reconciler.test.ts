@@ -4,11 +4,12 @@ import {
   InMemorySpanExporter,
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
-import { HINT_KEYS, NAMESPACE_OPT_OUT_LABEL, USER_KEYS } from '@slipstream/shared/contract';
-import { diff } from '@slipstream/shared/diff';
-import { loadDefaultPolicy, parsePolicy } from '@slipstream/shared/policy';
-import { desiredRuleset, type Ruleset } from '@slipstream/shared/ruleset';
-import type { Service } from '@slipstream/shared/service';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import { HINT_KEYS, NAMESPACE_OPT_OUT_LABEL, USER_KEYS } from '@slipstream/shared/core/contract';
+import { diff } from '@slipstream/shared/core/diff';
+import { parsePolicy } from '@slipstream/shared/core/policy';
+import { desiredRuleset, type Ruleset } from '@slipstream/shared/core/ruleset';
+import type { Service } from '@slipstream/shared/core/service';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadScenario, type Scenario, scenarioInput } from '../../test/fixtures/services/load.ts';

@@ -19,9 +19,9 @@
 // Conflicting inputs (two Services on one element or one namespace/name) always recompute in full.
 
 import { type Context, context, type Link, type Span, SpanStatusCode, trace } from '@opentelemetry/api';
-import { type Change, diff, diffDelta, isEmpty } from '@slipstream/shared/diff';
-import { describeChange } from '@slipstream/shared/nft-json';
-import type { Policy } from '@slipstream/shared/policy';
+import { type Change, diff, diffDelta, isEmpty } from '@slipstream/shared/core/diff';
+import { describeChange } from '@slipstream/shared/core/nft-json';
+import type { Policy } from '@slipstream/shared/core/policy';
 import {
   applyServiceDelta,
   type Capabilities,
@@ -34,8 +34,8 @@ import {
   serviceKey,
   type ThresholdRefs,
   thresholdRefs,
-} from '@slipstream/shared/ruleset';
-import type { Namespace, Service } from '@slipstream/shared/service';
+} from '@slipstream/shared/core/ruleset';
+import type { Namespace, Service } from '@slipstream/shared/core/service';
 import { errorClassOf, errorText, type Kernel, type KernelErrorClass } from './kernel.ts';
 
 export type Trigger = 'startup' | 'service' | 'namespace' | 'link' | 'resync';

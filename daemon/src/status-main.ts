@@ -3,9 +3,9 @@
 // this node's kernel and conntrack. Read-only: it never writes to the kernel.
 
 import { parseArgs } from 'node:util';
-import { effectiveDecision } from '@slipstream/shared/decide';
-import { watchPolicy } from '@slipstream/shared/policy-watch';
-import { desiredRuleset } from '@slipstream/shared/ruleset';
+import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
+import { effectiveDecision } from '@slipstream/shared/core/decide';
+import { desiredRuleset } from '@slipstream/shared/core/ruleset';
 import { EXAMPLES_DIR } from './cli.ts';
 import { requireNetns, StartupError } from './daemon.ts';
 import { NapiKernel } from './kernel.ts';

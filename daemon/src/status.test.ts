@@ -3,10 +3,10 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { effectiveDecision } from '@slipstream/shared/decide';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
-import { desiredRuleset, elementKey, type Ruleset } from '@slipstream/shared/ruleset';
-import type { Namespace, Service } from '@slipstream/shared/service';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import { effectiveDecision } from '@slipstream/shared/core/decide';
+import { desiredRuleset, elementKey, type Ruleset } from '@slipstream/shared/core/ruleset';
+import type { Namespace, Service } from '@slipstream/shared/core/service';
 import { describe, expect, it } from 'vitest';
 import { EXAMPLES_DIR } from './cli.ts';
 import { parseManifests } from './sources/files.ts';

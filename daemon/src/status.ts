@@ -5,9 +5,9 @@
 
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import type { Decision } from '@slipstream/shared/decide';
-import { elementKey, type Ruleset } from '@slipstream/shared/ruleset';
-import type { Service } from '@slipstream/shared/service';
+import type { Decision } from '@slipstream/shared/core/decide';
+import { elementKey, type Ruleset } from '@slipstream/shared/core/ruleset';
+import type { Service } from '@slipstream/shared/core/service';
 
 const run = promisify(execFile);
 

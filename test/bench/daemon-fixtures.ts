@@ -3,7 +3,7 @@
 
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Namespace, Service, ServicePort } from '@slipstream/shared/service';
+import type { Namespace, Service, ServicePort } from '@slipstream/shared/core/service';
 
 export const NAMESPACES = 100;
 

@@ -12,7 +12,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { review } from '../../webhook/src/review.ts';
 import { postReview } from '../../webhook/src/testing/client.ts';
 import { loadFixtures } from '../../webhook/src/testing/fixtures.ts';

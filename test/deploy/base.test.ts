@@ -3,8 +3,8 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NAMESPACE_OPT_OUT_LABEL, NAMESPACE_OPT_OUT_VALUE } from '@slipstream/shared/contract';
-import { parsePolicy } from '@slipstream/shared/policy';
+import { NAMESPACE_OPT_OUT_LABEL, NAMESPACE_OPT_OUT_VALUE } from '@slipstream/shared/core/contract';
+import { parsePolicy } from '@slipstream/shared/core/policy';
 import type { IMutatingWebhookConfiguration } from 'kubernetes-models/admissionregistration.k8s.io/v1/MutatingWebhookConfiguration';
 import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import type { IClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';

@@ -215,7 +215,7 @@ describe('Dockerfile', () => {
     }
     for (const path of [
       'package.json',
-      'shared/src/contract.ts',
+      'shared/src/core/contract.ts',
       'shared/policy/default.yaml',
       'webhook/src/main.ts',
     ]) {

@@ -39,7 +39,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeApiServer, type Json } from '../apiserver/fake-apiserver.ts';
 import { selfSignedCertificate } from '../apiserver/tls.ts';

@@ -1,5 +1,9 @@
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
-import { type InMemoryTelemetry, startInMemoryTelemetry, traceparentOf } from '@slipstream/shared/telemetry';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import {
+  type InMemoryTelemetry,
+  startInMemoryTelemetry,
+  traceparentOf,
+} from '@slipstream/shared/adapters/telemetry';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AdmissionReviewResponse } from './admission.ts';
 import { SPAN_NAME } from './app.ts';

@@ -5,8 +5,8 @@
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Attributes, SpanKind, SpanStatusCode, type Tracer, trace } from '@opentelemetry/api';
-import type { Policy } from '@slipstream/shared/policy';
-import { contextFromHeaders, traceparentOf } from '@slipstream/shared/telemetry';
+import { contextFromHeaders, traceparentOf } from '@slipstream/shared/adapters/telemetry';
+import type { Policy } from '@slipstream/shared/core/policy';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { checkContentType, HttpError, parseJsonBody, readBody } from './body.ts';
 import type { Logger } from './log.ts';

@@ -6,7 +6,7 @@ import { X509Certificate } from 'node:crypto';
 import { Agent, request } from 'node:https';
 import { checkServerIdentity, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { KubeConfig } from '@kubernetes/client-node';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FakeApiServer, type Json, type RequestRecord } from '../../test/apiserver/fake-apiserver.ts';
 import type { AdmissionReviewResponse } from './admission.ts';

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkServerIdentity, type TLSSocket } from 'node:tls';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { FakeApiServer } from '../../test/apiserver/fake-apiserver.ts';
 import type { AdmissionReviewResponse } from './admission.ts';

@@ -3,8 +3,8 @@
 // --tls-secret, the TLS bootstrap), and shuts down cleanly on SIGTERM/SIGINT.
 
 import { parseArgs } from 'node:util';
-import { watchPolicy } from '@slipstream/shared/policy-watch';
-import type { Telemetry } from '@slipstream/shared/telemetry';
+import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
+import type { Telemetry } from '@slipstream/shared/adapters/telemetry';
 import {
   checkDurations,
   DEFAULT_CHECK_INTERVAL_MS,

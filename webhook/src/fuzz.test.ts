@@ -4,7 +4,7 @@
 import { Agent } from 'node:https';
 import { connect as connectTcp } from 'node:net';
 import { connect as connectTls } from 'node:tls';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Answer, send } from './testing/client.ts';
 import { loadFixtures } from './testing/fixtures.ts';

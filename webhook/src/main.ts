@@ -6,7 +6,7 @@ import { enableCompileCache } from 'node:module';
 // it cannot write there, and NODE_DISABLE_COMPILE_CACHE=1 turns it off).
 enableCompileCache();
 
-const { startTelemetry } = await import('@slipstream/shared/telemetry');
+const { startTelemetry } = await import('@slipstream/shared/adapters/telemetry');
 const telemetry = await startTelemetry('slipstream-webhook');
 const { runCli } = await import('./cli.ts');
 process.exitCode = await runCli(process.argv.slice(2), { telemetry });

@@ -2,8 +2,8 @@
 // against the object the API server sent. Every other annotation, including the user's
 // `slipstream.dev/*` keys, is carried over untouched.
 
-import { HINT_KEYS, HINT_PREFIX } from '@slipstream/shared/contract';
-import { type Decision, hintAnnotations } from '@slipstream/shared/decide';
+import { HINT_KEYS, HINT_PREFIX } from '@slipstream/shared/core/contract';
+import { type Decision, hintAnnotations } from '@slipstream/shared/core/decide';
 import fastJsonPatch from 'fast-json-patch';
 import type { JsonPatchOperation } from './admission.ts';
 

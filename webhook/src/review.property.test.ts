@@ -1,8 +1,8 @@
 // Properties of the review over generated Services: idempotence, the user always wins, and the
 // patch never leaves /metadata/annotations or touches a key that is not the webhook's.
 
-import { HINT_KEYS, HINT_PREFIX, USER_KEYS } from '@slipstream/shared/contract';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import { HINT_KEYS, HINT_PREFIX, USER_KEYS } from '@slipstream/shared/core/contract';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { review } from './review.ts';

@@ -1,5 +1,6 @@
-import { HINT_KEYS } from '@slipstream/shared/contract';
-import { loadDefaultPolicy, parsePolicy } from '@slipstream/shared/policy';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import { HINT_KEYS } from '@slipstream/shared/core/contract';
+import { parsePolicy } from '@slipstream/shared/core/policy';
 import { describe, expect, it } from 'vitest';
 import { review } from './review.ts';
 import { applyAnswer, checkAgainstFixture, decodePatch, loadFixtures } from './testing/fixtures.ts';

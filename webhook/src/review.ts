@@ -3,10 +3,10 @@
 // `outcome` for the caller's span. Every reviewable request is allowed: Service creation must
 // never depend on Slipstream, so the worst answer is "allowed, unchanged, with a warning".
 
-import { formatOffload } from '@slipstream/shared/contract';
-import { decide } from '@slipstream/shared/decide';
-import type { Policy } from '@slipstream/shared/policy';
-import { readService } from '@slipstream/shared/service';
+import { formatOffload } from '@slipstream/shared/core/contract';
+import { decide } from '@slipstream/shared/core/decide';
+import type { Policy } from '@slipstream/shared/core/policy';
+import { readService } from '@slipstream/shared/core/service';
 import {
   ADMISSION_API_VERSION,
   type AdmissionRequest,

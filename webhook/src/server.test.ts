@@ -1,5 +1,5 @@
 import { request } from 'node:https';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { describe, expect, it } from 'vitest';
 import { memoryLogger } from './log.ts';
 import { startWebhookServer } from './server.ts';

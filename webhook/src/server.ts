@@ -7,8 +7,8 @@ import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Tracer } from '@opentelemetry/api';
-import type { Policy } from '@slipstream/shared/policy';
-import type { FileWatch } from '@slipstream/shared/policy-watch';
+import type { FileWatch } from '@slipstream/shared/adapters/policy-watch';
+import type { Policy } from '@slipstream/shared/core/policy';
 import { createRequestListener } from './app.ts';
 import type { Logger } from './log.ts';
 import {

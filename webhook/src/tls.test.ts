@@ -3,7 +3,7 @@ import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadDefaultPolicy } from '@slipstream/shared/policy';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memoryLogger } from './log.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';

@@ -10,7 +10,7 @@ import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { createSecureContext, type Server } from 'node:tls';
-import { type FileWatch, watchFiles } from '@slipstream/shared/policy-watch';
+import { type FileWatch, watchFiles } from '@slipstream/shared/adapters/policy-watch';
 import type { Logger } from './log.ts';
 
 export interface TlsMaterial {

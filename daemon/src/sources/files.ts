@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { type FSWatcher, watch } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
-import { type Namespace, readNamespace, readService, type Service } from '@slipstream/shared/service';
+import { type Namespace, readNamespace, readService, type Service } from '@slipstream/shared/core/service';
 import { parseAllDocuments } from 'yaml';
 import {
   ChangeEmitter,

@@ -41,7 +41,7 @@ import {
   readNamespace,
   readService,
   type Service,
-} from '@slipstream/shared/service';
+} from '@slipstream/shared/core/service';
 import {
   ChangeEmitter,
   type Log,

@@ -3,7 +3,7 @@
 // only the typed Service/Namespace that `readService`/`readNamespace` return, never the raw
 // objects, and hand out a snapshot that is cached until the next change.
 
-import type { Namespace, Service } from '@slipstream/shared/service';
+import type { Namespace, Service } from '@slipstream/shared/core/service';
 
 export type Trigger = 'service' | 'namespace';
 

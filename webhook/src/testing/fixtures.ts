@@ -3,8 +3,8 @@
 
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { HINT_KEYS, specHash } from '@slipstream/shared/contract';
-import { readService } from '@slipstream/shared/service';
+import { HINT_KEYS, specHash } from '@slipstream/shared/core/contract';
+import { readService } from '@slipstream/shared/core/service';
 import fastJsonPatch from 'fast-json-patch';
 import { expect } from 'vitest';
 import type { AdmissionReviewResponse, JsonPatchOperation } from '../admission.ts';

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadScenario, scenarioInput, scenarioNames } from '../../test/fixtures/services/load.ts';
+import { loadScenario, scenarioInput, scenarioNames } from '../../../test/fixtures/services/load.ts';
 import { diff, isEmpty } from './diff.ts';
 import {
   changeToCommands,

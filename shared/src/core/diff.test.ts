@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
+import { loadScenario, scenarioInput } from '../../../test/fixtures/services/load.ts';
 import { USER_KEYS } from './contract.ts';
 import { type Change, diff, isEmpty, type Op } from './diff.ts';
 import { type DesiredInput, desiredRuleset, type Ruleset } from './ruleset.ts';

@@ -1,10 +1,9 @@
 // The policy: which Service ports are worth offloading, kept as data (YAML or JSON), validated
-// against a JSON Schema when loaded. Rules are tried in order; the first that matches a port
-// decides it; ports no rule matches get the policy's `default`.
+// against a JSON Schema when compiled (reading files is adapters/policy-files.ts). Rules are
+// tried in order; the first that matches a port decides it; ports no rule matches get the
+// policy's `default`.
 
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Ajv } from 'ajv';
 import { parse as parseYaml } from 'yaml';
 import { THRESHOLD_MAX } from './contract.ts';
@@ -155,24 +154,6 @@ export function parsePolicy(text: string, source = 'policy'): Policy {
     throw new PolicyError(`${source} is not YAML or JSON: ${(error as Error).message.split('\n')[0]}`);
   }
   return compilePolicy(document, source);
-}
-
-export function loadPolicyFile(path: string): Policy {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (error) {
-    throw new PolicyError(`cannot read policy ${path}: ${(error as Error).message}`);
-  }
-  return parsePolicy(text, path);
-}
-
-export const DEFAULT_POLICY_PATH = fileURLToPath(new URL('../policy/default.yaml', import.meta.url));
-
-let defaultPolicy: Policy | undefined;
-export function loadDefaultPolicy(): Policy {
-  defaultPolicy ??= loadPolicyFile(DEFAULT_POLICY_PATH);
-  return defaultPolicy;
 }
 
 export interface PortVerdict {

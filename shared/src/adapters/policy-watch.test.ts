@@ -2,7 +2,8 @@ import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { loadDefaultPolicy, PolicyError } from './policy.ts';
+import { PolicyError } from '../core/policy.ts';
+import { loadDefaultPolicy } from './policy-files.ts';
 import { type PolicyWatch, watchFiles, watchPolicy } from './policy-watch.ts';
 
 const policyText = (name: string, threshold: number) =>

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { evaluatePort, loadDefaultPolicy, PolicyError, parsePolicy } from './policy.ts';
+import { loadDefaultPolicy } from '../adapters/policy-files.ts';
+import { evaluatePort, PolicyError, parsePolicy } from '../core/policy.ts';
 import type { ServicePort } from './service.ts';
 
 const policy = loadDefaultPolicy();

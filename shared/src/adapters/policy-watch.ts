@@ -9,7 +9,8 @@
 
 import { type FSWatcher, readFileSync, watch } from 'node:fs';
 import { dirname } from 'node:path';
-import { loadDefaultPolicy, type Policy, PolicyError, parsePolicy } from './policy.ts';
+import { type Policy, PolicyError, parsePolicy } from '../core/policy.ts';
+import { loadDefaultPolicy } from './policy-files.ts';
 
 export interface FileWatch {
   /** Re-reads the files now (what a change event does). */

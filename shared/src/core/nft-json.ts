@@ -13,13 +13,12 @@
 // threshold chains count instead) and deleting single devices from a flowtable (`delete
 // flowtable` deletes the whole flowtable; `diff` recreates it in the same transaction).
 
-import { isIPv4, isIPv6 } from 'node:net';
+import { canonicalAddress, isIPv4, isIPv6 } from './address.ts';
 import { type Change, diff, type Op } from './diff.ts';
 import {
   type BaseChain,
   bareTable,
   type Chain,
-  canonicalAddress,
   type Element,
   elementKey,
   FAMILIES,

@@ -14,7 +14,7 @@
 //     chain threshold-20 { ct packets > 20 counter flow add @ft }   # one per threshold in use
 //   }
 
-import { isIPv4, isIPv6 } from 'node:net';
+import { canonicalAddress, type Family } from './address.ts';
 import { HINT_KEYS } from './contract.ts';
 import { type Decision, effectiveDecision } from './decide.ts';
 import type { Policy } from './policy.ts';
@@ -29,7 +29,7 @@ export const FORWARD_PRIORITY = 10;
 /** Flowtable hook priority (`filter` = 0). */
 export const FLOWTABLE_PRIORITY = 0;
 
-export type Family = 'ip' | 'ip6';
+export type { Family } from './address.ts';
 export const FAMILIES: readonly Family[] = ['ip', 'ip6'];
 export const MAP_NAMES: Readonly<Record<Family, string>> = { ip: 'svc4', ip6: 'svc6' };
 
@@ -174,97 +174,6 @@ export interface DesiredInput {
   devices: Iterable<string>;
   capabilities: Capabilities;
   policy: Policy;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Addresses
-
-/** RFC 5952 / inet_ntop text of 8 16-bit words (glibc's rules: IPv4-mapped/compatible tail in dotted form). */
-function formatIPv6(words: readonly number[]): string {
-  let bestBase = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (words[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && words[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestBase = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  if (bestLen < 2) bestBase = -1;
-  const hex = (w: number) => w.toString(16);
-  const dotted = (hi: number, lo: number) => `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
-  let out = '';
-  for (let i = 0; i < 8; i++) {
-    if (bestBase !== -1 && i >= bestBase && i < bestBase + bestLen) {
-      if (i === bestBase) out += ':';
-      continue;
-    }
-    if (i !== 0) out += ':';
-    if (i === 6 && bestBase === 0 && (bestLen === 6 || (bestLen === 5 && words[5] === 0xffff))) {
-      out += dotted(words[6]!, words[7]!);
-      return out;
-    }
-    out += hex(words[i]!);
-  }
-  if (bestBase !== -1 && bestBase + bestLen === 8) out += ':';
-  return out;
-}
-
-function parseIPv6Words(text: string): number[] | null {
-  let head = text;
-  let v4: number[] = [];
-  const lastColon = text.lastIndexOf(':');
-  const tail = text.slice(lastColon + 1);
-  if (tail.includes('.')) {
-    if (!isIPv4(tail)) return null;
-    const o = tail.split('.').map(Number) as [number, number, number, number];
-    v4 = [(o[0] << 8) | o[1], (o[2] << 8) | o[3]];
-    head = `${text.slice(0, lastColon + 1)}0:0`;
-  }
-  const parseGroups = (part: string) => (part === '' ? [] : part.split(':'));
-  const halves = head.split('::');
-  if (halves.length > 2) return null;
-  const left = parseGroups(halves[0]!);
-  const right = halves.length === 2 ? parseGroups(halves[1]!) : [];
-  const fill = 8 - left.length - right.length;
-  if (halves.length === 2 ? fill < 1 : fill !== 0) return null;
-  const groups = [...left, ...Array<string>(halves.length === 2 ? fill : 0).fill('0'), ...right];
-  const words: number[] = [];
-  for (const g of groups) {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
-    words.push(Number.parseInt(g, 16));
-  }
-  if (v4.length === 2) words.splice(6, 2, ...v4);
-  return words.length === 8 ? words : null;
-}
-
-export type AddressResult = { ok: true; family: Family; address: string } | { ok: false; reason: string };
-
-/**
- * Validates a ClusterIP with node:net and returns its family and canonical text (IPv6 compressed
- * and lowercased exactly as the kernel's listing prints it, so that keys compare as strings).
- */
-export function canonicalAddress(raw: string): AddressResult {
-  if (isIPv4(raw)) {
-    // node:net accepts no leading zeros (each octet is 0 or [1-9][0-9]*): `raw` is canonical;
-    // the normalization is kept for any other form (cheap test first: it runs per Service).
-    const canonical = /(^|\.)0[0-9]/.test(raw) ? raw.split('.').map(Number).join('.') : raw;
-    return { ok: true, family: 'ip', address: canonical };
-  }
-  if (isIPv6(raw)) {
-    if (raw.includes('%'))
-      return { ok: false, reason: 'an IPv6 address with a zone index is not a ClusterIP' };
-    const words = parseIPv6Words(raw);
-    if (!words) return { ok: false, reason: 'not an IPv6 address' };
-    return { ok: true, family: 'ip6', address: formatIPv6(words) };
-  }
-  return { ok: false, reason: 'not an IPv4 or IPv6 address' };
 }
 
 /** Accepts a device name only when it could be a Linux interface name (IFNAMSIZ, no '/', ':' or space). */

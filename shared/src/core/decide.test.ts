@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { loadDefaultPolicy } from '../adapters/policy-files.ts';
 import { HINT_KEYS, specHash, USER_KEYS } from './contract.ts';
 import { decide, effectiveDecision, hintAnnotations } from './decide.ts';
-import { loadDefaultPolicy } from './policy.ts';
 import { type Namespace, readService, type Service } from './service.ts';
 
 const policy = loadDefaultPolicy();

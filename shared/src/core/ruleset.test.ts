@@ -1,13 +1,12 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { loadScenario, scenarioInput, scenarioNames } from '../../test/fixtures/services/load.ts';
+import { loadScenario, scenarioInput, scenarioNames } from '../../../test/fixtures/services/load.ts';
+import { loadDefaultPolicy } from '../adapters/policy-files.ts';
 import { HINT_KEYS, USER_KEYS } from './contract.ts';
 import { effectiveDecision } from './decide.ts';
 import { diff, diffDelta } from './diff.ts';
-import { loadDefaultPolicy } from './policy.ts';
 import {
   applyServiceDelta,
-  canonicalAddress,
   contribution,
   desiredRuleset,
   elementKey,
@@ -157,39 +156,6 @@ describe('the contribution cache', () => {
     expect(elementLines(desiredRuleset({ ...input, services: changed }, cache))).toEqual([
       'ip 10.96.3.9 6 5432 -> 20',
     ]);
-  });
-});
-
-describe('canonicalAddress', () => {
-  it.each([
-    ['10.96.0.1', 'ip', '10.96.0.1'],
-    ['FD00:0:0:0:0:0:0:A', 'ip6', 'fd00::a'],
-    ['fd00:0000:0000:0000:0000:0000:0000:000a', 'ip6', 'fd00::a'],
-    ['2001:db8:0:0:1:0:0:1', 'ip6', '2001:db8::1:0:0:1'],
-    ['2001:db8:0:1:0:0:0:1', 'ip6', '2001:db8:0:1::1'],
-    ['2001:0:0:1:0:0:0:0', 'ip6', '2001:0:0:1::'],
-    ['::', 'ip6', '::'],
-    ['::1', 'ip6', '::1'],
-    ['::ffff:10.1.2.3', 'ip6', '::ffff:10.1.2.3'],
-    ['::FFFF:0A01:0203', 'ip6', '::ffff:10.1.2.3'],
-    ['2001:db8:1:2:3:4:5:6', 'ip6', '2001:db8:1:2:3:4:5:6'],
-    ['2001:db8::0:1', 'ip6', '2001:db8::1'],
-    ['1:0:2:3:4:5:6:7', 'ip6', '1:0:2:3:4:5:6:7'],
-  ])('%s → %s %s', (raw, family, address) => {
-    expect(canonicalAddress(raw)).toEqual({ ok: true, family, address });
-  });
-
-  it.each([
-    '10.96.0.300',
-    '010.1.1.1',
-    ' 10.0.0.1',
-    'fe80::1%eth0',
-    '',
-    'None',
-    '1.2.3.4/32',
-    '::ffff:1.2.3',
-  ])('rejects %j', (raw) => {
-    expect(canonicalAddress(raw).ok).toBe(false);
   });
 });
 
