@@ -3,6 +3,7 @@
 
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { MAX_TIMER_MS, parseDuration, parseHostPort, UsageError } from '@slipstream/shared/adapters/cli-args';
 
 export const EXAMPLES_DIR = fileURLToPath(new URL('../../deploy/examples', import.meta.url));
 
@@ -37,32 +38,8 @@ export interface DaemonOptions {
   healthListen?: { host: string; port: number };
 }
 
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
-
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** Node timers fire after 1 ms when asked to wait longer than this (TimeoutOverflowWarning). */
-export const MAX_DURATION_MS = 2_147_483_647;
-
-export function parseDuration(flag: string, value: string): number {
-  const match = /^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$/.exec(value.trim());
-  if (value.trim() === '0') return 0;
-  if (!match)
-    throw new UsageError(`${flag} ${JSON.stringify(value)} is not a duration like 500ms, 30s, 5m, 1h`);
-  const ms = Math.round(Number(match[1]) * UNITS[match[2]!]!);
-  // A longer period would not wait at all: setTimeout/setInterval clamp it to 1 ms.
-  if (ms > MAX_DURATION_MS) throw new UsageError(`${flag} ${JSON.stringify(value)} is longer than 596h`);
-  return ms;
-}
-
-export function parseHostPort(flag: string, value: string): { host: string; port: number } {
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):([0-9]{1,5})$/.exec(value);
-  const port = Number(match?.[3]);
-  if (!match || port > 65535) throw new UsageError(`${flag} ${JSON.stringify(value)} is not HOST:PORT`);
-  return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
-}
+/** Periods become timers; 0 turns them off. */
+const PERIOD = { allowZero: true, maxMs: MAX_TIMER_MS };
 
 /** Options, or `help`; throws UsageError for bad arguments. `env` decides the in-cluster default. */
 export function parseDaemonArgs(
@@ -116,10 +93,15 @@ export function parseDaemonArgs(
     source,
     once: values.once === true,
     cleanup: values.cleanup === true,
-    resyncPeriodMs: parseDuration('--resync-period', (values['resync-period'] as string | undefined) ?? '1h'),
+    resyncPeriodMs: parseDuration(
+      '--resync-period',
+      (values['resync-period'] as string | undefined) ?? '1h',
+      PERIOD,
+    ),
     minSyncPeriodMs: parseDuration(
       '--min-sync-period',
       (values['min-sync-period'] as string | undefined) ?? '1s',
+      PERIOD,
     ),
   };
   if (values.policy !== undefined) options.policy = values.policy as string;

@@ -8,12 +8,12 @@ import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Logger } from '@slipstream/shared/adapters/log';
 import { PolicyError } from '@slipstream/shared/core/policy';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type DaemonOptions, EXAMPLES_DIR } from './cli.ts';
 import { cleanup, type RunningDaemon, requireNetns, runOnce, StartupError, startDaemon } from './daemon.ts';
 import { MemoryKernel } from './kernel.ts';
-import type { Logger } from './reconciler.ts';
 
 interface Entry {
   level: string;
@@ -27,7 +27,7 @@ function recorder(): Logger & { entries: Entry[] } {
     (level: string) =>
     (msg: string, fields: Record<string, unknown> = {}) =>
       void entries.push({ level, msg, fields });
-  return { entries, info: at('info'), warn: at('warn'), error: at('error') };
+  return { entries, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
 }
 
 class CountingKernel extends MemoryKernel {

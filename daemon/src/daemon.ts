@@ -4,16 +4,17 @@
 
 import { stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
+import type { Logger } from '@slipstream/shared/adapters/log';
 import { type PolicyWatch, watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import { formatRuleset } from '@slipstream/shared/core/nft-json';
 import { TABLE_NAME } from '@slipstream/shared/core/ruleset';
 import type { DaemonOptions } from './cli.ts';
 import { type Kernel, NapiKernel, netnsPath } from './kernel.ts';
 import { LinkWatcher } from './links.ts';
-import { type Logger, Reconciler, type SyncResult } from './reconciler.ts';
+import { Reconciler, type SyncResult } from './reconciler.ts';
 import { FileSource } from './sources/files.ts';
 import { KubernetesSource } from './sources/kubernetes.ts';
-import type { Log, ServiceSource } from './sources/source.ts';
+import type { ServiceSource } from './sources/source.ts';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -32,20 +33,12 @@ export interface RunningDaemon {
   stop(): Promise<void>;
 }
 
-function sourceLog(logger: Logger): Log {
-  return (level, message, fields) => {
-    if (level === 'debug') return;
-    logger[level === 'info' ? 'info' : level](message, fields);
-  };
-}
-
 function makeSource(options: DaemonOptions, logger: Logger): ServiceSource {
-  const log = sourceLog(logger);
   return options.source.kind === 'files'
-    ? new FileSource({ dir: options.source.dir, log })
+    ? new FileSource({ dir: options.source.dir, log: logger })
     : new KubernetesSource({
         ...(options.source.kubeconfig ? { kubeconfig: options.source.kubeconfig } : {}),
-        log,
+        log: logger,
       });
 }
 

@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { silentLogger } from '@slipstream/shared/adapters/log';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { flowtableDevices, LinkWatcher, listLinks, parseLinks } from './links.ts';
-import { silentLogger } from './reconciler.ts';
 
 const SAMPLE = JSON.stringify([
   {

@@ -11,8 +11,8 @@
 
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
 import { validDeviceName } from '@slipstream/shared/core/ruleset';
-import { type Logger, stderrLogger } from './reconciler.ts';
 
 export interface LinkInfo {
   name: string;

@@ -6,10 +6,11 @@ enableCompileCache();
 
 const { startTelemetry } = await import('@slipstream/shared/adapters/telemetry');
 const telemetry = await startTelemetry('slipstream-daemon');
-const { parseDaemonArgs, USAGE, UsageError } = await import('./cli.ts');
+const { parseDaemonArgs, USAGE } = await import('./cli.ts');
+const { UsageError } = await import('@slipstream/shared/adapters/cli-args');
 const { cleanup, runOnce, StartupError, startDaemon } = await import('./daemon.ts');
 const { PolicyError } = await import('@slipstream/shared/core/policy');
-const { stderrLogger: logger } = await import('./reconciler.ts');
+const { stderrLogger: logger } = await import('@slipstream/shared/adapters/log');
 
 async function main(): Promise<number> {
   let options: ReturnType<typeof parseDaemonArgs>;

@@ -4,6 +4,7 @@
 
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { silentLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { USER_KEYS } from '@slipstream/shared/core/contract';
 import { parseTable } from '@slipstream/shared/core/nft-json';
@@ -14,7 +15,7 @@ import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.t
 import { NapiKernel, type NftRunner } from './kernel.ts';
 import { CliRunner } from './kernel-cli.ts';
 import { LinkWatcher } from './links.ts';
-import { Reconciler, type SyncResult, silentLogger } from './reconciler.ts';
+import { Reconciler, type SyncResult } from './reconciler.ts';
 
 const policy = loadDefaultPolicy();
 const view = (r: Ruleset | null | undefined) => (r ? { ...r, services: new Map(), owners: new Map() } : r);

@@ -4,6 +4,7 @@ import {
   InMemorySpanExporter,
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
+import { silentLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { HINT_KEYS, NAMESPACE_OPT_OUT_LABEL, USER_KEYS } from '@slipstream/shared/core/contract';
 import { diff } from '@slipstream/shared/core/diff';
@@ -14,7 +15,7 @@ import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadScenario, type Scenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { KernelError, MemoryKernel } from './kernel.ts';
-import { parseTraceparent, Reconciler, type ReconcilerOptions, silentLogger } from './reconciler.ts';
+import { parseTraceparent, Reconciler, type ReconcilerOptions } from './reconciler.ts';
 
 const policy = loadDefaultPolicy();
 const exporter = new InMemorySpanExporter();

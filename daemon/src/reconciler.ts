@@ -19,6 +19,7 @@
 // Conflicting inputs (two Services on one element or one namespace/name) always recompute in full.
 
 import { type Context, context, type Link, type Span, SpanStatusCode, trace } from '@opentelemetry/api';
+import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
 import { type Change, diff, diffDelta, isEmpty } from '@slipstream/shared/core/diff';
 import { describeChange } from '@slipstream/shared/core/nft-json';
 import type { Policy } from '@slipstream/shared/core/policy';
@@ -71,24 +72,6 @@ export interface SyncResult {
   /** When the next retry runs (ms from now) after an error. */
   retryInMs?: number;
 }
-
-export interface Logger {
-  info(message: string, fields?: Record<string, unknown>): void;
-  warn(message: string, fields?: Record<string, unknown>): void;
-  error(message: string, fields?: Record<string, unknown>): void;
-}
-
-function line(level: string, message: string, fields?: Record<string, unknown>): string {
-  return JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...fields });
-}
-
-export const stderrLogger: Logger = {
-  info: (m, f) => process.stderr.write(`${line('info', m, f)}\n`),
-  warn: (m, f) => process.stderr.write(`${line('warn', m, f)}\n`),
-  error: (m, f) => process.stderr.write(`${line('error', m, f)}\n`),
-};
-
-export const silentLogger: Logger = { info() {}, warn() {}, error() {} };
 
 export interface ReconcilerOptions {
   kernel: Kernel;

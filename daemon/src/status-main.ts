@@ -3,6 +3,7 @@
 // this node's kernel and conntrack. Read-only: it never writes to the kernel.
 
 import { parseArgs } from 'node:util';
+import { silentLogger } from '@slipstream/shared/adapters/log';
 import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import { effectiveDecision } from '@slipstream/shared/core/decide';
 import { desiredRuleset } from '@slipstream/shared/core/ruleset';
@@ -44,14 +45,13 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`slipstream status: --output must be table or json\n${USAGE}`);
     return 2;
   }
-  const quiet = () => {};
   const source: ServiceSource = values.kubeconfig
-    ? new KubernetesSource({ kubeconfig: values.kubeconfig as string, log: quiet })
+    ? new KubernetesSource({ kubeconfig: values.kubeconfig as string, log: silentLogger })
     : process.env.KUBERNETES_SERVICE_HOST && !values.services
-      ? new KubernetesSource({ log: quiet })
+      ? new KubernetesSource({ log: silentLogger })
       : new FileSource({
           dir: (values.services as string | undefined) ?? EXAMPLES_DIR,
-          log: quiet,
+          log: silentLogger,
           rescanIntervalMs: 0,
         });
   const policyWatch = watchPolicy(values.policy as string | undefined, { pollMs: 0 });

@@ -29,12 +29,13 @@ import type { AddressInfo } from 'node:net';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { silentLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import type { Policy } from '@slipstream/shared/core/policy';
 import type { Service } from '@slipstream/shared/core/service';
 import { NftContext } from 'nftables-napi';
 import { NapiKernel } from '../../daemon/src/kernel.ts';
-import { Reconciler, type SyncResult, silentLogger } from '../../daemon/src/reconciler.ts';
+import { Reconciler, type SyncResult } from '../../daemon/src/reconciler.ts';
 import { elementKeys, namespaces, services, writeManifests } from './daemon-fixtures.ts';
 import {
   createNetns,

@@ -1,3 +1,4 @@
+import { memoryLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import {
   type InMemoryTelemetry,
@@ -7,7 +8,6 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AdmissionReviewResponse } from './admission.ts';
 import { SPAN_NAME } from './app.ts';
-import { memoryLogger } from './log.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';
 import { postReview, send } from './testing/client.ts';
 import { checkAgainstFixture, loadFixtures } from './testing/fixtures.ts';

@@ -5,11 +5,11 @@
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type Attributes, SpanKind, SpanStatusCode, type Tracer, trace } from '@opentelemetry/api';
+import type { Logger } from '@slipstream/shared/adapters/log';
 import { contextFromHeaders, traceparentOf } from '@slipstream/shared/adapters/telemetry';
 import type { Policy } from '@slipstream/shared/core/policy';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { checkContentType, HttpError, parseJsonBody, readBody } from './body.ts';
-import type { Logger } from './log.ts';
 import { type ReviewOutcome, review } from './review.ts';
 
 export interface AppOptions {
@@ -90,7 +90,7 @@ export function reviewHandler(
       const message = error instanceof Error ? error.message : String(error);
       span.setAttribute('http.response.status_code', status);
       span.setStatus({ code: SpanStatusCode.ERROR, message });
-      if (status >= 500) options.log.log('error', 'unexpected error reviewing a request', { error: message });
+      if (status >= 500) options.log.error('unexpected error reviewing a request', { error: message });
       if (res.headersSent) res.destroy();
       else
         sendJson(
@@ -121,7 +121,7 @@ export function createRequestListener(
     if (req.method === 'POST' && (url === '/mutate' || url.startsWith('/mutate?'))) {
       // The handler answers every failure itself; this only guards against a bug escaping it.
       review(req, res).catch((error: unknown) => {
-        options.log.log('error', 'review handler failed', { error: String(error) });
+        options.log.error('review handler failed', { error: String(error) });
         res.destroy();
       });
     } else {
@@ -155,7 +155,7 @@ export function createApp(options: AppOptions): express.Express {
   app.use((error: unknown, _req: Request, res: Response, _next: NextFunction) => {
     const status = errorStatus(error);
     const message = error instanceof Error ? error.message : String(error);
-    if (status >= 500) options.log.log('error', 'unexpected error answering a request', { error: message });
+    if (status >= 500) options.log.error('unexpected error answering a request', { error: message });
     if (res.headersSent) {
       res.destroy();
       return;

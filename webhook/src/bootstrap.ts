@@ -36,6 +36,8 @@ import {
   type V1MutatingWebhookConfiguration,
   type V1Secret,
 } from '@kubernetes/client-node';
+import { Backoff } from '@slipstream/shared/adapters/backoff';
+import type { Logger } from '@slipstream/shared/adapters/log';
 import {
   ANNOTATIONS,
   type BundleView,
@@ -51,7 +53,6 @@ import {
   type TlsDurations,
   type TlsState,
 } from './bootstrap-plan.ts';
-import type { Logger } from './log.ts';
 import { describeCertificate, type TlsMaterial } from './tls.ts';
 
 export const DEFAULT_SERVICE_NAME = 'slipstream-webhook';
@@ -238,33 +239,30 @@ export class TlsBootstrap {
 
   async #run(): Promise<void> {
     const signal = this.#stop.signal;
-    let failures = 0;
+    const retry = new Backoff(this.#backoff);
     while (!signal.aborted) {
       let delay: number;
       try {
         await this.reconcile();
-        failures = 0;
+        retry.reset();
         delay = this.checkIntervalMs * (0.9 + Math.random() * 0.2);
       } catch (error) {
         if (signal.aborted) break;
-        failures++;
-        const backoff =
-          Math.min(this.#backoff.maxMs, this.#backoff.initialMs * 2 ** (failures - 1)) *
-          (0.5 + Math.random() / 2);
+        const backoff = retry.next();
         const fields = {
           secret: `${this.#options.secret.namespace}/${this.#options.secret.name}`,
           error: describeError(error),
-          failures,
+          failures: retry.failures,
         };
         if (this.#serving) {
           delay = Math.min(backoff, this.checkIntervalMs);
-          this.#log.log('warn', 'cannot check the TLS Secret and caBundle; keeping the current certificate', {
+          this.#log.warn('cannot check the TLS Secret and caBundle; keeping the current certificate', {
             ...fields,
             retryInMs: Math.round(delay),
           });
         } else {
           delay = backoff;
-          this.#log.log('warn', 'cannot bootstrap TLS yet: no certificate of ours is served (/readyz 503)', {
+          this.#log.warn('cannot bootstrap TLS yet: no certificate of ours is served (/readyz 503)', {
             ...fields,
             retryInMs: Math.round(delay),
           });
@@ -376,7 +374,7 @@ export class TlsBootstrap {
           // 409: another replica wrote first (AlreadyExists or Conflict); 404: the Secret went away.
           const code = statusCode(error);
           if ((code === 409 || (code === 404 && secret)) && attempt < MAX_ATTEMPTS) {
-            this.#log.log('debug', 'the TLS Secret changed under us; reading it again', {
+            this.#log.debug('the TLS Secret changed under us; reading it again', {
               secret: `${namespace}/${name}`,
               error: describeError(error),
             });
@@ -384,7 +382,7 @@ export class TlsBootstrap {
           }
           throw error;
         }
-        this.#log.log('info', secret ? 'TLS Secret updated' : 'TLS Secret created', {
+        this.#log.info(secret ? 'TLS Secret updated' : 'TLS Secret created', {
           secret: `${namespace}/${name}`,
           generation: state.generation,
           changes,
@@ -405,8 +403,7 @@ export class TlsBootstrap {
     const first = this.#serving === undefined;
     this.#options.onCertificate(material);
     this.#serving = material;
-    this.#log.log(
-      'info',
+    this.#log.info(
       first ? 'serving the certificate from the TLS Secret' : 'serving a new certificate from the TLS Secret',
       {
         secret: `${this.#options.secret.namespace}/${this.#options.secret.name}`,
@@ -431,7 +428,7 @@ export class TlsBootstrap {
       const config = attempt === 1 ? firstRead : await this.#readConfig(signal);
       if (!config) {
         if (!this.#missingConfigLogged) {
-          this.#log.log('warn', 'the MutatingWebhookConfiguration does not exist: no caBundle written', {
+          this.#log.warn('the MutatingWebhookConfiguration does not exist: no caBundle written', {
             webhookConfig: configName,
           });
           this.#missingConfigLogged = true;
@@ -479,7 +476,7 @@ export class TlsBootstrap {
         throw error;
       }
       if (contentChanged) {
-        this.#log.log('info', 'caBundle updated', {
+        this.#log.info('caBundle updated', {
           webhookConfig: configName,
           webhooks: webhooks.length,
           cas: [...fingerprints(caBundleOf(state))],

@@ -3,6 +3,8 @@
 // --tls-secret, the TLS bootstrap), and shuts down cleanly on SIGTERM/SIGINT.
 
 import { parseArgs } from 'node:util';
+import { MAX_TIMER_MS, parseDuration, parseHostPort, UsageError } from '@slipstream/shared/adapters/cli-args';
+import { createLogger, type Logger } from '@slipstream/shared/adapters/log';
 import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import type { Telemetry } from '@slipstream/shared/adapters/telemetry';
 import {
@@ -11,7 +13,6 @@ import {
   DEFAULT_DURATIONS,
   type TlsDurations,
 } from './bootstrap-plan.ts';
-import { createLogger, type Logger } from './log.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';
 
 export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--policy FILE]
@@ -59,35 +60,6 @@ export interface CliOptions {
   tlsCheckIntervalMs?: number;
 }
 
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
-
-export function parseListen(value: string): { host: string; port: number } {
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):([0-9]{1,5})$/.exec(value);
-  const port = Number(match?.[3]);
-  if (!match || port > 65535) {
-    throw new UsageError(`--listen ${JSON.stringify(value)} is not HOST:PORT (e.g. 0.0.0.0:8443, [::]:8443)`);
-  }
-  return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
-}
-
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** `90d`, `30s`, `1h30m`, `250ms` in milliseconds; throws UsageError otherwise. */
-export function parseDuration(value: string, flag = 'duration'): number {
-  const parts = [...value.matchAll(/([0-9]+)(ms|s|m|h|d)/g)];
-  if (!/^([0-9]+(ms|s|m|h|d))+$/.test(value) || parts.length === 0) {
-    throw new UsageError(
-      `${flag} ${JSON.stringify(value)} is not a duration (e.g. 90d, 12h, 1h30m, 30s, 500ms)`,
-    );
-  }
-  const ms = parts.reduce((sum, [, n, unit]) => sum + Number(n) * UNITS[unit!]!, 0);
-  if (ms <= 0 || !Number.isSafeInteger(ms))
-    throw new UsageError(`${flag} ${JSON.stringify(value)} must be positive`);
-  return ms;
-}
-
 const DURATION_FLAGS = {
   'cert-validity': 'certValidityMs',
   'cert-renew-before': 'certRenewBeforeMs',
@@ -133,7 +105,7 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
     return typeof value === 'string' ? value : undefined;
   };
   if (values.help) return 'help';
-  const { host, port } = parseListen(string('listen') ?? '0.0.0.0:8443');
+  const { host, port } = parseHostPort('--listen', string('listen') ?? '0.0.0.0:8443');
   const cert = string('tls-cert');
   const key = string('tls-key');
   const policy = string('policy');
@@ -185,11 +157,13 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
   const durations: Partial<TlsDurations> = {};
   for (const [flag, field] of Object.entries(DURATION_FLAGS)) {
     const value = string(flag);
-    if (value !== undefined) durations[field] = parseDuration(value, `--${flag}`);
+    if (value !== undefined) durations[field] = parseDuration(`--${flag}`, value);
   }
   const interval = string('tls-check-interval');
   const tlsCheckIntervalMs =
-    interval === undefined ? undefined : parseDuration(interval, '--tls-check-interval');
+    interval === undefined
+      ? undefined
+      : parseDuration('--tls-check-interval', interval, { maxMs: MAX_TIMER_MS });
   try {
     checkDurations({ ...DEFAULT_DURATIONS, ...durations }, tlsCheckIntervalMs ?? DEFAULT_CHECK_INTERVAL_MS);
   } catch (error) {
@@ -233,16 +207,16 @@ export async function runCli(
   try {
     policy = watchPolicy(options.policy, {
       onReload: (next, previous) =>
-        log.log('info', 'policy reloaded', { file: options.policy, policy: next.id, previous: previous.id }),
+        log.info('policy reloaded', { file: options.policy, policy: next.id, previous: previous.id }),
       onError: (error, kept) =>
-        log.log('error', 'policy file changed but does not load; keeping the last good policy', {
+        log.error('policy file changed but does not load; keeping the last good policy', {
           file: options.policy,
           kept: kept.id,
           error: error.message,
         }),
     });
   } catch (error) {
-    log.log('error', 'cannot start: the policy does not load', { error: (error as Error).message });
+    log.error('cannot start: the policy does not load', { error: (error as Error).message });
     await telemetry.shutdown();
     return 1;
   }
@@ -268,7 +242,7 @@ export async function runCli(
         },
       });
     } catch (error) {
-      log.log('error', 'cannot start: no access to the Kubernetes API for --tls-secret', {
+      log.error('cannot start: no access to the Kubernetes API for --tls-secret', {
         error: (error as Error).message,
       });
       policy.close();
@@ -290,13 +264,13 @@ export async function runCli(
       tracer: telemetry.tracer,
     });
   } catch (error) {
-    log.log('error', 'cannot start the server', { error: (error as Error).message });
+    log.error('cannot start the server', { error: (error as Error).message });
     policy.close();
     await telemetry.shutdown();
     return 1;
   }
   bootstrap?.start();
-  log.log('info', 'slipstream webhook listening', {
+  log.info('slipstream webhook listening', {
     url: server.url,
     policy: policy.current().id,
     policyFile: policy.path ?? '(shipped default)',
@@ -315,7 +289,7 @@ export async function runCli(
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
-  log.log('info', 'shutting down: no new connections, finishing open reviews', { signal });
+  log.info('shutting down: no new connections, finishing open reviews', { signal });
   // A second signal while draining ends the process at once.
   const force = () => process.exit(1);
   process.once('SIGTERM', force);
@@ -324,6 +298,6 @@ export async function runCli(
   await server.close();
   policy.close();
   await telemetry.shutdown();
-  log.log('info', 'stopped');
+  log.info('stopped');
   return 0;
 }

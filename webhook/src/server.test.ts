@@ -1,7 +1,7 @@
 import { request } from 'node:https';
+import { memoryLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { describe, expect, it } from 'vitest';
-import { memoryLogger } from './log.ts';
 import { startWebhookServer } from './server.ts';
 import { send } from './testing/client.ts';
 import { loadFixtures } from './testing/fixtures.ts';

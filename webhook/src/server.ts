@@ -7,10 +7,10 @@ import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Tracer } from '@opentelemetry/api';
+import type { Logger } from '@slipstream/shared/adapters/log';
 import type { FileWatch } from '@slipstream/shared/adapters/policy-watch';
 import type { Policy } from '@slipstream/shared/core/policy';
 import { createRequestListener } from './app.ts';
-import type { Logger } from './log.ts';
 import {
   checkTlsMaterial,
   describeCertificate,
@@ -73,15 +73,14 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   let material: TlsMaterial;
   if (options.tls) {
     material = readTlsFiles(options.tls);
-    log.log('info', 'serving the certificate from files', {
+    log.info('serving the certificate from files', {
       certFile: options.tls.certFile,
       keyFile: options.tls.keyFile,
       ...describeCertificate(material.cert),
     });
   } else if (options.deferCertificate) {
     material = await selfSignedCertificate();
-    log.log(
-      'info',
+    log.info(
       'waiting for the serving certificate: a throwaway self-signed one answers until then, /readyz 503',
       describeCertificate(material.cert),
     );
@@ -89,8 +88,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     material = await selfSignedCertificate(
       options.host === '0.0.0.0' || options.host === '::' ? [] : [options.host],
     );
-    log.log(
-      'warn',
+    log.warn(
       'no --tls-cert/--tls-key given: serving a self-signed certificate generated in memory; the API server will not trust it (use files from cert-manager or similar in a cluster)',
       describeCertificate(material.cert),
     );

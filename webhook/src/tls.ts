@@ -10,8 +10,8 @@ import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { createSecureContext, type Server } from 'node:tls';
+import type { Logger } from '@slipstream/shared/adapters/log';
 import { type FileWatch, watchFiles } from '@slipstream/shared/adapters/policy-watch';
-import type { Logger } from './log.ts';
 
 export interface TlsMaterial {
   cert: string;
@@ -85,12 +85,12 @@ export function watchTlsFiles(
       try {
         checkTlsMaterial({ cert, key });
         server.setSecureContext({ cert, key });
-        log.log('info', 'TLS certificate reloaded', {
+        log.info('TLS certificate reloaded', {
           certFile: files.certFile,
           ...describeCertificate(cert),
         });
       } catch (error) {
-        log.log('error', 'TLS certificate files changed but do not load; keeping the current certificate', {
+        log.error('TLS certificate files changed but do not load; keeping the current certificate', {
           certFile: files.certFile,
           keyFile: files.keyFile,
           error: (error as Error).message,
@@ -100,7 +100,7 @@ export function watchTlsFiles(
     {
       ...options,
       onError: (error) =>
-        log.log('warn', 'cannot read the TLS certificate files; keeping the current certificate', {
+        log.warn('cannot read the TLS certificate files; keeping the current certificate', {
           error: error.message,
         }),
     },

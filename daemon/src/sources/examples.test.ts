@@ -3,6 +3,7 @@
 
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { silentLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { decide } from '@slipstream/shared/core/decide';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -33,7 +34,7 @@ describe('deploy/examples', () => {
   let source: FileSource;
 
   beforeAll(async () => {
-    source = new FileSource({ dir: EXAMPLES, rescanIntervalMs: 0, log: () => {} });
+    source = new FileSource({ dir: EXAMPLES, rescanIntervalMs: 0, log: silentLogger });
     await source.start();
   });
 

@@ -1,9 +1,10 @@
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { type LogLine, memoryLogger } from '@slipstream/shared/adapters/log';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FileSource, type FileSourceOptions, parseManifests } from './files.ts';
-import type { LogLevel, Trigger } from './source.ts';
+import type { Trigger } from './source.ts';
 
 const eventually = (fn: () => void | Promise<void>) => vi.waitFor(fn, { timeout: 15_000, interval: 10 });
 
@@ -143,12 +144,14 @@ items:
 
 describe('FileSource', () => {
   let dir: string;
-  let logs: { level: LogLevel; message: string; fields?: Record<string, unknown> }[];
+  let logger: ReturnType<typeof memoryLogger>;
+  let logs: LogLine[];
   let sources: FileSource[];
 
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'slipstream-files-'));
-    logs = [];
+    logger = memoryLogger();
+    logs = logger.lines;
     sources = [];
   });
 
@@ -163,7 +166,7 @@ describe('FileSource', () => {
       dir,
       debounceMs: 20,
       rescanIntervalMs: 0,
-      log: (level, message, fields) => logs.push({ level, message, ...(fields ? { fields } : {}) }),
+      log: logger,
       ...options,
     });
     sources.push(source);
@@ -195,7 +198,7 @@ describe('FileSource', () => {
     expect(dns?.clusterIPs).toEqual(['10.96.0.53']);
     expect(source.snapshot()).toBe(snapshot);
     expect(triggers).toEqual([]);
-    expect(logs.find((l) => l.level === 'info')?.message).toMatch(/loaded 4 Services and 3 Namespaces/);
+    expect(logs.find((l) => l.level === 'info')?.msg).toMatch(/loaded 4 Services and 3 Namespaces/);
   });
 
   it('follows added, modified and deleted files', async () => {
@@ -281,7 +284,7 @@ describe('FileSource', () => {
     expect(source.snapshot()).toBe(good);
     const warnings = () => logs.filter((l) => l.level === 'warn');
     expect(warnings()).toHaveLength(1);
-    expect(warnings()[0]?.message).toMatch(/keeping its last good content/);
+    expect(warnings()[0]?.msg).toMatch(/keeping its last good content/);
     expect(warnings()[0]?.fields?.file).toBe(join(dir, 'services.yaml'));
     expect(String(warnings()[0]?.fields?.error)).not.toBe('');
 
@@ -299,7 +302,7 @@ describe('FileSource', () => {
     writeFileSync(join(dir, 'services.yaml'), SERVICES.replace('name: dns\n', 'name: fixed\n'));
     await eventually(() => expect(names(source)).toEqual(['shop/fixed', 'shop/postgres']));
     expect(source.fileErrors().map((e) => e.file)).toEqual([join(dir, 'new.yaml')]);
-    expect(logs.some((l) => l.level === 'info' && l.message.includes('readable again'))).toBe(true);
+    expect(logs.some((l) => l.level === 'info' && l.msg.includes('readable again'))).toBe(true);
   });
 
   it('lets the later file win for a Service declared twice, and falls back when it goes', async () => {
@@ -308,7 +311,7 @@ describe('FileSource', () => {
     const { source } = make();
     await source.start();
     expect(source.snapshot().services.find((s) => s.name === 'postgres')?.ports[0]?.port).toBe(6432);
-    expect(logs.some((l) => l.level === 'warn' && l.message.includes('declared in two files'))).toBe(true);
+    expect(logs.some((l) => l.level === 'warn' && l.msg.includes('declared in two files'))).toBe(true);
     unlinkSync(join(dir, 'b.yaml'));
     await eventually(() =>
       expect(source.snapshot().services.find((s) => s.name === 'postgres')?.ports[0]?.port).toBe(5432),
@@ -347,9 +350,9 @@ describe('FileSource', () => {
     rmSync(sub, { recursive: true });
     await source.rescan();
     expect(names(source)).toEqual(['shop/dns', 'shop/postgres']);
-    expect(
-      logs.some((l) => l.level === 'warn' && l.message.includes('cannot read the services directory')),
-    ).toBe(true);
+    expect(logs.some((l) => l.level === 'warn' && l.msg.includes('cannot read the services directory'))).toBe(
+      true,
+    );
     mkdirSync(sub);
     writeFileSync(join(sub, 'other.yaml'), LIST);
     await source.rescan();

@@ -17,16 +17,15 @@ import { createHash } from 'node:crypto';
 import { type FSWatcher, watch } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
+import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
 import { type Namespace, readNamespace, readService, type Service } from '@slipstream/shared/core/service';
 import { parseAllDocuments } from 'yaml';
 import {
   ChangeEmitter,
-  type Log,
   type Rejected,
   type ServiceSource,
   type Snapshot,
   serviceKey,
-  stderrLog,
   type Trigger,
 } from './source.ts';
 
@@ -40,7 +39,7 @@ export interface FileSourceOptions {
   rescanIntervalMs?: number;
   /** Larger files are refused (default 16 MiB). */
   maxFileBytes?: number;
-  log?: Log;
+  log?: Logger;
 }
 
 export interface ManifestContent {
@@ -182,7 +181,7 @@ export class FileSource implements ServiceSource {
   readonly #maxWaitMs: number;
   readonly #rescanIntervalMs: number;
   readonly #maxFileBytes: number;
-  readonly #log: Log;
+  readonly #log: Logger;
   readonly #emitter: ChangeEmitter;
 
   readonly #files = new Map<string, FileEntry>();
@@ -208,7 +207,7 @@ export class FileSource implements ServiceSource {
     this.#maxWaitMs = Math.max(this.#debounceMs * 5, 500);
     this.#rescanIntervalMs = options.rescanIntervalMs ?? 30_000;
     this.#maxFileBytes = options.maxFileBytes ?? 16 * 1024 * 1024;
-    this.#log = options.log ?? stderrLog;
+    this.#log = options.log ?? stderrLogger;
     this.#emitter = new ChangeEmitter(this.#log);
   }
 
@@ -243,7 +242,7 @@ export class FileSource implements ServiceSource {
     await this.#scan();
     this.#synced = true;
     const s = this.#snapshot;
-    this.#log('info', `loaded ${s.services.length} Services and ${s.namespaces.size} Namespaces`, {
+    this.#log.info(`loaded ${s.services.length} Services and ${s.namespaces.size} Namespaces`, {
       dir: this.dir,
       files: this.#files.size,
       rejected: s.rejected.length,
@@ -274,7 +273,7 @@ export class FileSource implements ServiceSource {
     try {
       const watcher = watch(this.dir, { persistent: false }, () => this.#schedule());
       watcher.on('error', (error) => {
-        this.#log('warn', 'watching the services directory failed; relying on periodic rescans', {
+        this.#log.warn('watching the services directory failed; relying on periodic rescans', {
           dir: this.dir,
           error: error.message,
         });
@@ -284,7 +283,7 @@ export class FileSource implements ServiceSource {
       this.#watcher = watcher;
     } catch (error) {
       this.#watcher = undefined;
-      this.#log('warn', 'cannot watch the services directory; relying on periodic rescans', {
+      this.#log.warn('cannot watch the services directory; relying on periodic rescans', {
         dir: this.dir,
         error: String(error),
       });
@@ -314,7 +313,7 @@ export class FileSource implements ServiceSource {
         try {
           await this.#scanOnce();
         } catch (error) {
-          this.#log('error', 'rescanning the services directory failed', {
+          this.#log.error('rescanning the services directory failed', {
             dir: this.dir,
             error: String(error),
           });
@@ -334,12 +333,12 @@ export class FileSource implements ServiceSource {
       if (!this.#stopped && (this.#watcher === undefined || dirInfo.ino !== this.#dirIno))
         this.#watch(dirInfo.ino);
       names = (await readdir(this.dir, { withFileTypes: true })).map((d) => d.name);
-      if (this.#dirError) this.#log('info', 'the services directory is readable again', { dir: this.dir });
+      if (this.#dirError) this.#log.info('the services directory is readable again', { dir: this.dir });
       this.#dirError = undefined;
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       if (this.#dirError !== message) {
-        this.#log('warn', 'cannot read the services directory; keeping what was loaded', {
+        this.#log.warn('cannot read the services directory; keeping what was loaded', {
           dir: this.dir,
           error: message,
         });
@@ -363,7 +362,7 @@ export class FileSource implements ServiceSource {
       const entry = this.#files.get(path);
       this.#files.delete(path);
       if (entry && entry.content !== EMPTY) changed = true;
-      this.#log('info', 'manifest file removed', { file: path });
+      this.#log.info('manifest file removed', { file: path });
     }
     if (changed && !this.#stopped) this.#rebuild();
   }
@@ -397,7 +396,7 @@ export class FileSource implements ServiceSource {
     }
     const parsed = parseManifests(text, path);
     if (!parsed.ok) return this.#fileFailed(path, stamp, hash, parsed.error);
-    if (entry?.error) this.#log('info', 'manifest file is readable again', { file: path });
+    if (entry?.error) this.#log.info('manifest file is readable again', { file: path });
     if (entry) keepIdentity(entry.content, parsed.content);
     this.#files.set(path, { stamp, hash, content: parsed.content });
     return 'changed';
@@ -408,8 +407,7 @@ export class FileSource implements ServiceSource {
     const entry = this.#files.get(path);
     const hadContent = entry !== undefined && entry.content !== EMPTY;
     if (entry?.error !== error) {
-      this.#log(
-        'warn',
+      this.#log.warn(
         hadContent ? 'cannot read manifest file; keeping its last good content' : 'cannot read manifest file',
         {
           file: path,
@@ -441,7 +439,7 @@ export class FileSource implements ServiceSource {
           const note = `${key}:${previous}:${path}`;
           if (!this.#duplicatesLogged.has(note)) {
             this.#duplicatesLogged.add(note);
-            this.#log('warn', `Service ${key} is declared in two files; the later one wins`, {
+            this.#log.warn(`Service ${key} is declared in two files; the later one wins`, {
               ignored: previous,
               used: path,
             });

@@ -1,3 +1,4 @@
+import { type LogLine, memoryLogger } from '@slipstream/shared/adapters/log';
 // The Kubernetes source against the fake API server (test/apiserver), running the real
 // @kubernetes/client-node code: KubeConfig from a kubeconfig file, CoreV1Api lists, Watch and
 // ListWatch. No kube-apiserver can run on this machine; see test/apiserver/README.md.
@@ -10,15 +11,13 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FakeApiServer, type Json } from '../../../test/apiserver/fake-apiserver.ts';
 import { selfSignedCertificate } from '../../../test/apiserver/tls.ts';
 import {
-  backoffDelay,
-  DEFAULT_BACKOFF,
   describeError,
   KubernetesSource,
   type KubernetesSourceOptions,
   LAST_APPLIED_ANNOTATION,
   stripObject,
 } from './kubernetes.ts';
-import type { LogLevel, Trigger } from './source.ts';
+import type { Trigger } from './source.ts';
 
 const eventually = (fn: () => void | Promise<void>) => vi.waitFor(fn, { timeout: 20_000, interval: 10 });
 
@@ -50,14 +49,16 @@ describe('KubernetesSource', () => {
   let dir: string;
   let kubeconfig: string;
   let sources: KubernetesSource[];
-  let logs: { level: LogLevel; message: string; fields?: Record<string, unknown> }[];
+  let logger: ReturnType<typeof memoryLogger>;
+  let logs: LogLine[];
 
   beforeEach(async () => {
     server = await FakeApiServer.start();
     dir = mkdtempSync(join(tmpdir(), 'slipstream-k8s-'));
     kubeconfig = await server.writeKubeconfig(join(dir, 'kubeconfig'));
     sources = [];
-    logs = [];
+    logger = memoryLogger();
+    logs = logger.lines;
   });
 
   afterEach(async () => {
@@ -76,8 +77,8 @@ describe('KubernetesSource', () => {
     const source = new KubernetesSource({
       kubeconfig,
       pageSize: 2,
-      backoff: { initialMs: 20, maxMs: 200, resetAfterMs: 60_000, jitter: 0 },
-      log: (level, message, fields) => logs.push({ level, message, ...(fields ? { fields } : {}) }),
+      backoff: { initialMs: 20, maxMs: 200, resetAfterMs: 60_000, jitter: false },
+      log: logger,
       ...options,
     });
     sources.push(source);
@@ -293,7 +294,7 @@ describe('KubernetesSource', () => {
     await eventually(() => expect(names(source)).toEqual(['default/b']));
     await watching();
     expect(source.status().services.restarts).toBeGreaterThanOrEqual(1);
-    expect(logs.some((l) => l.level === 'warn' && l.message.includes('relisting'))).toBe(true);
+    expect(logs.some((l) => l.level === 'warn' && l.msg.includes('relisting'))).toBe(true);
     await server.createService(svc('c'));
     await eventually(() => expect(names(source)).toEqual(['default/b', 'default/c']));
   });
@@ -404,21 +405,6 @@ describe('stripObject', () => {
     expect(input.metadata.managedFields).toHaveLength(1);
     expect(input.metadata.annotations[LAST_APPLIED_ANNOTATION]).toBe('{}');
     expect(stripObject('x')).toBe('x');
-  });
-});
-
-describe('backoffDelay', () => {
-  it('doubles from the initial delay up to the cap', () => {
-    const b = { ...DEFAULT_BACKOFF, jitter: 0 };
-    expect([0, 1, 2, 3, 4, 5, 6, 10, 100].map((n) => backoffDelay(n, b))).toEqual([
-      800, 1600, 3200, 6400, 12_800, 25_600, 30_000, 30_000, 30_000,
-    ]);
-  });
-
-  it('jitters within ±jitter/2 and never exceeds the cap', () => {
-    expect(backoffDelay(0, DEFAULT_BACKOFF, () => 0)).toBe(720);
-    expect(backoffDelay(0, DEFAULT_BACKOFF, () => 1)).toBe(880);
-    expect(backoffDelay(10, DEFAULT_BACKOFF, () => 1)).toBe(30_000);
   });
 });
 

@@ -35,6 +35,8 @@ import {
   type ResponseContext,
   Watch,
 } from '@kubernetes/client-node';
+import { Backoff, type BackoffOptions } from '@slipstream/shared/adapters/backoff';
+import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
 import {
   type Namespace,
   type ReadResult,
@@ -44,34 +46,17 @@ import {
 } from '@slipstream/shared/core/service';
 import {
   ChangeEmitter,
-  type Log,
   type Rejected,
   type ServiceSource,
   type Snapshot,
   serviceKey,
-  stderrLog,
   type Trigger,
 } from './source.ts';
 
 export const LAST_APPLIED_ANNOTATION = 'kubectl.kubernetes.io/last-applied-configuration';
 
-export interface Backoff {
-  initialMs: number;
-  maxMs: number;
-  /** A failure after this long without one starts the backoff over. */
-  resetAfterMs: number;
-  /** 0.2 spreads each delay over ±10 %. */
-  jitter: number;
-}
-
-export const DEFAULT_BACKOFF: Backoff = { initialMs: 800, maxMs: 30_000, resetAfterMs: 120_000, jitter: 0.2 };
-
-/** The delay before restart number `failures + 1`: initial · 2^failures, capped, jittered. */
-export function backoffDelay(failures: number, backoff: Backoff, random: () => number = Math.random): number {
-  const base = Math.min(backoff.maxMs, backoff.initialMs * 2 ** Math.min(failures, 30));
-  const jittered = base * (1 - backoff.jitter / 2 + backoff.jitter * random());
-  return Math.max(0, Math.round(Math.min(backoff.maxMs, jittered)));
-}
+/** The informers' restart backoff (the one backoff of shared/adapters/backoff.ts). */
+export const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 800, maxMs: 30_000, resetAfterMs: 120_000 };
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -193,8 +178,8 @@ interface MirrorOptions<T> {
   changed: () => void;
   pageSize: number;
   listTimeoutMs: number;
-  backoff: Backoff;
-  log: Log;
+  backoff: BackoffOptions;
+  log: Logger;
 }
 
 /** One resource kept in sync: a ListWatch, replaced by a fresh one (full relist) after any error. */
@@ -203,8 +188,7 @@ class Mirror<T> {
   readonly #o: MirrorOptions<T>;
   #informer: ListWatch<Slim<T>> | undefined;
   #generation = 0;
-  #failures = 0;
-  #lastFailureAt = 0;
+  readonly #backoff: Backoff;
   #restartTimer: NodeJS.Timeout | undefined;
   #listAbort: AbortController | undefined;
   #stopped = false;
@@ -218,6 +202,7 @@ class Mirror<T> {
 
   constructor(options: MirrorOptions<T>) {
     this.#o = options;
+    this.#backoff = new Backoff(options.backoff);
     this.syncedPromise = new Promise<void>((resolve, reject) => {
       this.#resolveSynced = resolve;
       this.#rejectSynced = reject;
@@ -272,7 +257,7 @@ class Mirror<T> {
     });
     informer.on('error', (error) => this.#failed(generation, error));
     informer.on('connect', () => {
-      if (current()) this.#o.log('debug', `${this.#o.resource}: (re)connecting`);
+      if (current()) this.#o.log.debug(`${this.#o.resource}: (re)connecting`);
     });
     this.#informer = informer;
     informer.start().catch((error: unknown) => this.#failed(generation, error));
@@ -284,15 +269,12 @@ class Mirror<T> {
     const old = this.#informer;
     this.#informer = undefined;
     void old?.stop().catch(() => {});
-    const now = Date.now();
-    if (now - this.#lastFailureAt >= this.#o.backoff.resetAfterMs) this.#failures = 0;
-    this.#lastFailureAt = now;
-    const delay = backoffDelay(this.#failures++, this.#o.backoff);
+    const delay = this.#backoff.next();
     this.#lastError = describeError(error);
     this.#restarts++;
-    this.#o.log('warn', `${this.#o.resource}: list/watch failed; relisting in ${delay} ms`, {
+    this.#o.log.warn(`${this.#o.resource}: list/watch failed; relisting in ${delay} ms`, {
       error: this.#lastError,
-      attempt: this.#failures,
+      attempt: this.#backoff.failures,
     });
     this.#restartTimer = setTimeout(() => this.#run(), delay);
   }
@@ -317,7 +299,7 @@ class Mirror<T> {
       } catch (error) {
         // An expired continue token (410): the snapshot is gone, so start the list over.
         if (token && isRecord(error) && error.code === 410 && expired++ < 3 && !this.#stopped) {
-          this.#o.log('info', `${this.#o.resource}: continue token expired; restarting the list`);
+          this.#o.log.info(`${this.#o.resource}: continue token expired; restarting the list`);
           items.length = 0;
           token = undefined;
           continue;
@@ -335,7 +317,7 @@ class Mirror<T> {
     this.#lists++;
     this.#replace(items);
     if (this.#lastError !== undefined) {
-      this.#o.log('info', `${this.#o.resource}: listed again after an error`, { objects: this.store.size });
+      this.#o.log.info(`${this.#o.resource}: listed again after an error`, { objects: this.store.size });
     }
     this.#lastError = undefined;
     if (!this.#synced) {
@@ -397,8 +379,8 @@ export interface KubernetesSourceOptions {
   pageSize?: number;
   /** Timeout of one list page request (default 60 s). */
   listTimeoutMs?: number;
-  backoff?: Partial<Backoff>;
-  log?: Log;
+  backoff?: Partial<BackoffOptions>;
+  log?: Logger;
 }
 
 export function loadKubeConfig(path?: string): KubeConfig {
@@ -411,7 +393,7 @@ export function loadKubeConfig(path?: string): KubeConfig {
 }
 
 export class KubernetesSource implements ServiceSource {
-  readonly #log: Log;
+  readonly #log: Logger;
   readonly #emitter: ChangeEmitter;
   readonly #services: Mirror<Service>;
   readonly #namespaces: Mirror<Namespace>;
@@ -423,7 +405,7 @@ export class KubernetesSource implements ServiceSource {
   #snapshotCache: Snapshot | undefined;
 
   constructor(options: KubernetesSourceOptions = {}) {
-    this.#log = options.log ?? stderrLog;
+    this.#log = options.log ?? stderrLogger;
     this.#emitter = new ChangeEmitter(this.#log);
     const kubeConfig = options.kubeConfig ?? loadKubeConfig(options.kubeconfig);
     const api = kubeConfig.makeApiClient(CoreV1Api);
@@ -489,7 +471,7 @@ export class KubernetesSource implements ServiceSource {
     await Promise.all([this.#services.syncedPromise, this.#namespaces.syncedPromise]);
     this.#synced = true;
     const s = this.snapshot();
-    this.#log('info', `listed ${s.services.length} Services and ${s.namespaces.size} Namespaces`, {
+    this.#log.info(`listed ${s.services.length} Services and ${s.namespaces.size} Namespaces`, {
       rejected: s.rejected.length,
     });
   }

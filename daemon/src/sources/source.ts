@@ -3,6 +3,7 @@
 // only the typed Service/Namespace that `readService`/`readNamespace` return, never the raw
 // objects, and hand out a snapshot that is cached until the next change.
 
+import type { Logger } from '@slipstream/shared/adapters/log';
 import type { Namespace, Service } from '@slipstream/shared/core/service';
 
 export type Trigger = 'service' | 'namespace';
@@ -36,16 +37,6 @@ export interface ServiceSource {
   readonly synced: boolean;
 }
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
-export type Log = (level: LogLevel, message: string, fields?: Record<string, unknown>) => void;
-
-/** The default logger: one line per message on stderr, debug dropped. */
-export const stderrLog: Log = (level, message, fields) => {
-  if (level === 'debug') return;
-  const extra = fields && Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
-  process.stderr.write(`${level} sources: ${message}${extra}\n`);
-};
-
 export function serviceKey(namespace: string, name: string): string {
   return `${namespace}/${name}`;
 }
@@ -53,9 +44,9 @@ export function serviceKey(namespace: string, name: string): string {
 /** Listener bookkeeping shared by the sources: a throwing listener is logged, never propagated. */
 export class ChangeEmitter {
   readonly #listeners: ((trigger: Trigger) => void)[] = [];
-  readonly #log: Log;
+  readonly #log: Logger;
 
-  constructor(log: Log) {
+  constructor(log: Logger) {
     this.#log = log;
   }
 
@@ -68,7 +59,7 @@ export class ChangeEmitter {
       try {
         listener(trigger);
       } catch (error) {
-        this.#log('error', 'change listener threw', { trigger, error: String(error) });
+        this.#log.error('change listener threw', { trigger, error: String(error) });
       }
     }
   }
