@@ -9,21 +9,22 @@
  * - Runs are serialized: per context (a libnftables ctx is not thread-safe) and, because
  *   libnftables also keeps process-global state, across all contexts of the process.
  */
-import { createRequire } from 'node:module';
 import { getSystemErrorMessage } from 'node:util';
+import { binding, type NativeContext, type NativeRunResult } from './binding.ts';
+import { classifyNftError, firstErrorLine, NftError, type NftErrorClass } from './errors.ts';
 
-export type NftErrorClass =
-  | 'not-supported'
-  | 'no-such-object'
-  | 'exists'
-  | 'busy'
-  | 'permission'
-  | 'invalid'
-  | 'unknown';
+export { type MonitorEvent, NftMonitor, type TableChange } from './monitor.ts';
+export { classifyNftError, NftError, type NftErrorClass };
 
 export interface NftContextOptions {
   /** Path of a network namespace (e.g. `/run/netns/NAME`): every command runs inside it. */
   netns?: string;
+  /**
+   * Receives what libnftables printed straight to the C stderr during a run (e.g. "Operation not
+   * permitted (you must be root)"): captured so that it never reaches the process's stderr as a
+   * stray unstructured line. Failed runs also carry it in their NftError message.
+   */
+  onStray?: (text: string) => void;
 }
 
 export interface RunOptions {
@@ -34,80 +35,6 @@ export interface RunOptions {
    * the transaction: nothing is committed.
    */
   check?: boolean;
-}
-
-/** A failed run. `nftMessage` is libnftables' error text, verbatim. */
-export class NftError extends Error {
-  readonly errorClass: NftErrorClass;
-  readonly nftMessage: string;
-
-  constructor(nftMessage: string, errorClass: NftErrorClass, note?: string) {
-    const text = nftMessage.trim();
-    super(note ? `${text} (${note})` : text);
-    this.name = 'NftError';
-    this.errorClass = errorClass;
-    this.nftMessage = nftMessage;
-  }
-}
-
-interface NativeRunResult {
-  rc: number;
-  errno: number;
-  output: string;
-  error: string;
-}
-
-interface NativeContext {
-  run(commands: string, check: boolean): Promise<NativeRunResult>;
-  close(): void;
-}
-
-interface NativeBinding {
-  NftContextNative: new (netns?: string) => NativeContext;
-}
-
-function loadBinding(): NativeBinding {
-  try {
-    return createRequire(import.meta.url)('./build/Release/nftables_napi.node') as NativeBinding;
-  } catch (err) {
-    throw new Error(
-      'nftables-napi: cannot load build/Release/nftables_napi.node; it is built by `npm install` ' +
-        '(needs libnftables-dev, a C++ toolchain and python3)',
-      { cause: err },
-    );
-  }
-}
-
-const binding = loadBinding();
-
-const ERRNO_CLASSES: ReadonlyArray<readonly [RegExp, NftErrorClass]> = [
-  [/Operation not supported/i, 'not-supported'],
-  [/No such file or directory/i, 'no-such-object'],
-  [/File exists/i, 'exists'],
-  [/Device or resource busy/i, 'busy'],
-  [/Operation not permitted|Permission denied/i, 'permission'],
-  [/Invalid argument/i, 'invalid'],
-];
-
-/** The first `Error:` line of a libnftables error text (the whole text if there is none). */
-function firstErrorLine(message: string): string {
-  return message.split('\n').find((line) => /\bError:/.test(line)) ?? message;
-}
-
-/**
- * Class of a libnftables error text, from its first `Error:` line: the kernel's errno text
- * when there is one (`Could not process rule: File exists`, ...), otherwise a parser or
- * evaluation error (`syntax error`, `datatype mismatch`, ...), which is `invalid`.
- * Does not apply the flowtable rule (see `NftContext.run`).
- */
-export function classifyNftError(message: string): NftErrorClass {
-  const line = firstErrorLine(message);
-  for (const [pattern, errorClass] of ERRNO_CLASSES) {
-    if (pattern.test(line)) return errorClass;
-  }
-  if (/Could not process rule:/.test(line)) return 'unknown';
-  if (/\bError:/.test(line)) return 'invalid';
-  return 'unknown';
 }
 
 const FLOWTABLE_TEXT = /\bflowtables?\b|\bflow\s+(?:add|offload)\b/i;
@@ -208,10 +135,21 @@ function failureText(res: NativeRunResult): string {
 
 export class NftContext {
   readonly #native: NativeContext;
+  readonly #onStray: ((text: string) => void) | undefined;
   #closed = false;
 
   constructor(options: NftContextOptions = {}) {
     this.#native = new binding.NftContextNative(options.netns);
+    this.#onStray = options.onStray;
+  }
+
+  /**
+   * The netlink port id of this context's libnftables socket (0 before the first run): nf_tables
+   * change events carry the committing socket's port id, so a monitor can tell this context's
+   * commits from anyone else's.
+   */
+  get portId(): number {
+    return this.#native.portId();
   }
 
   /**
@@ -234,8 +172,10 @@ export class NftContext {
     const check = options.check === true;
     return enqueue(async () => {
       const res = await this.#runNative(text, check);
+      const stray = res.stray.trim();
+      if (stray !== '') this.#onStray?.(stray);
       if (res.rc === 0) return parseNftOutput(res.output);
-      const message = failureText(res);
+      const message = stray === '' ? failureText(res) : `${failureText(res).trimEnd()}\n${stray}`;
       const errorClass = classifyNftError(message);
       if (
         errorClass === 'no-such-object' &&
