@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { flowtableProbeCommands, probeCapabilities } from './capabilities.ts';
-import { KernelError } from './kernel.ts';
+import { flowtableProbe, probeCapabilities } from './capabilities.ts';
+import { kernelError } from './kernel.ts';
 
 describe('probeCapabilities', () => {
-  it('dry-runs a flowtable and a flow add rule', async () => {
+  it('dry-runs a flowtable with a flow add rule, then with the counter flag', async () => {
     const calls: { commands: unknown; check?: boolean }[] = [];
     const caps = await probeCapabilities({
       run: async (commands, options) => {
@@ -11,15 +11,32 @@ describe('probeCapabilities', () => {
         return null;
       },
     });
-    expect(caps).toEqual({ flowtable: true });
-    expect(calls).toEqual([{ commands: flowtableProbeCommands(), check: true }]);
-    expect(JSON.stringify(calls[0]?.commands)).toContain('"flow":{"op":"add","flowtable":"@ft"}');
+    expect(caps).toEqual({ flowtable: true, flowtableCounter: true });
+    expect(calls).toEqual([
+      { commands: flowtableProbe(false), check: true },
+      { commands: flowtableProbe(true), check: true },
+    ]);
+    expect(calls[0]?.commands).toContain('flow add @ft');
+    expect(calls[1]?.commands).toContain('counter; }');
+  });
+
+  it('offloads without the counter flag where the kernel lacks it, saying what is lost', async () => {
+    const caps = await probeCapabilities({
+      run: async (commands) => {
+        if (String(commands).includes('counter;')) {
+          throw kernelError('Error: Could not process rule: Operation not supported', 'not-supported');
+        }
+        return null;
+      },
+    });
+    expect(caps).toMatchObject({ flowtable: true, flowtableCounter: false });
+    expect(caps.reason).toMatch(/counter flag/);
   });
 
   it('reports a kernel without flowtables as degraded, with the reason', async () => {
     const caps = await probeCapabilities({
       run: async () => {
-        throw new KernelError('Error: Could not process rule: No such file or directory', 'not-supported');
+        throw kernelError('Error: Could not process rule: No such file or directory', 'not-supported');
       },
     });
     expect(caps).toEqual({
@@ -32,7 +49,7 @@ describe('probeCapabilities', () => {
     await expect(
       probeCapabilities({
         run: async () => {
-          throw new KernelError('Error: Could not process rule: Operation not permitted', 'permission');
+          throw kernelError('Error: Could not process rule: Operation not permitted', 'permission');
         },
       }),
     ).rejects.toMatchObject({ errorClass: 'permission' });

@@ -3,18 +3,20 @@
 // rulesets are computed in shared/.
 
 import { stat } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { Logger } from '@slipstream/shared/adapters/log';
 import { type PolicyWatch, watchPolicy } from '@slipstream/shared/adapters/policy-watch';
-import { formatRuleset } from '@slipstream/shared/core/nft-json';
-import { TABLE_NAME } from '@slipstream/shared/core/ruleset';
+import { effectiveDecision } from '@slipstream/shared/core/decide';
+import { rulesetText } from '@slipstream/shared/core/nft-text';
 import type { DaemonOptions } from './cli.ts';
+import { serveEndpoints } from './http.ts';
 import { type Kernel, NapiKernel, netnsPath } from './kernel.ts';
 import { LinkWatcher } from './links.ts';
 import { Reconciler, type SyncResult } from './reconciler.ts';
 import { FileSource } from './sources/files.ts';
 import { KubernetesSource } from './sources/kubernetes.ts';
 import type { ServiceSource } from './sources/source.ts';
+import { type NodeStatus, portStatuses, readConntrack } from './status.ts';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -29,6 +31,8 @@ export interface RunningDaemon {
   source: ServiceSource;
   links: LinkWatcher;
   health: Server | undefined;
+  /** SIGHUP: re-reads the policy file and the manifests directory, and reads the table back. */
+  reload(): Promise<void>;
   /** Stops watchers and timers; leaves the kernel table in place. */
   stop(): Promise<void>;
 }
@@ -67,19 +71,17 @@ export async function requireNetns(netns: string | undefined): Promise<void> {
   }
 }
 
-/** Removes Slipstream's table; a table that is not there is not an error. */
-export async function cleanup(netns: string | undefined): Promise<'removed' | 'absent'> {
+/** Removes Slipstream's table through the kernel edge; a table that is not there is not an error. */
+export async function cleanup(
+  netns: string | undefined,
+  openKernel: (netns?: string) => Promise<Kernel> = (ns) => NapiKernel.open(ns ? { netns: ns } : {}),
+): Promise<'removed' | 'absent'> {
   await requireNetns(netns);
-  const { NftContext, NftError } = await import('nftables-napi');
-  const ctx = new NftContext(netns ? { netns: netnsPath(netns) } : {});
+  const kernel = await openKernel(netns);
   try {
-    await ctx.run({ nftables: [{ delete: { table: { family: 'inet', name: TABLE_NAME } } }] });
-    return 'removed';
-  } catch (error) {
-    if (error instanceof NftError && error.errorClass === 'no-such-object') return 'absent';
-    throw error;
+    return await kernel.removeTable();
   } finally {
-    ctx.close();
+    kernel.close();
   }
 }
 
@@ -88,31 +90,32 @@ function summary(r: SyncResult): Record<string, unknown> {
   return rest;
 }
 
-function serveHealth(
-  listen: { host: string; port: number },
-  reconciler: Reconciler,
-  logger: Logger,
-): Promise<Server> {
-  const server = createServer((req, res) => {
-    const last = reconciler.lastResult;
-    const body = {
-      lastSync: last ? summary(last) : null,
-      lastSuccessAt: reconciler.lastSuccessAt?.toISOString() ?? null,
-    };
-    // Alive while the process answers: a kernel that refuses a rule is retried with backoff, and a
-    // restart would not help it. Ready once one sync has reached the kernel.
-    const ok = req.url === '/healthz' || (req.url === '/readyz' && reconciler.lastSuccessAt !== null);
-    const known = req.url === '/healthz' || req.url === '/readyz';
-    res.writeHead(known ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(known ? body : { error: 'not found' }));
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(listen.port, listen.host, () => {
-      logger.info('health endpoint listening', { address: server.address() });
-      resolve(server);
-    });
-  });
+/** The node's status from the running loop: what is wanted, what the kernel holds, what is held out. */
+export function nodeStatus(reconciler: Reconciler, offloaded: Map<string, number> | null = null): NodeStatus {
+  const caps = reconciler.capabilities;
+  const desired = reconciler.desired;
+  const belief = reconciler.belief;
+  const quarantined = new Map(reconciler.quarantined.map((q) => [q.key, { key: q.key, reason: q.reason }]));
+  const services = [...reconciler.services.values()];
+  const policy = reconciler.policy;
+  return {
+    degraded: caps ? !caps.flowtable || caps.flowtableCounter === false : true,
+    ...(caps?.reason ? { degradedReason: caps.reason } : {}),
+    tablePresent: belief !== null && belief !== undefined,
+    source: 'daemon',
+    quarantined: quarantined.size,
+    ready: reconciler.readiness(),
+    ports: desired
+      ? portStatuses(
+          services,
+          desired,
+          belief ?? null,
+          offloaded,
+          (s) => effectiveDecision(s, policy, reconciler.namespaces.get(s.namespace)),
+          quarantined,
+        )
+      : [],
+  };
 }
 
 /** Starts the daemon; resolves once the first sync has run. On failure, everything it opened is closed again. */
@@ -156,9 +159,10 @@ async function start(
       logger.error('policy not reloaded; keeping the last good one', { error: error.message, kept: kept.id }),
   });
   closers.push(() => policyWatch.close());
-  const kernel = await (deps.openKernel ?? ((netns) => NapiKernel.open(netns ? { netns } : {})))(
-    options.netns,
-  );
+  const onStray = (text: string) => logger.warn('libnftables printed', { text });
+  const kernel = await (
+    deps.openKernel ?? ((netns) => NapiKernel.open({ ...(netns ? { netns } : {}), onStray }))
+  )(options.netns);
   closers.push(() => kernel.close());
   const links = new LinkWatcher({
     ...(options.netns ? { netns: options.netns } : {}),
@@ -215,7 +219,16 @@ async function start(
   let health: Server | undefined;
   if (options.healthListen) {
     try {
-      health = await serveHealth(options.healthListen, reconciler, logger);
+      health = await serveEndpoints(
+        options.healthListen,
+        {
+          lastSync: () => (reconciler.lastResult ? summary(reconciler.lastResult) : null),
+          lastSuccessAt: () => reconciler.lastSuccessAt?.toISOString() ?? null,
+          readiness: () => reconciler.readiness(),
+          status: async () => nodeStatus(reconciler, await readConntrack(options.netns)),
+        },
+        logger,
+      );
     } catch (error) {
       const { host, port } = options.healthListen;
       throw new StartupError(`--health-listen ${host}:${port}: ${(error as Error).message}`);
@@ -231,6 +244,11 @@ async function start(
     source,
     links,
     health,
+    reload: async () => {
+      policyWatch.check();
+      if (source instanceof FileSource) await source.rescan();
+      reconciler.request('resync');
+    },
     // In the reverse order of the start: health, source, reconciler (waits for a running sync),
     // links, kernel, policy watch.
     stop: closeAll,
@@ -243,7 +261,7 @@ export async function runOnce(options: DaemonOptions, deps: DaemonDeps): Promise
   try {
     const result = daemon.reconciler.lastResult;
     const desired = daemon.reconciler.desired;
-    if (desired && result?.result !== 'error') (deps.print ?? console.log)(formatRuleset(desired));
+    if (desired && result?.result !== 'error') (deps.print ?? console.log)(rulesetText(desired).trimEnd());
     return result && result.result !== 'error' ? 0 : 1;
   } finally {
     await daemon.stop();

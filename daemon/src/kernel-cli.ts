@@ -7,22 +7,8 @@ import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KernelError, type KernelErrorClass, type NftRunner } from './kernel.ts';
-
-const CLASSES: ReadonlyArray<readonly [RegExp, KernelErrorClass]> = [
-  [/Operation not supported/i, 'not-supported'],
-  [/No such file or directory|No such device/i, 'no-such-object'],
-  [/File exists/i, 'exists'],
-  [/Device or resource busy/i, 'busy'],
-  [/Operation not permitted|Permission denied/i, 'permission'],
-  [/Invalid argument/i, 'invalid'],
-];
-
-export function classifyCliError(text: string): KernelErrorClass {
-  const line = text.split('\n').find((l) => /\bError:/.test(l)) ?? text;
-  for (const [re, c] of CLASSES) if (re.test(line)) return c;
-  return /\bError:/.test(line) && !/Could not process rule/.test(line) ? 'invalid' : 'unknown';
-}
+import { classifyNftError } from 'nftables-napi/errors';
+import { kernelError, type NftRunner } from './kernel.ts';
 
 function exec(file: string, args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
   return new Promise((resolve) => {
@@ -55,7 +41,7 @@ export class CliRunner implements NftRunner {
       await writeFile(file, text);
       const args = ['-j', ...(options.check ? ['-c'] : []), '-f', file];
       const { stdout, stderr, code } = await nft(this.#netns, args);
-      if (code !== 0) throw new KernelError(stderr || `nft exited with ${code}`, classifyCliError(stderr));
+      if (code !== 0) throw kernelError(stderr || `nft exited with ${code}`, classifyNftError(stderr));
       const out = stdout.trim();
       return out === '' ? null : (JSON.parse(out) as unknown);
     } finally {

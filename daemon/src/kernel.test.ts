@@ -1,12 +1,13 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { diff } from '@slipstream/shared/core/diff';
-import { parseTable } from '@slipstream/shared/core/nft-json';
+import { parseTable } from '@slipstream/shared/core/nft-listing';
 import { desiredRuleset, type Ruleset } from '@slipstream/shared/core/ruleset';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
-import { MemoryKernel, NapiKernel, type NftRunner } from './kernel.ts';
+import { NapiKernel, type NftRunner } from './kernel.ts';
 import { CliRunner } from './kernel-cli.ts';
+import { MemoryKernel } from './memory-kernel.ts';
 
 const view = (r: Ruleset | null) => (r ? { ...r, services: new Map(), owners: new Map() } : r);
 const desired = (name: string, flowtable = true, devices?: string[]) => {

@@ -227,7 +227,7 @@ describe.skipIf(!canRun())('the daemon process in a private network namespace (d
       const r = await run(MAIN, [...base(), '--once']);
       expect(r.code, r.stderr).toBe(0);
       expect(elements()).toEqual(INITIAL);
-      expect(r.stdout).toContain('table inet slipstream {');
+      expect(r.stdout).toContain('add table inet slipstream\n');
       expect(r.stdout).toContain('10.96.10.10 . tcp . 5432 : jump threshold-20');
       const sync = r.logs.find((l) => l.msg === 'sync');
       expect(sync).toMatchObject({ trigger: 'startup', result: 'ok', degraded: true, writes: 1 });

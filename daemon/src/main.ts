@@ -1,7 +1,12 @@
 // Entry point of the node daemon. Tracing is registered before the rest is imported, so every
 // module that asks the OpenTelemetry API for a tracer gets the real one.
 import { enableCompileCache } from 'node:module';
+import { stderrLogger as logger } from '@slipstream/shared/adapters/log';
+import { guardProcess } from '@slipstream/shared/adapters/process';
 
+// Before anything else: SIGUSR1 must never open an inspector, SIGHUP must never kill the daemon.
+let hangup: (() => void) | undefined;
+guardProcess(logger, () => hangup?.());
 enableCompileCache();
 
 const { startTelemetry } = await import('@slipstream/shared/adapters/telemetry');
@@ -10,7 +15,6 @@ const { parseDaemonArgs, USAGE } = await import('./cli.ts');
 const { UsageError } = await import('@slipstream/shared/adapters/cli-args');
 const { cleanup, runOnce, StartupError, startDaemon } = await import('./daemon.ts');
 const { PolicyError } = await import('@slipstream/shared/core/policy');
-const { stderrLogger: logger } = await import('@slipstream/shared/adapters/log');
 
 async function main(): Promise<number> {
   let options: ReturnType<typeof parseDaemonArgs>;
@@ -40,6 +44,7 @@ async function main(): Promise<number> {
   if (options.once) return runOnce(options, { logger });
 
   const daemon = await startDaemon(options, { logger });
+  hangup = () => void daemon.reload();
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       logger.info('stopping; the kernel rules stay in place', { signal });

@@ -14,8 +14,9 @@ import type { Service } from '@slipstream/shared/core/service';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadScenario, type Scenario, scenarioInput } from '../../test/fixtures/services/load.ts';
-import { KernelError, MemoryKernel } from './kernel.ts';
-import { parseTraceparent, Reconciler, type ReconcilerOptions } from './reconciler.ts';
+import { kernelError } from './kernel.ts';
+import { MemoryKernel } from './memory-kernel.ts';
+import { Reconciler, type ReconcilerOptions } from './reconciler.ts';
 
 const policy = loadDefaultPolicy();
 const exporter = new InMemorySpanExporter();
@@ -188,7 +189,7 @@ describe('Reconciler with a MemoryKernel', () => {
     kernel.setLinks(['eth0']);
     r.update({ devices: ['eth0'] });
     expect(await r.sync('link')).toMatchObject({ result: 'noop', writes: 0 });
-    // A link that goes DOWN but still exists is removed (the flowtable is recreated in one transaction).
+    // A link that goes DOWN but still exists is removed in place: the flowtable stays.
     kernel.setLinks(['eth0', 'veth2']);
     r.update({ devices: ['eth0', 'veth2'] });
     await r.sync('link');
@@ -196,7 +197,7 @@ describe('Reconciler with a MemoryKernel', () => {
     expect(await r.sync('link')).toMatchObject({
       result: 'ok',
       writes: 1,
-      change: 'rewrite threshold-20; -devices veth2',
+      change: '-devices veth2',
     });
     expect(kernel.table?.flowtable?.devices).toEqual(['eth0']);
     expect(kernel.table?.chains.get('threshold-20')?.rules).toEqual([
@@ -224,14 +225,14 @@ describe('Reconciler with a MemoryKernel', () => {
     expect(kernel.table?.flowtable?.devices).toEqual(['eth0']);
   });
 
-  it('records a refused transaction, keeps the last good state, and succeeds on the retry', async () => {
+  it('records a transaction the kernel refuses as a whole, keeps the last good state, and succeeds on the retry', async () => {
     const s = loadScenario('thresholds-shared');
     const kernel = new MemoryKernel();
     const r = make(kernel, s);
     await r.start();
     const good = kernel.table;
-    kernel.failNext(new KernelError('Error: Could not process rule: Invalid argument', 'invalid'));
-    kernel.failNext(new KernelError('Error: Could not process rule: Invalid argument', 'invalid'));
+    // The first try, the retry with fresh facts, and the structure-only try of the isolation.
+    kernel.failNext(kernelError('Error: Could not process rule: Invalid argument', 'invalid'), 3);
     r.deleteService('data', 'pg-a');
     const retried = r.nextSync((x) => x.result === 'ok');
     const failed = await r.sync('service');
@@ -241,29 +242,30 @@ describe('Reconciler with a MemoryKernel', () => {
       error: 'Error: Could not process rule: Invalid argument',
       retried: true,
       writes: 0,
+      quarantined: 0,
     });
     expect(r.lastError).toMatchObject({ errorClass: 'invalid' });
     expect(view(kernel.table)).toEqual(view(good));
     // The retry (after the backoff) reads the table back and applies the change.
-    expect(await retried).toMatchObject({ trigger: 'service', result: 'ok', readBack: true, writes: 1 });
+    expect(await retried).toMatchObject({ trigger: 'retry', result: 'ok', readBack: true, writes: 1 });
     expect(kernel.table?.elements.has('ip 10.96.2.1 6 5432')).toBe(false);
   });
 
-  it('repairs drift at a resync: deleted element, altered verdict, deleted table', async () => {
+  it("repairs someone else's change as soon as the kernel reports it: deleted element, altered verdict, deleted table", async () => {
     const s = loadScenario('dual-stack');
     const kernel = new MemoryKernel();
     const r = make(kernel, s);
     await r.start();
     const want = view(kernel.table);
 
+    const repaired = r.nextSync((x) => x.trigger === 'drift');
     kernel.tamper((t) => {
       t!.elements.delete('ip 10.96.0.10 6 5432');
       const e = t!.elements.get('ip6 fd00:10:96::a 17 443')!;
       e.threshold = null;
       return t;
     });
-    expect(await r.sync('service')).toMatchObject({ result: 'noop', readBack: false }); // belief: no change
-    expect(await r.sync('resync')).toMatchObject({
+    expect(await repaired).toMatchObject({
       result: 'ok',
       readBack: true,
       drift: true,
@@ -272,9 +274,55 @@ describe('Reconciler with a MemoryKernel', () => {
     });
     expect(view(kernel.table)).toEqual(want);
 
+    const rebuilt = r.nextSync((x) => x.trigger === 'drift');
     kernel.tamper(() => null);
-    expect(await r.sync('resync')).toMatchObject({ result: 'ok', drift: true, writes: 1 });
+    expect(await rebuilt).toMatchObject({
+      result: 'ok',
+      drift: true,
+      writes: 1,
+      driftDetail: 'the table was deleted',
+    });
     expect(view(kernel.table)).toEqual(want);
+  });
+
+  it('repairs a change it was not told of at the resync (events lost)', async () => {
+    const s = loadScenario('dual-stack');
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s);
+    await r.start();
+    const want = view(kernel.table);
+    kernel.tamper(
+      (t) => {
+        t!.elements.delete('ip 10.96.0.10 6 5432');
+        return t;
+      },
+      { silent: true },
+    );
+    expect(await r.sync('service')).toMatchObject({ result: 'noop', readBack: false }); // belief: no change
+    expect(await r.sync('resync')).toMatchObject({
+      result: 'ok',
+      readBack: true,
+      drift: true,
+      elementsAdded: 1,
+    });
+    expect(view(kernel.table)).toEqual(want);
+  });
+
+  it('reads the table back when the kernel says events were lost', async () => {
+    const s = loadScenario('dual-stack');
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s);
+    await r.start();
+    kernel.tamper(
+      (t) => {
+        t!.elements.delete('ip 10.96.0.10 6 5432');
+        return t;
+      },
+      { silent: true },
+    );
+    const repaired = r.nextSync((x) => x.trigger === 'drift');
+    kernel.overrun();
+    expect(await repaired).toMatchObject({ result: 'ok', readBack: true, drift: true, elementsAdded: 1 });
   });
 
   it('repairs drift behind its back on the next write: the refused delete triggers a read-back', async () => {
@@ -282,10 +330,13 @@ describe('Reconciler with a MemoryKernel', () => {
     const kernel = new MemoryKernel();
     const r = make(kernel, s);
     await r.start();
-    kernel.tamper((t) => {
-      t!.elements.delete('ip 10.96.2.1 6 5432');
-      return t;
-    });
+    kernel.tamper(
+      (t) => {
+        t!.elements.delete('ip 10.96.2.1 6 5432');
+        return t;
+      },
+      { silent: true },
+    );
     r.deleteService('data', 'pg-a');
     expect(await r.sync('service')).toMatchObject({ result: 'noop', retried: true, readBack: true });
   });
@@ -305,7 +356,7 @@ describe('Reconciler with a MemoryKernel', () => {
     const kernel = new MemoryKernel();
     const r = make(kernel, s, { resyncIntervalMs: 30 });
     await r.start();
-    kernel.tamper(() => null);
+    kernel.tamper(() => null, { silent: true });
     const repaired = await r.nextSync((x) => x.trigger === 'resync' && x.result === 'ok');
     expect(repaired.drift).toBe(true);
     expect(kernel.table?.elements.size).toBe(1);
@@ -365,41 +416,15 @@ describe('tracing', () => {
   it('records errors on the spans', async () => {
     const kernel = new MemoryKernel();
     const r = make(kernel, loadScenario('sctp'), { retryInitialMs: 60_000 });
-    kernel.failNext(new KernelError('Error: Could not process rule: Device or resource busy', 'busy'));
-    kernel.failNext(new KernelError('Error: Could not process rule: Device or resource busy', 'busy'));
+    kernel.failNext(kernelError('Error: Could not process rule: Device or resource busy', 'busy'), 3);
     expect(await r.start()).toMatchObject({ result: 'error', errorClass: 'busy' });
     const sync = exporter.getFinishedSpans().find((x) => x.name === 'sync')!;
     expect(sync.status.code).toBe(SpanStatusCode.ERROR);
     expect(sync.attributes['slipstream.sync.result']).toBe('error');
     expect(sync.events.some((e) => e.name === 'exception')).toBe(true);
     const commits = exporter.getFinishedSpans().filter((x) => x.name === 'commit');
-    expect(commits).toHaveLength(2);
+    expect(commits).toHaveLength(3);
     expect(commits.every((c) => c.status.code === SpanStatusCode.ERROR)).toBe(true);
-  });
-});
-
-describe('parseTraceparent', () => {
-  it('accepts valid traceparents', () => {
-    expect(parseTraceparent(TRACE_A)).toEqual({
-      traceId: '0af7651916cd43dd8448eb211c80319c',
-      spanId: 'b7ad6b7169203331',
-      traceFlags: 1,
-    });
-    expect(parseTraceparent('01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future')).not.toBeNull();
-  });
-
-  it.each([
-    'garbage',
-    '',
-    '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra',
-    'ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
-    '00-00000000000000000000000000000000-b7ad6b7169203331-01',
-    '00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01',
-    '00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01',
-    '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1',
-    ' 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
-  ])('rejects %j', (value) => {
-    expect(parseTraceparent(value)).toBeNull();
   });
 });
 
@@ -489,8 +514,11 @@ describe('Reconciler incremental syncs', () => {
             logger: silentLogger,
           });
           const namespaces = new Map(NAMESPACES.map((name) => [name, { name, labels: {} }]));
-          let services = initial.map(toService);
-          r.update({ services, namespaces, devices: [] });
+          const lastWins = (list: Service[]) => [
+            ...new Map(list.map((x) => [`${x.namespace}/${x.name}`, x])).values(),
+          ];
+          let services = lastWins(initial.map(toService));
+          r.update({ services: initial.map(toService), namespaces, devices: [] });
           try {
             expect((await r.start()).result).not.toBe('error');
             for (const step of steps) {
@@ -507,8 +535,9 @@ describe('Reconciler incremental syncs', () => {
                 m.delete(`${step.ns}/${step.name}`);
                 services = [...m.values()];
               } else if (step.kind === 'replace') {
-                services = step.services;
-                r.update({ services });
+                // One Service per namespace/name: the last of a list wins, as in the sources.
+                services = lastWins(step.services);
+                r.update({ services: step.services });
               }
               const result = await r.sync(step.kind === 'resync' ? 'resync' : 'service');
               expect(result.result).not.toBe('error');

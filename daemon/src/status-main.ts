@@ -15,7 +15,22 @@ import { KubernetesSource } from './sources/kubernetes.ts';
 import type { ServiceSource } from './sources/source.ts';
 import { formatStatus, type NodeStatus, portStatuses, readConntrack } from './status.ts';
 
-const USAGE = `usage: npm run status -- [--services DIR | --kubeconfig FILE] [--netns NAME] [--policy FILE] [--output table|json]\n`;
+const USAGE = `usage: npm run status -- [--daemon URL] [--services DIR | --kubeconfig FILE] [--netns NAME] [--policy FILE] [--output table|json]
+
+Asks the daemon on this node (--daemon, default http://127.0.0.1:9469: its --health-listen) for
+its status, quarantined Services included. When no daemon answers, computes what it would
+program from the same sources and compares with this node's kernel and conntrack.
+`;
+
+async function fromDaemon(url: string): Promise<NodeStatus | null> {
+  try {
+    const res = await fetch(new URL('/status', url), { signal: AbortSignal.timeout(5000) });
+    if (!res.ok) return null;
+    return (await res.json()) as NodeStatus;
+  } catch {
+    return null;
+  }
+}
 
 async function main(argv: string[]): Promise<number> {
   let values: Record<string, string | boolean | undefined>;
@@ -24,6 +39,7 @@ async function main(argv: string[]): Promise<number> {
       args: argv,
       strict: true,
       options: {
+        daemon: { type: 'string' },
         services: { type: 'string' },
         kubeconfig: { type: 'string' },
         netns: { type: 'string' },
@@ -44,6 +60,15 @@ async function main(argv: string[]): Promise<number> {
   if (output !== 'table' && output !== 'json') {
     process.stderr.write(`slipstream status: --output must be table or json\n${USAGE}`);
     return 2;
+  }
+  const print = (status: NodeStatus) =>
+    process.stdout.write(
+      output === 'json' ? `${JSON.stringify(status, null, 2)}\n` : `${formatStatus(status)}\n`,
+    );
+  const daemon = await fromDaemon((values.daemon as string | undefined) ?? 'http://127.0.0.1:9469');
+  if (daemon) {
+    print(daemon);
+    return 0;
   }
   const source: ServiceSource = values.kubeconfig
     ? new KubernetesSource({ kubeconfig: values.kubeconfig as string, log: silentLogger })
@@ -82,16 +107,15 @@ async function main(argv: string[]): Promise<number> {
     });
     const offloaded = await readConntrack(netns);
     const status: NodeStatus = {
-      degraded: !capabilities.flowtable,
+      source: 'local',
+      degraded: !capabilities.flowtable || capabilities.flowtableCounter === false,
       ...(capabilities.reason ? { degradedReason: capabilities.reason } : {}),
       tablePresent: current !== null,
       ports: portStatuses(snapshot.services, desired, current, offloaded, (s) =>
         effectiveDecision(s, policy, snapshot.namespaces.get(s.namespace)),
       ),
     };
-    process.stdout.write(
-      output === 'json' ? `${JSON.stringify(status, null, 2)}\n` : `${formatStatus(status)}\n`,
-    );
+    print(status);
     return 0;
   } finally {
     policyWatch.close();

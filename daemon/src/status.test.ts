@@ -133,6 +133,7 @@ describe('portStatuses', () => {
       service: 'shop/postgres',
       port: '5432/TCP (postgres)',
       decision: 'offload',
+      state: 'programmed',
       threshold: 20,
       reason: expect.stringMatching(/^sql-databases: /),
       inKernel: true,
@@ -157,10 +158,30 @@ describe('portStatuses', () => {
     expect(row(rows, 'shop/exports', '9000/TCP').reason).toMatch(/acceleration=disabled/);
   });
 
+  it('a quarantined Service shows QUARANTINED with the reason on each of its ports', () => {
+    const quarantined = new Map([
+      [
+        'media/iperf3',
+        { key: 'media/iperf3', reason: 'the kernel refused its elements: Too many open files' },
+      ],
+    ]);
+    const rows = portStatuses(services, desired, desired, null, decisionOf, quarantined);
+    for (const port of ['5201/TCP', '5201/UDP']) {
+      expect(row(rows, 'media/iperf3', port)).toMatchObject({
+        state: 'quarantined',
+        reason: 'QUARANTINED: the kernel refused its elements: Too many open files',
+      });
+    }
+    expect(row(rows, 'shop/postgres', '5432/TCP').state).toBe('programmed');
+    expect(formatStatus({ degraded: false, tablePresent: true, quarantined: 1, ports: rows })).toMatch(
+      /quarantined Services: 1[\s\S]*media\/iperf3 +5201\/TCP.*QUARANTINED/,
+    );
+  });
+
   it('a port whose element is missing from the kernel is inKernel false; the other ports are unaffected', () => {
     const kernel = kernelWith((k) => k.elements.delete(iperf3Udp));
     const rows = portStatuses(services, desired, kernel, null, decisionOf);
-    expect(row(rows, 'media/iperf3', '5201/UDP').inKernel).toBe(false);
+    expect(row(rows, 'media/iperf3', '5201/UDP')).toMatchObject({ inKernel: false, state: 'missing' });
     expect(row(rows, 'media/iperf3', '5201/TCP').inKernel).toBe(true);
     const offloadRows = rows.filter((r) => r.decision === 'offload');
     expect(offloadRows.filter((r) => r.inKernel === false).map((r) => `${r.service} ${r.port}`)).toEqual([
@@ -221,6 +242,7 @@ describe('formatStatus', () => {
       service: 'media/iperf3',
       port: '5201/TCP (iperf3)',
       decision: 'offload',
+      state: 'programmed',
       threshold: 20,
       reason: 'iperf3: iperf3 bulk transfer',
       inKernel: true,
@@ -230,6 +252,7 @@ describe('formatStatus', () => {
       service: 'media/iperf3',
       port: '5201/UDP (iperf3-udp)',
       decision: 'offload',
+      state: 'missing',
       threshold: 20,
       reason: 'iperf3: iperf3 bulk transfer',
       inKernel: false,
@@ -239,6 +262,7 @@ describe('formatStatus', () => {
       service: 'platform/dns',
       port: '53/UDP (dns)',
       decision: 'keep',
+      state: 'keep',
       threshold: null,
       reason: 'dns: DNS is request/response; flows end before any threshold',
       inKernel: null,

@@ -11,12 +11,25 @@ import type { Service } from '@slipstream/shared/core/service';
 
 const run = promisify(execFile);
 
+export type PortState =
+  /** Offloaded: every element of this port is in the kernel with its threshold. */
+  | 'programmed'
+  /** The kernel refused this Service's part (or computing it failed): kept out, retried with backoff. */
+  | 'quarantined'
+  /** Offload was decided but nothing of it is (yet) in the kernel: see `problems` and the reason. */
+  | 'missing'
+  /** Not offloaded (the decision says why). */
+  | 'keep';
+
 export interface PortStatus {
   service: string;
   port: string;
   decision: 'offload' | 'keep';
+  state: PortState;
   threshold: number | null;
   reason: string;
+  /** Why part of this Service's input was ignored (an invalid ClusterIP, an ignored annotation). */
+  problems?: string;
   /** Every element of this port is in the kernel with the right threshold (null: nothing to program). */
   inKernel: boolean | null;
   /** Connections to this port's ClusterIPs that conntrack marks [OFFLOAD] now (null: unknown). */
@@ -27,7 +40,19 @@ export interface NodeStatus {
   degraded: boolean;
   degradedReason?: string;
   tablePresent: boolean;
+  /** Where the rows come from: the running daemon, or computed from the sources by `status` itself. */
+  source?: 'daemon' | 'local';
+  /** Services kept out of the kernel (the daemon's quarantine). */
+  quarantined?: number;
+  /** The daemon's readiness, when the rows come from it. */
+  ready?: { ready: boolean; reason: string };
   ports: PortStatus[];
+}
+
+/** A quarantined Service, as the rows show it. */
+export interface QuarantineView {
+  key: string;
+  reason: string;
 }
 
 const PROTO_NUMBER: Record<string, number> = { TCP: 6, UDP: 17 };
@@ -60,6 +85,7 @@ export function portStatuses(
   offloaded: Map<string, number> | null,
   /** The full decision (with per-port reasons); the ruleset keeps only the Service-level line. */
   decisionOf: (service: Service) => Decision,
+  quarantined: ReadonlyMap<string, QuarantineView> = new Map(),
 ): PortStatus[] {
   const rows: PortStatus[] = [];
   const sorted = [...services].sort((a, b) =>
@@ -67,18 +93,25 @@ export function portStatuses(
   );
   for (const service of sorted) {
     const key = `${service.namespace}/${service.name}`;
-    const entry = desired.services.get(key);
-    if (!entry) continue;
-    const d = entry.decision;
+    const held = quarantined.get(key);
     const full = decisionOf(service);
+    const entry = desired.services.get(key);
+    if (!entry && !held) continue;
+    const d = entry?.decision ?? full;
+    const problems = [
+      ...(entry?.skipped ?? []).map((x) => `${x.what}: ${x.reason}`),
+      ...(full.warnings ?? []).map((w) => `${w.key}: ${w.message}`),
+    ].join('; ');
     const ports = service.ports.length > 0 ? service.ports : [];
     if (ports.length === 0) {
       rows.push({
         service: key,
         port: '-',
         decision: 'keep',
+        state: held ? 'quarantined' : 'keep',
         threshold: null,
-        reason: d.reason,
+        reason: held?.reason ?? d.reason,
+        ...(problems ? { problems } : {}),
         inKernel: null,
         offloaded: null,
       });
@@ -87,7 +120,7 @@ export function portStatuses(
     for (const p of ports) {
       const on = d.offload.some((o) => o.port === p.port && o.protocol === p.protocol);
       const proto = PROTO_NUMBER[p.protocol];
-      const elements = entry.elements
+      const elements = (entry?.elements ?? [])
         .map((k) => desired.elements.get(k))
         .filter((e) => e !== undefined && e.port === p.port && e.protocol === proto);
       let inKernel: boolean | null = null;
@@ -110,12 +143,15 @@ export function portStatuses(
         perPort && (full.source === 'policy' || full.source === 'user' || full.source === 'hints')
           ? `${perPort.rule}: ${perPort.reason}`
           : d.reason;
+      const state: PortState = held ? 'quarantined' : !on ? 'keep' : inKernel ? 'programmed' : 'missing';
       rows.push({
         service: key,
         port: `${p.port}/${p.protocol}${p.name ? ` (${p.name})` : ''}`,
         decision: on ? 'offload' : 'keep',
+        state,
         threshold: on ? d.threshold : null,
-        reason: portReason,
+        reason: held ? `QUARANTINED: ${held.reason}` : portReason,
+        ...(problems ? { problems } : {}),
         inKernel,
         offloaded: count,
       });
@@ -144,6 +180,13 @@ function cell(value: string, width: number): string {
   return value.length > width ? `${value.slice(0, width - 1)}…` : value.padEnd(width);
 }
 
+const STATE_TEXT: Record<PortState, string> = {
+  programmed: 'yes',
+  quarantined: 'QUARANTINED',
+  missing: 'NO',
+  keep: '-',
+};
+
 /** The table for people. */
 export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
   const head = status.degraded
@@ -152,33 +195,37 @@ export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
   const lines = [
     head,
     status.tablePresent ? 'table inet slipstream: present' : 'table inet slipstream: ABSENT',
-    '',
   ];
+  if (status.source === 'local')
+    lines.push('(no daemon answered: computed from the sources; quarantine unknown)');
+  if (status.ready && !status.ready.ready) lines.push(`daemon: NOT READY: ${status.ready.reason}`);
+  if (status.quarantined) lines.push(`quarantined Services: ${status.quarantined}`);
+  lines.push('');
   const header = ['SERVICE', 'PORT', 'DECISION', 'THRESHOLD', 'IN KERNEL', 'OFFLOADED', 'REASON'];
   const rows = status.ports.map((r) => [
     r.service,
     r.port,
     r.decision,
     r.threshold === null ? '-' : String(r.threshold),
-    r.inKernel === null ? '-' : r.inKernel ? 'yes' : 'NO',
+    STATE_TEXT[r.state],
     r.offloaded === null ? '-' : String(r.offloaded),
     r.reason,
   ]);
   const widths = header.map((h, i) =>
     i === 6 ? reasonWidth : Math.max(h.length, ...rows.map((row) => Math.min(row[i]!.length, 40))),
   );
-  lines.push(
-    header
-      .map((h, i) => cell(h, widths[i]!))
+  const render = (row: string[]) =>
+    row
+      .map((c, i) => cell(c, widths[i]!))
       .join('  ')
-      .trimEnd(),
-  );
-  for (const row of rows)
-    lines.push(
-      row
-        .map((c, i) => cell(c, widths[i]!))
-        .join('  ')
-        .trimEnd(),
-    );
+      .trimEnd();
+  lines.push(render(header));
+  for (const row of rows) lines.push(render(row));
+  const problems = new Map<string, string>();
+  for (const r of status.ports) if (r.problems) problems.set(r.service, r.problems);
+  if (problems.size > 0) {
+    lines.push('', 'input ignored:');
+    for (const [service, text] of problems) lines.push(`  ${service}: ${text}`);
+  }
   return lines.join('\n');
 }

@@ -135,6 +135,7 @@ describe('KubernetesSource', () => {
     expect(Object.keys(lean ?? {}).sort()).toEqual([
       'annotations',
       'clusterIPs',
+      'ipFamilies',
       'name',
       'namespace',
       'ports',

@@ -98,6 +98,8 @@ export interface PolicyWatch {
   current(): Policy;
   /** The file watched, or undefined for the shipped default (which is not watched). */
   path: string | undefined;
+  /** Re-reads the file now (SIGHUP). */
+  check(): void;
   close(): void;
 }
 
@@ -115,7 +117,7 @@ export interface PolicyWatchOptions extends Omit<WatchFilesOptions, 'onError'> {
 export function watchPolicy(path: string | undefined, options: PolicyWatchOptions = {}): PolicyWatch {
   if (path === undefined) {
     const policy = loadDefaultPolicy();
-    return { current: () => policy, path: undefined, close() {} };
+    return { current: () => policy, path: undefined, check() {}, close() {} };
   }
   let text: string;
   try {
@@ -144,5 +146,5 @@ export function watchPolicy(path: string | undefined, options: PolicyWatchOption
         options.onError?.(new PolicyError(`cannot read policy ${path}: ${error.message}`), policy),
     },
   );
-  return { current: () => policy, path, close: () => watcher.close() };
+  return { current: () => policy, path, check: () => watcher.check(), close: () => watcher.close() };
 }

@@ -21,7 +21,13 @@ function show(change: Change): string[] {
       case 'delete-chain':
         return `${op.op} ${op.chain}`;
       case 'add-map':
-        return `add-map ${op.family}`;
+      case 'flush-map':
+      case 'delete-map':
+        return `${op.op} ${op.family}`;
+      case 'delete-flowtable-devices':
+        return `${op.op} ${op.devices.join(',')}`;
+      case 'delete-object':
+        return `${op.op} ${op.object.kind} ${op.object.handle}`;
       default:
         return op.op;
     }
@@ -117,8 +123,8 @@ describe('diff', () => {
     expect(show(diff(before, after))).toEqual([
       'flush-chain threshold-100',
       'delete-elements ip 10.96.2.3/6/8080>100',
-      'add-elements ip 10.96.2.3/6/8080>20',
       'delete-chain threshold-100',
+      'add-elements ip 10.96.2.3/6/8080>20',
     ]);
   });
 
@@ -146,20 +152,13 @@ describe('diff', () => {
     expect(change.summary.devicesAdded).toEqual(['veth9']);
   });
 
-  it('recreates the flowtable in the same transaction to remove a device', () => {
+  it('removes a device from the flowtable in place: the flowtable (and its offloaded flows) stays', () => {
     const input = scenarioInput(loadScenario('thresholds-shared'));
     const change = diff(
       desiredRuleset({ ...input, devices: ['eth0', 'veth9'] }),
       desiredRuleset({ ...input, devices: ['eth0'] }),
     );
-    expect(show(change)).toEqual([
-      'flush-chain threshold-20',
-      'flush-chain threshold-100',
-      'delete-flowtable',
-      'add-flowtable eth0',
-      'add-rule threshold-20 >20 offload',
-      'add-rule threshold-100 >100 offload',
-    ]);
+    expect(show(change)).toEqual(['delete-flowtable-devices veth9']);
     expect(change.summary.devicesRemoved).toEqual(['veth9']);
   });
 
@@ -245,19 +244,54 @@ describe('diff', () => {
       ]);
     });
 
-    it('rebuilds the table, in one transaction, when it holds objects Slipstream does not write', () => {
+    it('deletes objects Slipstream does not write by handle, the rest staying as it is', () => {
       const kernel = clone(desired);
-      kernel.foreign = ['set intruders'];
+      kernel.foreign = [{ kind: 'set', name: 'intruders', handle: 12, why: 'not a Slipstream set' }];
+      const change = diff(kernel, desired);
+      expect(show(change)).toEqual(['delete-object set 12']);
+      expect(change.summary.rebuild).toBe(false);
+      expect(change.summary.objectsReplaced).toEqual(['set intruders: not a Slipstream set']);
+    });
+
+    it('rebuilds the table, in one transaction, only for an object it cannot delete by itself', () => {
+      const kernel = clone(desired);
+      kernel.foreign = [{ kind: 'tunnel', name: 't', handle: 3, why: 'not a Slipstream tunnel' }];
       const change = diff(kernel, desired);
       expect(show(change)[0]).toBe('delete-table');
       expect(show(change).slice(1)).toEqual(show(diff(null, desired)));
       expect(change.summary.rebuild).toBe(true);
     });
 
-    it('rebuilds when the base chain has another hook or priority', () => {
+    it('replaces a base chain with another hook or priority, in place', () => {
       const kernel = clone(desired);
       kernel.chains.get('forward')!.base = { type: 'filter', hook: 'forward', priority: 0, policy: 'accept' };
-      expect(diff(kernel, desired).summary.rebuild).toBe(true);
+      expect(show(diff(kernel, desired))).toEqual([
+        'flush-chain forward',
+        'delete-chain forward',
+        'add-chain forward',
+        'add-rule forward ip/tcp',
+        'add-rule forward ip/udp',
+        'add-rule forward ip6/tcp',
+        'add-rule forward ip6/udp',
+      ]);
+    });
+
+    it('replaces a map of its name but another size, re-adding its elements and the rules that use it', () => {
+      const kernel = clone(desired);
+      kernel.maps = ['ip6'];
+      for (const [k, e] of kernel.elements) if (e.family === 'ip') kernel.elements.delete(k);
+      kernel.foreign = [{ kind: 'map', name: 'svc4', handle: 4, why: 'size 3' }];
+      expect(show(diff(kernel, desired))).toEqual([
+        'flush-chain forward',
+        'flush-map ip',
+        'delete-map ip',
+        'add-map ip',
+        'add-elements ip 10.96.0.10/17/443>20 10.96.0.10/6/5432>20',
+        'add-rule forward ip/tcp',
+        'add-rule forward ip/udp',
+        'add-rule forward ip6/tcp',
+        'add-rule forward ip6/udp',
+      ]);
     });
   });
 });

@@ -1,20 +1,27 @@
 // The minimal change that turns one Ruleset into another, as an ordered list of typed
-// operations. Pure. `nft-json.ts` turns each operation into one libnftables JSON command; the
-// daemon's MemoryKernel applies the same operations to its in-memory twin. Applying a Change
-// is ONE transaction: the order below is what makes every step valid inside it.
+// operations. Pure. `nft-text.ts` writes each operation as nft text (the one writer); the
+// daemon's MemoryKernel applies the same operations to its in-memory twin. Applying a Change is
+// ONE transaction: the order below is what makes every step valid inside it.
 //
-//   1. delete-table (rebuild only), add-table
-//   2. flush-chain: chains whose rules are rewritten or that are about to be deleted
-//   3. delete-flowtable: no longer wanted, or recreated to drop devices (libnftables JSON cannot
-//      remove single devices from a flowtable; the threshold chains that use it were flushed in 2)
-//   4. add-flowtable: created, or new devices added to the existing one
-//   5. add-map
-//   6. add-chain: new chains (threshold chains exist before elements jump to them)
-//   7. delete-elements (before adds: an element whose verdict changed is deleted and re-added)
-//   8. add-elements
-//   9. add-rule: rules of new and flushed chains (after maps and flowtable exist)
-//  10. delete-chain: chains no longer used (their elements are gone by now)
+//   1. add-table (when there is none)
+//   2. flush-chain: chains whose rules are rewritten, that are about to be deleted, or whose rules
+//      use an object that is deleted and re-created (the forward chain for a map of another size,
+//      the threshold chains for a flowtable with another hook)
+//   3. flush-map: maps of Slipstream's name but another definition (before they are deleted)
+//   4. delete-elements (before adds: an element whose verdict changed is deleted and re-added)
+//   5. delete-map, delete-object (foreign objects, by handle), delete-flowtable (one with another
+//      hook), delete-flowtable-devices (devices no longer wanted, in place: same flowtable)
+//   6. delete-chain: chains no longer used (flushed in 2; their elements are gone by now)
+//   7. add-flowtable: created, devices added, or its flags set (each carries the wanted flags)
+//   8. add-map
+//   9. add-chain (threshold chains exist before elements jump to them)
+//  10. add-elements
+//  11. add-rule: rules of new and flushed chains (after maps and flowtable exist)
+//
+// Objects are never re-created to change them when the kernel can change them in place: an
+// unrelated device leaving the flowtable keeps the flowtable (and every offloaded flow in it).
 
+import type { RulesetDelta } from './delta.ts';
 import {
   type BaseChain,
   baseEqual,
@@ -22,31 +29,36 @@ import {
   type Element,
   FAMILIES,
   type Family,
+  type ForeignObject,
+  MAP_NAMES,
   parseThresholdChainName,
   type RuleSpec,
   type Ruleset,
-  type RulesetDelta,
   rulesEqual,
   thresholdChainName,
 } from './ruleset.ts';
 
 export type Op =
-  | { op: 'delete-table' }
   | { op: 'add-table' }
+  | { op: 'delete-table' }
   | { op: 'flush-chain'; chain: string }
+  | { op: 'flush-map'; family: Family }
+  | { op: 'delete-elements'; family: Family; elements: Element[] }
+  | { op: 'delete-map'; family: Family }
+  | { op: 'delete-object'; object: ForeignObject & { handle: number } }
   | { op: 'delete-flowtable'; name: string }
-  | { op: 'add-flowtable'; name: string; devices: string[] }
+  | { op: 'delete-flowtable-devices'; name: string; devices: string[] }
+  | { op: 'delete-chain'; chain: string }
+  | { op: 'add-flowtable'; name: string; devices: string[]; counter: boolean }
   | { op: 'add-map'; family: Family }
   | { op: 'add-chain'; chain: string; base: BaseChain | null }
-  | { op: 'delete-elements'; family: Family; elements: Element[] }
   | { op: 'add-elements'; family: Family; elements: Element[] }
-  | { op: 'add-rule'; chain: string; rule: RuleSpec; flowtable: string | null }
-  | { op: 'delete-chain'; chain: string };
+  | { op: 'add-rule'; chain: string; rule: RuleSpec; flowtable: string | null };
 
 export interface ChangeSummary {
-  /** The whole table is deleted and recreated (it held objects Slipstream does not write). */
-  rebuild: boolean;
   tableCreated: boolean;
+  /** The table is deleted and re-created: it held an object that cannot be deleted by itself. */
+  rebuild: boolean;
   elementsAdded: number;
   elementsRemoved: number;
   chainsAdded: string[];
@@ -55,6 +67,8 @@ export interface ChangeSummary {
   chainsRewritten: string[];
   devicesAdded: string[];
   devicesRemoved: string[];
+  /** Objects deleted because they are not as Slipstream writes them (`map svc4: size 3`). */
+  objectsReplaced: string[];
   /** Keys of the Services whose elements change (from the desired and current bookkeeping). */
   services: string[];
 }
@@ -70,8 +84,8 @@ export function isEmpty(change: Change): boolean {
 
 function emptySummary(): ChangeSummary {
   return {
-    rebuild: false,
     tableCreated: false,
+    rebuild: false,
     elementsAdded: 0,
     elementsRemoved: 0,
     chainsAdded: [],
@@ -79,24 +93,9 @@ function emptySummary(): ChangeSummary {
     chainsRewritten: [],
     devicesAdded: [],
     devicesRemoved: [],
+    objectsReplaced: [],
     services: [],
   };
-}
-
-/** Why the current table cannot be repaired in place (it is rebuilt instead), or null. */
-export function needsRebuild(current: Ruleset, desired: Ruleset): string | null {
-  if (current.foreign.length > 0) return `foreign objects: ${current.foreign.slice(0, 3).join('; ')}`;
-  if (current.flowtable && desired.flowtable && current.flowtable.name !== desired.flowtable.name) {
-    return 'flowtable renamed';
-  }
-  for (const [name, chain] of desired.chains) {
-    const now = current.chains.get(name);
-    if (now && !baseEqual(now.base, chain.base)) return `chain ${name} has another type, hook or priority`;
-  }
-  for (const [name, chain] of current.chains) {
-    if (!desired.chains.has(name) && chain.base !== null) return `foreign base chain ${name}`;
-  }
-  return null;
 }
 
 /** An element with its key (the map key it was found under: not recomputed). */
@@ -129,6 +128,31 @@ function chainOrder(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
+/** Whether a chain's rules use map `family`'s map. */
+function usesMap(chain: Chain, family: Family): boolean {
+  return chain.rules.some((r) => r.kind === 'dispatch' && r.family === family);
+}
+
+function usesFlowtable(chain: Chain): boolean {
+  return chain.rules.some((r) => r.kind === 'threshold' && r.offload);
+}
+
+/** Object kinds nft text can delete by handle (`delete <kind> inet slipstream handle N`). */
+export const DELETABLE_BY_HANDLE: ReadonlySet<string> = new Set([
+  'set',
+  'map',
+  'flowtable',
+  'chain',
+  'counter',
+  'quota',
+  'limit',
+  'secmark',
+  'synproxy',
+  'ct helper',
+  'ct timeout',
+  'ct expectation',
+]);
+
 /**
  * The minimal Change from `current` (null: no table) to `desired`. Empty (`isEmpty`) exactly when
  * the two rulesets describe the same kernel state (bookkeeping is not compared).
@@ -139,18 +163,19 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
   const services = new Set<string>();
 
   let from: Ruleset | null = current;
-  if (current) {
-    const why = needsRebuild(current, desired);
-    if (why) {
-      ops.push({ op: 'delete-table' });
-      summary.rebuild = true;
-      for (const key of current.elements.keys()) {
-        const owner = current.owners.get(key);
-        if (owner !== undefined) services.add(owner);
-      }
-      summary.elementsRemoved = current.elements.size;
-      from = null;
+  // Foreign objects are deleted by handle; one that cannot be (no handle, or a kind nft text
+  // cannot name) leaves only the whole table: rebuilt in the same transaction.
+  const foreign = current?.foreign ?? [];
+  if (current && foreign.some((f) => f.handle === null || !DELETABLE_BY_HANDLE.has(f.kind))) {
+    ops.push({ op: 'delete-table' });
+    summary.rebuild = true;
+    summary.objectsReplaced = foreign.map((f) => `${f.kind} ${f.name}: ${f.why}`);
+    for (const key of current.elements.keys()) {
+      const owner = current.owners.get(key);
+      if (owner !== undefined) services.add(owner);
     }
+    summary.elementsRemoved = current.elements.size;
+    from = null;
   }
   if (!from) {
     ops.push({ op: 'add-table' });
@@ -161,60 +186,86 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
   const curElements: ReadonlyMap<string, Element> = from?.elements ?? new Map();
   const curMaps = new Set(from?.maps ?? []);
   const curFlowtable = from?.flowtable ?? null;
+  const curForeign = from ? foreign : [];
+  if (from) summary.objectsReplaced = curForeign.map((f) => `${f.kind} ${f.name}: ${f.why}`);
 
-  // Flowtable devices.
+  // Objects of Slipstream's names that are deleted and re-created (another definition).
+  const replacedMaps = new Set<Family>(
+    FAMILIES.filter((f) => curForeign.some((o) => o.kind === 'map' && o.name === MAP_NAMES[f])),
+  );
+  const replacedFlowtable = curForeign.some(
+    (o) => o.kind === 'flowtable' && o.name === desired.flowtable?.name,
+  );
+
+  // Flowtable devices and flags.
   const wantFt = desired.flowtable;
-  let recreateFlowtable = false;
   let deleteFlowtable = false;
-  let addFlowtable: { name: string; devices: string[] } | null = null;
+  let removeDevices: string[] = [];
+  let addFlowtable: { name: string; devices: string[]; counter: boolean } | null = null;
   if (wantFt) {
-    if (!curFlowtable) {
-      addFlowtable = { name: wantFt.name, devices: [...wantFt.devices] };
+    if (!curFlowtable || replacedFlowtable) {
+      addFlowtable = { name: wantFt.name, devices: [...wantFt.devices], counter: wantFt.counter === true };
       summary.devicesAdded = [...wantFt.devices];
     } else {
       const have = new Set(curFlowtable.devices);
       const want = new Set(wantFt.devices);
       const added = wantFt.devices.filter((d) => !have.has(d));
-      const removed = curFlowtable.devices.filter((d) => !want.has(d));
+      removeDevices = curFlowtable.devices.filter((d) => !want.has(d));
       summary.devicesAdded = added;
-      summary.devicesRemoved = removed;
-      if (removed.length > 0) {
-        recreateFlowtable = true;
-        deleteFlowtable = true;
-        addFlowtable = { name: wantFt.name, devices: [...wantFt.devices] };
-      } else if (added.length > 0) {
-        addFlowtable = { name: wantFt.name, devices: added };
+      summary.devicesRemoved = removeDevices;
+      // Every add sets the flowtable's flags (the kernel replaces them), so it carries them all.
+      const counter = wantFt.counter === true;
+      if (added.length > 0 || curFlowtable.counter !== counter) {
+        addFlowtable = { name: wantFt.name, devices: added, counter };
       }
     }
   } else if (curFlowtable) {
     deleteFlowtable = true;
     summary.devicesRemoved = [...curFlowtable.devices];
   }
+  const flowtableGoes = deleteFlowtable || replacedFlowtable;
 
-  // Chains: new, rewritten, deleted.
+  // Chains: new, rewritten, deleted (by name: Slipstream's own names; by handle: any other).
   const addChains: Chain[] = [];
   const rewrite: Chain[] = [];
   const deleteChains: string[] = [];
+  const deleteForeignChains: (ForeignObject & { handle: number })[] = [];
   for (const [name, chain] of desired.chains) {
     const now = curChains.get(name);
+    if (now && !baseEqual(now.base, chain.base)) {
+      // Another type, hook or priority: only deleting it changes that.
+      rewrite.push(chain);
+      deleteChains.push(name);
+      addChains.push(chain);
+      summary.objectsReplaced.push(`chain ${name}: another type, hook or priority`);
+      continue;
+    }
     if (!now) {
       addChains.push(chain);
       continue;
     }
-    const usesFlowtable = now.rules.some((r) => r.kind === 'threshold' && r.offload);
-    if (!rulesEqual(now.rules, chain.rules) || ((recreateFlowtable || deleteFlowtable) && usesFlowtable)) {
-      rewrite.push(chain);
+    const uses = [...replacedMaps].some((f) => usesMap(now, f)) || (flowtableGoes && usesFlowtable(now));
+    if (!rulesEqual(now.rules, chain.rules) || uses) rewrite.push(chain);
+  }
+  for (const [name, chain] of curChains) {
+    if (desired.chains.has(name)) continue;
+    if (parseThresholdChainName(name) !== null || name === 'forward') {
+      deleteChains.push(name);
+    } else if (chain.handle !== undefined) {
+      deleteForeignChains.push({ kind: 'chain', name, handle: chain.handle, why: 'not a Slipstream chain' });
+    } else {
+      deleteChains.push(name);
     }
   }
-  for (const name of curChains.keys()) if (!desired.chains.has(name)) deleteChains.push(name);
   addChains.sort((a, b) => chainOrder(a.name, b.name));
   rewrite.sort((a, b) => chainOrder(a.name, b.name));
   deleteChains.sort(chainOrder);
 
-  // Elements.
+  // Elements. A replaced map loses all its elements (flushed), so every wanted one is added.
   const deletes: Keyed[] = [];
   const adds: Keyed[] = [];
   for (const [key, element] of curElements) {
+    if (replacedMaps.has(element.family)) continue;
     const want = desired.elements.get(key);
     if (!want || want.threshold !== element.threshold) {
       deletes.push({ key, e: element });
@@ -223,7 +274,8 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
     }
   }
   for (const [key, element] of desired.elements) {
-    const have = curElements.size === 0 ? undefined : curElements.get(key);
+    const have =
+      curElements.size === 0 || replacedMaps.has(element.family) ? undefined : curElements.get(key);
     if (!have || have.threshold !== element.threshold) {
       adds.push({ key, e: element });
       const owner = desired.owners.get(key);
@@ -232,38 +284,62 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
   }
 
   // 2. flush
-  const flush = [...rewrite.map((c) => c.name), ...deleteChains];
-  for (const chain of flush) ops.push({ op: 'flush-chain', chain });
-  // 3-4. flowtable
-  if (deleteFlowtable && curFlowtable) ops.push({ op: 'delete-flowtable', name: curFlowtable.name });
-  if (addFlowtable) ops.push({ op: 'add-flowtable', ...addFlowtable });
-  // 5. maps
-  for (const family of FAMILIES) {
-    if (desired.maps.includes(family) && !curMaps.has(family)) ops.push({ op: 'add-map', family });
+  const flushed = new Set<string>();
+  for (const name of [...rewrite.map((c) => c.name), ...deleteChains]) {
+    if (flushed.has(name) || !curChains.has(name)) continue;
+    flushed.add(name);
+    ops.push({ op: 'flush-chain', chain: name });
   }
-  // 6. chains
-  for (const chain of addChains) ops.push({ op: 'add-chain', chain: chain.name, base: chain.base });
-  // 7-8. elements, one command per family
+  // 3. flush replaced maps
+  for (const family of replacedMaps) ops.push({ op: 'flush-map', family });
+  // 4. element deletes, one command per family
   for (const [family, list] of byFamily(sortedElements(deletes))) {
     ops.push({ op: 'delete-elements', family, elements: list });
   }
+  // 5. objects
+  for (const family of replacedMaps) ops.push({ op: 'delete-map', family });
+  for (const object of curForeign) {
+    if (object.kind === 'map' && replacedMaps.has(FAMILIES.find((f) => MAP_NAMES[f] === object.name)!))
+      continue;
+    if (object.handle !== null)
+      ops.push({ op: 'delete-object', object: { ...object, handle: object.handle } });
+  }
+  if (deleteFlowtable && curFlowtable) ops.push({ op: 'delete-flowtable', name: curFlowtable.name });
+  if (removeDevices.length > 0 && curFlowtable) {
+    ops.push({ op: 'delete-flowtable-devices', name: curFlowtable.name, devices: removeDevices });
+  }
+  // 6. chains
+  for (const chain of deleteChains) if (curChains.has(chain)) ops.push({ op: 'delete-chain', chain });
+  for (const object of deleteForeignChains) ops.push({ op: 'delete-object', object });
+  // 7-9. flowtable, maps, chains
+  if (addFlowtable) ops.push({ op: 'add-flowtable', ...addFlowtable });
+  for (const family of FAMILIES) {
+    if (desired.maps.includes(family) && (!curMaps.has(family) || replacedMaps.has(family))) {
+      ops.push({ op: 'add-map', family });
+    }
+  }
+  for (const chain of addChains) ops.push({ op: 'add-chain', chain: chain.name, base: chain.base });
+  // 10. element adds
   for (const [family, list] of byFamily(sortedElements(adds))) {
     ops.push({ op: 'add-elements', family, elements: list });
   }
-  // 9. rules
+  // 11. rules
   const flowtableName = desired.flowtable?.name ?? null;
-  for (const chain of [...addChains, ...rewrite].sort((a, b) => chainOrder(a.name, b.name))) {
+  const withRules = new Map<string, Chain>();
+  for (const c of [...addChains, ...rewrite]) withRules.set(c.name, c);
+  for (const chain of [...withRules.values()].sort((a, b) => chainOrder(a.name, b.name))) {
     for (const rule of chain.rules)
       ops.push({ op: 'add-rule', chain: chain.name, rule, flowtable: flowtableName });
   }
-  // 10. delete chains
-  for (const chain of deleteChains) ops.push({ op: 'delete-chain', chain });
 
   summary.elementsAdded = adds.length;
   summary.elementsRemoved += deletes.length;
-  summary.chainsAdded = addChains.map((c) => c.name);
-  summary.chainsRemoved = deleteChains;
-  summary.chainsRewritten = rewrite.map((c) => c.name);
+  summary.chainsAdded = addChains.filter((c) => !curChains.has(c.name)).map((c) => c.name);
+  summary.chainsRemoved = [
+    ...deleteChains.filter((c) => !desired.chains.has(c)),
+    ...deleteForeignChains.map((c) => c.name),
+  ];
+  summary.chainsRewritten = rewrite.filter((c) => curChains.has(c.name)).map((c) => c.name);
   summary.services = [...services].sort();
   return { ops, summary };
 }
@@ -293,10 +369,11 @@ export function diffDelta(delta: RulesetDelta, desired: Ruleset): Change {
   const addChains = delta.thresholdsAdded.map((t) => desired.chains.get(thresholdChainName(t))!);
   const deleteChains = delta.thresholdsRemoved.map(thresholdChainName);
   for (const chain of deleteChains) ops.push({ op: 'flush-chain', chain });
-  for (const chain of addChains) ops.push({ op: 'add-chain', chain: chain.name, base: chain.base });
   for (const [family, list] of byFamily(sortedElements(deletes))) {
     ops.push({ op: 'delete-elements', family, elements: list });
   }
+  for (const chain of deleteChains) ops.push({ op: 'delete-chain', chain });
+  for (const chain of addChains) ops.push({ op: 'add-chain', chain: chain.name, base: chain.base });
   for (const [family, list] of byFamily(sortedElements(adds))) {
     ops.push({ op: 'add-elements', family, elements: list });
   }
@@ -305,7 +382,6 @@ export function diffDelta(delta: RulesetDelta, desired: Ruleset): Change {
     for (const rule of chain.rules)
       ops.push({ op: 'add-rule', chain: chain.name, rule, flowtable: flowtableName });
   }
-  for (const chain of deleteChains) ops.push({ op: 'delete-chain', chain });
 
   summary.elementsAdded = adds.length;
   summary.elementsRemoved = deletes.length;
@@ -313,4 +389,21 @@ export function diffDelta(delta: RulesetDelta, desired: Ruleset): Change {
   summary.chainsRemoved = deleteChains;
   summary.services = [...services].sort();
   return { ops, summary };
+}
+
+/** A short description of a Change for logs and spans: counts, not contents. */
+export function describeChange(change: Change): string {
+  const s = change.summary;
+  const parts: string[] = [];
+  if (s.rebuild) parts.push('rebuild table');
+  if (s.tableCreated) parts.push('create table');
+  if (s.objectsReplaced.length) parts.push(`replace ${s.objectsReplaced.join('; ')}`);
+  if (s.elementsAdded) parts.push(`+${s.elementsAdded} elements`);
+  if (s.elementsRemoved) parts.push(`-${s.elementsRemoved} elements`);
+  if (s.chainsAdded.length) parts.push(`+chains ${s.chainsAdded.join(',')}`);
+  if (s.chainsRemoved.length) parts.push(`-chains ${s.chainsRemoved.join(',')}`);
+  if (s.chainsRewritten.length) parts.push(`rewrite ${s.chainsRewritten.join(',')}`);
+  if (s.devicesAdded.length) parts.push(`+devices ${s.devicesAdded.join(',')}`);
+  if (s.devicesRemoved.length) parts.push(`-devices ${s.devicesRemoved.join(',')}`);
+  return parts.join('; ') || 'no change';
 }

@@ -96,6 +96,8 @@ export interface Chain {
   /** Base chain definition, or null for a regular chain. */
   base: BaseChain | null;
   rules: RuleSpec[];
+  /** The kernel's handle (chains read back from the kernel; names Slipstream does not write are deleted by it). */
+  handle?: number;
 }
 
 export function chainsEqual(a: Chain, b: Chain): boolean {
@@ -131,7 +133,7 @@ export interface ServiceEntry {
   namespace: string;
   name: string;
   uid?: string;
-  decision: Pick<Decision, 'offload' | 'threshold' | 'reason' | 'rule' | 'policy' | 'source'>;
+  decision: Pick<Decision, 'offload' | 'threshold' | 'reason' | 'rule' | 'policy' | 'source' | 'warnings'>;
   /** Element keys this Service owns in the ruleset (sorted). */
   elements: string[];
   /** ClusterIPs or elements that were skipped (invalid address, owned by another Service). */
@@ -140,11 +142,37 @@ export interface ServiceEntry {
   trace?: string;
 }
 
+export interface Flowtable {
+  name: string;
+  /** Hooked devices (sorted, unique). */
+  devices: string[];
+  /**
+   * The `counter` flag: conntrack's packet and byte counters keep counting offloaded connections.
+   * null: not known (a kernel listing that does not say).
+   */
+  counter: boolean | null;
+}
+
+/**
+ * An object in Slipstream's table that Slipstream does not write, or writes otherwise (a map of
+ * its own name with another type, flags or size; a flowtable with another hook): the next sync
+ * deletes it, by handle (its name came from the kernel and is never written into nft text), and
+ * re-creates what Slipstream wants in the same transaction.
+ */
+export interface ForeignObject {
+  /** The nft object kind (`set`, `map`, `flowtable`, `counter`, `quota`, `ct helper`, ...). */
+  kind: string;
+  name: string;
+  handle: number | null;
+  /** Why it is not Slipstream's (for logs and the sync span). */
+  why: string;
+}
+
 export interface Ruleset {
   family: 'inet';
   table: string;
-  /** The flowtable and its devices (sorted, unique); null in degraded mode (no flowtable support). */
-  flowtable: { name: string; devices: string[] } | null;
+  /** The flowtable and its devices; null in degraded mode (no flowtable support). */
+  flowtable: Flowtable | null;
   /** The verdict maps present (sorted: ip before ip6). */
   maps: Family[];
   /** Chains by name. */
@@ -153,8 +181,8 @@ export interface Ruleset {
   elements: Map<string, Element>;
   /** The thresholds whose chains exist (sorted ascending). */
   thresholds: number[];
-  /** Objects in the table that Slipstream does not write (found in the kernel); always empty when desired. */
-  foreign: string[];
+  /** Objects in the table that Slipstream does not write, or writes otherwise (found in the kernel); always empty when desired. */
+  foreign: ForeignObject[];
   /** Per-Service bookkeeping by `namespace/name`; empty for a ruleset read from the kernel. */
   services: Map<string, ServiceEntry>;
   /** Element key → the key of the Service that owns it; empty for a ruleset read from the kernel. */
@@ -164,7 +192,9 @@ export interface Ruleset {
 export interface Capabilities {
   /** Whether the kernel can create a flowtable (and `flow add` to it). */
   flowtable: boolean;
-  /** Why not, when it cannot. */
+  /** Whether flowtables take the `counter` flag (conntrack keeps counting offloaded traffic). */
+  flowtableCounter?: boolean;
+  /** Why not, when it cannot (either). */
   reason?: string;
 }
 
@@ -176,9 +206,13 @@ export interface DesiredInput {
   policy: Policy;
 }
 
-/** Accepts a device name only when it could be a Linux interface name (IFNAMSIZ, no '/', ':' or space). */
+/**
+ * Accepts a device name only when it could be a Linux interface name (IFNAMSIZ, no '/', ':' or
+ * white space) and can be written as a quoted nft string (no quote, backslash or control
+ * character). Other links are left out of the flowtable, with that reason.
+ */
 export function validDeviceName(name: string): boolean {
-  return /^[^\s/:]{1,15}$/.test(name) && name !== '.' && name !== '..';
+  return /^[^\s/:"\\\x00-\x1f\x7f]{1,15}$/.test(name) && name !== '.' && name !== '..';
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,7 +241,6 @@ export function serviceKey(s: Pick<Service, 'namespace' | 'name'>): string {
   return `${s.namespace}/${s.name}`;
 }
 
-/** An empty ruleset skeleton (table, maps, forward chain) with the given flowtable devices. */
 /** A table with nothing in it: what the kernel holds right after `add table`. */
 export function bareTable(): Ruleset {
   return {
@@ -224,12 +257,13 @@ export function bareTable(): Ruleset {
   };
 }
 
-export function emptyRuleset(flowtableDevices: string[] | null): Ruleset {
+/** An empty ruleset skeleton (table, maps, forward chain) with the given flowtable devices. */
+export function emptyRuleset(flowtableDevices: string[] | null, counter = false): Ruleset {
   return {
     family: 'inet',
     table: TABLE_NAME,
     flowtable: flowtableDevices
-      ? { name: FLOWTABLE_NAME, devices: normalizeDevices(flowtableDevices) }
+      ? { name: FLOWTABLE_NAME, devices: normalizeDevices(flowtableDevices), counter }
       : null,
     maps: [...FAMILIES],
     chains: new Map([[FORWARD_CHAIN, forwardChain()]]),
@@ -304,6 +338,7 @@ function entryDecision(service: Service, policy: Policy, namespace: Namespace | 
     rule: decision.rule,
     policy: decision.policy,
     source: decision.source,
+    warnings: decision.warnings,
   };
 }
 
@@ -322,6 +357,19 @@ export type ContributionCache = WeakMap<Service, Memo>;
 
 export function newContributionCache(): ContributionCache {
   return new WeakMap();
+}
+
+/** Why an address cannot carry the Service's traffic for its family, or null. */
+function familyMismatch(service: Service, family: Family, address: string): string | null {
+  if (family === 'ip6' && /^::ffff:[0-9.]+$/.test(address)) {
+    return 'an IPv4-mapped IPv6 address: its traffic arrives as IPv4, never to this address';
+  }
+  const families = service.ipFamilies;
+  const want = family === 'ip' ? 'IPv4' : 'IPv6';
+  if (families && families.length > 0 && !families.includes(want)) {
+    return `an ${want} address, but spec.ipFamilies is [${families.join(', ')}]`;
+  }
+  return null;
 }
 
 /** The decision, addresses and candidate elements of one Service. Pure. */
@@ -361,8 +409,14 @@ export function contribution(
   const addresses: { family: Family; address: string }[] = [];
   for (const raw of service.clusterIPs) {
     const parsed = canonicalAddress(raw);
+    const what = `ClusterIP ${JSON.stringify(raw.slice(0, 64))}`;
     if (!parsed.ok) {
-      out.skipped.push({ what: `ClusterIP ${JSON.stringify(raw.slice(0, 64))}`, reason: parsed.reason });
+      out.skipped.push({ what, reason: parsed.reason });
+      continue;
+    }
+    const mismatch = familyMismatch(service, parsed.family, parsed.address);
+    if (mismatch) {
+      out.skipped.push({ what, reason: mismatch });
       continue;
     }
     if (addresses.some((a) => a.address === parsed.address && a.family === parsed.family)) continue;
@@ -394,7 +448,7 @@ export function cachedContribution(
 }
 
 /** A Service's entry in a ruleset, before its elements are added (an object literal: no spread). */
-function newEntry(c: Contribution): ServiceEntry {
+export function newEntry(c: Contribution): ServiceEntry {
   const e = c.entry;
   const entry: ServiceEntry = {
     key: e.key,
@@ -410,7 +464,7 @@ function newEntry(c: Contribution): ServiceEntry {
 }
 
 /** The start of the `skipped` reason of an element another Service already owns. */
-const CONFLICT_REASON = 'already programmed for Service ';
+export const CONFLICT_REASON = 'already programmed for Service ';
 
 /**
  * The ruleset Slipstream wants in the kernel. Deterministic: Services are processed in
@@ -421,8 +475,6 @@ const CONFLICT_REASON = 'already programmed for Service ';
  */
 export function desiredRuleset(input: DesiredInput, cache?: ContributionCache): Ruleset {
   const { capabilities, policy } = input;
-  const ruleset = emptyRuleset(capabilities.flowtable ? [...input.devices] : null);
-  const thresholds = new Set<number>();
   const contributions: Contribution[] = [];
   const decisions: DecisionMemo = new Map();
   for (const service of input.services) {
@@ -430,9 +482,25 @@ export function desiredRuleset(input: DesiredInput, cache?: ContributionCache): 
       cachedContribution(service, policy, input.namespaces.get(service.namespace), cache, decisions),
     );
   }
-  contributions.sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
+  return assembleRuleset(contributions, input.devices, capabilities);
+}
 
-  for (const c of contributions) {
+/**
+ * The ruleset from the contributions of every Service (sorted here; the input is not changed):
+ * deterministic, and conflicts resolved as `desiredRuleset` describes.
+ */
+export function assembleRuleset(
+  contributions: Contribution[],
+  devices: Iterable<string>,
+  capabilities: Capabilities,
+): Ruleset {
+  const ruleset = emptyRuleset(
+    capabilities.flowtable ? [...devices] : null,
+    capabilities.flowtableCounter === true,
+  );
+  const thresholds = new Set<number>();
+  const sorted = [...contributions].sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
+  for (const c of sorted) {
     // Two objects with one namespace/name (stale input): the first (by uid) wins.
     if (ruleset.services.has(c.key)) continue;
     const entry = newEntry(c);
@@ -479,164 +547,4 @@ export function elementsByFamily(elements: Iterable<Element>): Record<Family, El
 
 function compareKeys(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Incremental updates
-//
-// A sync that follows a few Service changes need not rebuild the whole desired ruleset: the
-// Reconciler keeps it, and applies the contributions of the Services that were removed and
-// added (a changed Service is both) with `applyServiceDelta`. The result is the ruleset that
-// `desiredRuleset` would compute from the new Services (the property tests check this), as
-// long as no two Services compete for one element or one `namespace/name`: the winner of such a
-// conflict depends on the order of all Services, so `applyServiceDelta` refuses (returns null)
-// and the caller recomputes in full. `isConflictFree` tells whether a full result qualifies.
-
-/**
- * Whether `desiredRuleset` resolved no conflict: `serviceCount` distinct Service objects gave
- * as many entries (no shared `namespace/name`), and no Service was denied an element that
- * another Service owns.
- */
-export function isConflictFree(ruleset: Ruleset, serviceCount: number): boolean {
-  if (ruleset.services.size !== serviceCount) return false;
-  for (const entry of ruleset.services.values()) {
-    for (const s of entry.skipped) if (s.reason.startsWith(CONFLICT_REASON)) return false;
-  }
-  return true;
-}
-
-/** Elements per threshold: the reference counts that decide whether a threshold chain exists. */
-export type ThresholdRefs = Map<number, number>;
-
-export function thresholdRefs(ruleset: Ruleset): ThresholdRefs {
-  const refs: ThresholdRefs = new Map();
-  for (const e of ruleset.elements.values()) {
-    if (e.threshold !== null) refs.set(e.threshold, (refs.get(e.threshold) ?? 0) + 1);
-  }
-  return refs;
-}
-
-/** One element touched by `applyServiceDelta`: its value and owner before and after. */
-export interface TouchedElement {
-  before: Element | undefined;
-  beforeOwner: string | undefined;
-  after: Element | undefined;
-  afterOwner: string | undefined;
-}
-
-/** What `applyServiceDelta` changed. */
-export interface RulesetDelta {
-  /** Every element key a removed or added Service had or asked for (unchanged ones included). */
-  elements: Map<string, TouchedElement>;
-  /** Threshold chains that came into use (ascending). */
-  thresholdsAdded: number[];
-  /** Threshold chains no longer used (ascending). */
-  thresholdsRemoved: number[];
-}
-
-/**
- * Applies per-Service changes to a conflict-free `ruleset` IN PLACE (with `refs`, its
- * `thresholdRefs`): the entries of the Services keyed `removed` go, with their elements; the
- * `added` contributions come in, with their elements; threshold chains appear when first used
- * and go when last used. Returns what changed, or null — leaving `ruleset` and `refs` untouched
- * — when the result would hold a conflict (see above) or `removed` names an unknown Service.
- */
-export function applyServiceDelta(
-  ruleset: Ruleset,
-  refs: ThresholdRefs,
-  removed: readonly string[],
-  added: readonly Contribution[],
-  capabilities: Capabilities,
-): RulesetDelta | null {
-  // Check first, mutate after: a refusal leaves everything as it was.
-  const going = new Set<string>();
-  for (const key of removed) {
-    if (going.has(key) || !ruleset.services.has(key)) return null;
-    going.add(key);
-  }
-  const coming = new Set<string>();
-  const claimed = new Set<string>();
-  for (const c of added) {
-    if (coming.has(c.key) || (ruleset.services.has(c.key) && !going.has(c.key))) return null;
-    coming.add(c.key);
-    for (const { key } of c.candidates) {
-      if (claimed.has(key)) return null;
-      claimed.add(key);
-      const owner = ruleset.owners.get(key);
-      if (owner !== undefined && !going.has(owner)) return null;
-    }
-  }
-
-  const touched = new Map<string, TouchedElement>();
-  const touch = (key: string): TouchedElement => {
-    let t = touched.get(key);
-    if (!t) {
-      const before = ruleset.elements.get(key);
-      const owner = ruleset.owners.get(key);
-      t = { before, beforeOwner: owner, after: before, afterOwner: owner };
-      touched.set(key, t);
-    }
-    return t;
-  };
-  const changedThresholds = new Set<number>();
-  const count = (threshold: number | null, by: number) => {
-    if (threshold === null) return;
-    refs.set(threshold, (refs.get(threshold) ?? 0) + by);
-    changedThresholds.add(threshold);
-  };
-
-  for (const key of removed) {
-    const entry = ruleset.services.get(key)!;
-    for (const ek of entry.elements) {
-      const t = touch(ek);
-      count(t.after?.threshold ?? null, -1);
-      t.after = undefined;
-      t.afterOwner = undefined;
-      ruleset.elements.delete(ek);
-      ruleset.owners.delete(ek);
-    }
-    ruleset.services.delete(key);
-  }
-  for (const c of added) {
-    const entry = newEntry(c);
-    ruleset.services.set(c.key, entry);
-    for (const { key, element } of c.candidates) {
-      const t = touch(key);
-      t.after = element;
-      t.afterOwner = c.key;
-      count(element.threshold, 1);
-      ruleset.elements.set(key, element);
-      ruleset.owners.set(key, c.key);
-      entry.elements.push(key);
-    }
-    entry.elements.sort();
-  }
-
-  const thresholdsAdded: number[] = [];
-  const thresholdsRemoved: number[] = [];
-  const inUse = new Set(ruleset.thresholds);
-  for (const t of changedThresholds) {
-    const n = refs.get(t) ?? 0;
-    if (n <= 0) {
-      refs.delete(t);
-      if (inUse.has(t)) thresholdsRemoved.push(t);
-    } else if (!inUse.has(t)) {
-      thresholdsAdded.push(t);
-    }
-  }
-  if (thresholdsAdded.length > 0 || thresholdsRemoved.length > 0) {
-    thresholdsAdded.sort((a, b) => a - b);
-    thresholdsRemoved.sort((a, b) => a - b);
-    ruleset.thresholds = [...refs.keys()].sort((a, b) => a - b);
-    // Rebuilt in the order `desiredRuleset` uses: the forward chain, then thresholds ascending.
-    const chains = new Map<string, Chain>();
-    for (const [name, chain] of ruleset.chains)
-      if (parseThresholdChainName(name) === null) chains.set(name, chain);
-    for (const t of ruleset.thresholds) {
-      const name = thresholdChainName(t);
-      chains.set(name, ruleset.chains.get(name) ?? thresholdChain(t, capabilities.flowtable));
-    }
-    ruleset.chains = chains;
-  }
-  return { elements: touched, thresholdsAdded, thresholdsRemoved };
 }

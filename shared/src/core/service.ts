@@ -21,6 +21,8 @@ export interface Service {
   clusterIPs: string[];
   /** Why the Service has no ClusterIP, when it has none. */
   noClusterIPReason?: string;
+  /** spec.ipFamilies, when set (an address of another family is refused, naming it). */
+  ipFamilies?: ('IPv4' | 'IPv6')[];
   ports: ServicePort[];
 }
 
@@ -81,6 +83,10 @@ export function readService(object: unknown): ReadResult<Service> {
     ports,
   };
   if (typeof metadata.uid === 'string') service.uid = metadata.uid;
+  if (Array.isArray(spec.ipFamilies)) {
+    const families = spec.ipFamilies.filter((f): f is 'IPv4' | 'IPv6' => f === 'IPv4' || f === 'IPv6');
+    if (families.length > 0) service.ipFamilies = families;
+  }
 
   if (type === 'ExternalName') {
     service.noClusterIPReason = 'ExternalName Service has no ClusterIP';
