@@ -134,7 +134,7 @@ describe('portStatuses', () => {
       port: '5432/TCP (postgres)',
       decision: 'offload',
       threshold: 20,
-      reason: expect.stringMatching(/^sql-databases: /),
+      reason: expect.stringMatching(/^datastore-port-name: /),
       inKernel: true,
       offloaded: null,
     });
@@ -155,6 +155,29 @@ describe('portStatuses', () => {
     }
     expect(row(rows, 'legacy/ledger', '3306/TCP').reason).toMatch(/namespace legacy/);
     expect(row(rows, 'shop/exports', '9000/TCP').reason).toMatch(/acceleration=disabled/);
+  });
+
+  it('shows each port at its own threshold', () => {
+    const rows = portStatuses(
+      services,
+      desired,
+      kernelWith(() => {}),
+      null,
+      decisionOf,
+    );
+    expect(row(rows, 'media/edge', '443/UDP')).toMatchObject({
+      decision: 'offload',
+      threshold: 20,
+      inKernel: true,
+    });
+    expect(row(rows, 'media/edge', '443/TCP')).toMatchObject({
+      decision: 'offload',
+      threshold: 100,
+      inKernel: true,
+    });
+    const table = formatStatus({ degraded: false, tablePresent: true, ports: rows });
+    expect(table).toMatch(/media\/edge\s+443\/TCP \(https\)\s+offload\s+100\s/);
+    expect(table).toMatch(/media\/edge\s+443\/UDP \(quic\)\s+offload\s+20\s/);
   });
 
   it('a port whose element is missing from the kernel is inKernel false; the other ports are unaffected', () => {
@@ -275,6 +298,12 @@ describe('formatStatus', () => {
     const text = formatStatus({ degraded: false, tablePresent: true, ports });
     expect(text.split('\n')[0]).toBe('node: flowtable offload available');
     expect(text).not.toContain('DEGRADED');
+  });
+
+  it('lays out 200,000 rows (a Service with every port) without exhausting the stack', () => {
+    const many = Array.from({ length: 200_000 }, (_, i) => ({ ...ports[2]!, port: `${i}/UDP` }));
+    const lines = formatStatus({ degraded: false, tablePresent: true, ports: many }).split('\n');
+    expect(lines).toHaveLength(200_004);
   });
 
   it('cuts long reasons to the given width with an ellipsis', () => {
