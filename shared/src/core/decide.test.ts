@@ -89,9 +89,9 @@ describe('a threshold per port', () => {
       { port: 80, protocol: 'TCP', threshold: 100 },
       { port: 5432, protocol: 'TCP', threshold: 20 },
     ]);
-    expect(d.ports.map((p) => [p.port, p.threshold])).toEqual([
-      [80, 100],
-      [5432, 20],
+    expect(d.ports.map((p) => [p.port, p.threshold, p.thresholdSource])).toEqual([
+      [80, 100, 'rule'],
+      [5432, 20, 'policy'],
     ]);
   });
 

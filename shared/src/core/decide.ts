@@ -18,7 +18,7 @@ import {
 import { formatOffload, type OffloadPort, parseWebhookHints } from './hints.ts';
 import { evaluatePort, type Policy } from './policy.ts';
 import { type Namespace, type Protocol, portKey, type Service } from './service.ts';
-import { portThreshold } from './threshold.ts';
+import { portThreshold, type ThresholdSource } from './threshold.ts';
 
 export type { OffloadPort } from './hints.ts';
 
@@ -29,6 +29,8 @@ export interface PortDecision {
   offload: boolean;
   /** The packet threshold this port is offloaded after; null when it is kept. */
   threshold: number | null;
+  /** Where the threshold came from (threshold.ts); absent when the port is kept or hinted. */
+  thresholdSource?: ThresholdSource;
   /** A policy rule's name, `default`, or a `user:`/`contract:` marker. */
   rule: string;
   reason: string;
@@ -95,9 +97,9 @@ export function namespaceOptedOut(namespace: Namespace | undefined): boolean {
 }
 
 /** The reason line of one port. */
-function portLine(p: PortDecision, userThreshold: boolean): string {
+function portLine(p: PortDecision): string {
   if (!p.offload) return `${portKey(p)} keep: ${p.rule} (${p.reason})`;
-  const from = userThreshold ? ` (${USER_KEYS.packetThreshold})` : '';
+  const from = p.thresholdSource === 'user' ? ` (${USER_KEYS.packetThreshold})` : '';
   return `${portKey(p)} offload after ${p.threshold} packets${from}: ${p.rule} (${p.reason})`;
 }
 
@@ -167,20 +169,29 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
       };
     }
     if (user.acceleration === 'enabled') {
-      const threshold = portThreshold({ user: user.threshold, policy: policyDefault }).value;
+      const t = portThreshold({ user: user.threshold, policy: policyDefault });
       return {
         ...base,
         offload: true,
-        threshold,
+        threshold: t.value,
+        thresholdSource: t.source,
         rule: 'user:acceleration',
         reason: `${USER_KEYS.acceleration}=enabled`,
       };
     }
     const verdict = evaluatePort(policy, p);
-    const threshold = verdict.offload
-      ? portThreshold({ user: user.threshold, rule: verdict.threshold, policy: policyDefault }).value
-      : null;
-    return { ...base, offload: verdict.offload, threshold, rule: verdict.rule, reason: verdict.reason };
+    if (!verdict.offload) {
+      return { ...base, offload: false, threshold: null, rule: verdict.rule, reason: verdict.reason };
+    }
+    const t = portThreshold({ user: user.threshold, rule: verdict.threshold, policy: policyDefault });
+    return {
+      ...base,
+      offload: true,
+      threshold: t.value,
+      thresholdSource: t.source,
+      rule: verdict.rule,
+      reason: verdict.reason,
+    };
   });
 
   const offload: OffloadPort[] = [];
@@ -207,11 +218,10 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
 
   const source: DecisionSource = ports.some((p) => p.rule.startsWith('user:')) ? 'user' : 'policy';
   const rules = [...new Set(ports.map((p) => p.rule))];
-  const userThreshold = user.threshold !== undefined;
   const reason =
     ports.length === 0
       ? 'the Service has no ports'
-      : boundedReason([...ports].sort(comparePorts).map((p) => portLine(p, userThreshold)));
+      : boundedReason([...ports].sort(comparePorts).map(portLine));
   return {
     offload,
     reason: oneLine(reason),
