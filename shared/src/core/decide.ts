@@ -15,7 +15,7 @@ import {
   USER_KEYS,
   VALUE_MAX_LENGTH,
 } from './contract.ts';
-import { formatOffload, type OffloadPort, parseWebhookHints } from './hints.ts';
+import { type OffloadPort, offloadHintFits, parseWebhookHints } from './hints.ts';
 import { evaluatePort, type Policy } from './policy.ts';
 import { type Namespace, type Protocol, portKey, type Service } from './service.ts';
 import { portThreshold, type ThresholdSource } from './threshold.ts';
@@ -204,15 +204,15 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
 
   // One limit for the hint the webhook writes and the daemon reads: past it, nothing is offloaded
   // (by both, since both decide here) rather than a hint that one side would refuse.
-  const hintLength = formatOffload(offload).length;
-  if (hintLength > VALUE_MAX_LENGTH) {
+  const hint = offloadHintFits(offload);
+  if (!hint.fits) {
     return nothing(
       service,
       policy,
       user.acceleration === 'enabled' ? 'user' : 'policy',
       'contract:hint-limit',
       `${offload.length} ports would be offloaded, but their ${HINT_KEYS.offload} would be ` +
-        `${hintLength} characters, more than the ${VALUE_MAX_LENGTH} a hint may carry; nothing is offloaded`,
+        `${hint.length} characters, more than the ${VALUE_MAX_LENGTH} a hint may carry; nothing is offloaded`,
     );
   }
 

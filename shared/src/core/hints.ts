@@ -16,6 +16,7 @@ import {
   specHash,
   THRESHOLD_MAX,
   tooLong,
+  VALUE_MAX_LENGTH,
 } from './contract.ts';
 import { portKey, type Service } from './service.ts';
 
@@ -41,6 +42,18 @@ export function formatOffload(ports: readonly OffloadPort[]): string {
     .sort(comparePorts)
     .map((p) => `${portKey(p)}=${p.threshold}`)
     .join(',');
+}
+
+/** The longest offload entry with its comma, `65535/TCP=1000000,`. */
+const ENTRY_MAX_LENGTH = 18;
+
+/** Whether the offload hint of these ports fits the one limit (built only when it might not). */
+export function offloadHintFits(
+  ports: readonly OffloadPort[],
+): { fits: true } | { fits: false; length: number } {
+  if (ports.length * ENTRY_MAX_LENGTH <= VALUE_MAX_LENGTH) return { fits: true };
+  const length = formatOffload(ports).length;
+  return length <= VALUE_MAX_LENGTH ? { fits: true } : { fits: false, length };
 }
 
 /** The webhook-owned annotations that express a decision (the trace key is added by the webhook). */

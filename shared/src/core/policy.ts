@@ -46,10 +46,17 @@ export interface Policy {
   document: PolicyDocument;
   /** `name@version#hash`: the hash changes with any edit, even when the version is not bumped. */
   id: string;
-  /** Pre-parsed port ranges, one list per rule. */
-  ranges: [number, number][][];
-  /** Rule indexes in the order they are tried: appProtocol rules, then port-name rules, then the rest. */
-  order: number[];
+  /** The rules in the order they are tried (appProtocol, then port-name, then the rest), pre-parsed. */
+  matchers: Matcher[];
+}
+
+/** One rule, ready to match: ranges parsed, words and appProtocols lowercased once. */
+interface Matcher {
+  rule: Rule;
+  protocols?: readonly string[];
+  ranges?: [number, number][];
+  appProtocols?: ReadonlySet<string>;
+  words?: readonly string[];
 }
 
 const thresholdSchema = { type: 'integer', minimum: 0, maximum: THRESHOLD_MAX };
@@ -153,17 +160,25 @@ export function compilePolicy(document: unknown, source = 'policy'): Policy {
     if (names.has(rule.name)) throw new PolicyError(`${source}: rule name "${rule.name}" is used twice`);
     names.add(rule.name);
   }
-  const ranges = doc.rules.map((rule, i) =>
-    (rule.match.ports ?? []).map((p) => parseRange(p, `${source} rules[${i}] (${rule.name})`)),
-  );
+  const matchers = doc.rules.map((rule, i): Matcher => {
+    const m = rule.match;
+    return {
+      rule,
+      ...(m.protocols ? { protocols: m.protocols } : {}),
+      ...(m.ports
+        ? { ranges: m.ports.map((p) => parseRange(p, `${source} rules[${i}] (${rule.name})`)) }
+        : {}),
+      ...(m.appProtocols ? { appProtocols: new Set(m.appProtocols.map((a) => a.toLowerCase())) } : {}),
+      ...(m.portNames ? { words: m.portNames.map((w) => w.toLowerCase()) } : {}),
+    };
+  });
   const hash = createHash('sha256').update(JSON.stringify(doc)).digest('hex').slice(0, 12);
   const order = doc.rules.map((rule, i) => ({ i, group: ruleGroup(rule) }));
   order.sort((a, b) => a.group - b.group || a.i - b.i);
   return {
     document: doc,
     id: `${doc.name}@${doc.version}#${hash}`,
-    ranges,
-    order: order.map((o) => o.i),
+    matchers: order.map((o) => matchers[o.i]!),
   };
 }
 
@@ -187,33 +202,34 @@ export interface PortVerdict {
   reason: string;
 }
 
-function matches(policy: Policy, index: number, port: ServicePort): boolean {
-  const rule = policy.document.rules[index]!;
-  const m = rule.match;
+/** `name` and `app` are the port's, lowercased (or undefined). */
+function matches(m: Matcher, port: ServicePort, name: string | undefined, app: string | undefined): boolean {
+  if (m.appProtocols && (app === undefined || !m.appProtocols.has(app))) return false;
+  if (m.words && (name === undefined || !m.words.some((word) => nameHasWord(name, word)))) return false;
   if (m.protocols && !m.protocols.includes(port.protocol)) return false;
-  if (m.ports && !policy.ranges[index]!.some(([lo, hi]) => port.port >= lo && port.port <= hi)) return false;
-  if (m.appProtocols) {
-    const app = port.appProtocol?.toLowerCase();
-    if (!app || !m.appProtocols.some((a) => a.toLowerCase() === app)) return false;
-  }
-  if (m.portNames) {
-    const name = port.name?.toLowerCase();
-    if (!name || !m.portNames.some((word) => nameHasWord(name, word.toLowerCase()))) return false;
-  }
+  if (m.ranges && !m.ranges.some(([lo, hi]) => port.port >= lo && port.port <= hi)) return false;
   return true;
 }
 
+const DASH = 45;
+
 /** `grpc` is in `grpc`, `grpc-api` and `jaeger-collector-grpc`, not in `grpcweb` or `my-grpc-api`. */
 export function nameHasWord(name: string, word: string): boolean {
-  return name === word || name.startsWith(`${word}-`) || name.endsWith(`-${word}`);
+  if (name.length === word.length) return name === word;
+  if (name.length <= word.length) return false;
+  return (
+    (name.charCodeAt(word.length) === DASH && name.startsWith(word)) ||
+    (name.charCodeAt(name.length - word.length - 1) === DASH && name.endsWith(word))
+  );
 }
 
 /** The first rule matching the port, in precedence order, decides; otherwise the policy's default. */
 export function evaluatePort(policy: Policy, port: ServicePort): PortVerdict {
-  const rules = policy.document.rules;
-  for (const i of policy.order) {
-    if (matches(policy, i, port)) {
-      const rule = rules[i]!;
+  const name = port.name?.toLowerCase();
+  const app = port.appProtocol?.toLowerCase();
+  for (const m of policy.matchers) {
+    if (matches(m, port, name, app)) {
+      const rule = m.rule;
       return {
         offload: rule.offload,
         ...(rule.threshold !== undefined ? { threshold: rule.threshold } : {}),
