@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { HINT_KEYS, specHash, VALUE_MAX_LENGTH } from './contract.ts';
-import { formatHints, formatOffload, parseWebhookHints } from './hints.ts';
+import { formatHints, formatOffload, offloadHintFits, parseWebhookHints } from './hints.ts';
 import { readService, type Service } from './service.ts';
 
 function service(annotations: Record<string, string>, ports: unknown[] = [{ port: 5432 }]): Service {
@@ -29,6 +29,19 @@ describe('formatOffload', () => {
       ]),
     ).toBe('53/TCP=100,53/UDP=0,9042/TCP=20');
     expect(formatOffload([])).toBe('none');
+  });
+});
+
+describe('offloadHintFits', () => {
+  it('measures the hint exactly at the limit', () => {
+    // `10000/TCP=1,` is 12 characters; n entries make 12n - 1.
+    const ports = (n: number) =>
+      Array.from({ length: n }, (_, i) => ({ port: 10_000 + i, protocol: 'TCP' as const, threshold: 1 }));
+    const atLimit = Math.floor((VALUE_MAX_LENGTH + 1) / 12);
+    expect(formatOffload(ports(atLimit)).length).toBeLessThanOrEqual(VALUE_MAX_LENGTH);
+    expect(offloadHintFits(ports(atLimit))).toEqual({ fits: true });
+    expect(offloadHintFits(ports(atLimit + 1))).toEqual({ fits: false, length: 12 * (atLimit + 1) - 1 });
+    expect(12 * (atLimit + 1) - 1).toBeGreaterThan(VALUE_MAX_LENGTH);
   });
 });
 
