@@ -62,7 +62,10 @@ const keyArb = fc.oneof(
 );
 const hintGarbageArb = fc.dictionary(
   fc.constantFrom(...Object.values(HINT_KEYS), `${HINT_PREFIX}legacy`),
-  fc.oneof(fc.constantFrom('none', '5432/TCP', '20', '53/UDP,80/TCP'), fc.string({ maxLength: 16 })),
+  fc.oneof(
+    fc.constantFrom('none', '5432/TCP', '5432/TCP=20', '20', '53/UDP,80/TCP', '53/UDP=0,80/TCP=100'),
+    fc.string({ maxLength: 16 }),
+  ),
   { maxKeys: 4 },
 );
 
