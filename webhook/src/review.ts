@@ -109,7 +109,8 @@ export function review(body: unknown, ctx: ReviewContext): ReviewResult {
 
   // Dry-run requests get exactly the answer a real one would: the review has no side effects.
   const decision = decide(service.value, ctx.policy);
-  const warnings = decision.warnings.map((p) => warning(p.key, p.message));
+  // Any invalid user key fails closed; the warning says so first, before a long message is cut.
+  const warnings = decision.warnings.map((p) => warning(p.key, `nothing offloaded: ${p.message}`));
   outcome.decision = {
     offload: formatOffload(decision.offload),
     rule: decision.rule,
