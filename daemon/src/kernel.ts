@@ -39,6 +39,8 @@ export type KernelEvent =
   | { type: 'foreign-change'; generation: number; process: string; pid: number; changes: TableChange[] }
   /** Events were lost (a full socket buffer): what changed is unknown. */
   | { type: 'overrun' }
+  /** The kernel's events for one of our own commits do not match what was sent: read back. */
+  | { type: 'unverified'; reason: string }
   /** The watch cannot work (the loop falls back to periodic read-backs). */
   | { type: 'unavailable'; reason: string };
 
@@ -84,6 +86,10 @@ export class NapiKernel implements Kernel {
   readonly #runner: NftRunner;
   readonly #monitor: NftMonitor | null;
   readonly #listeners = new Set<(event: KernelEvent) => void>();
+  /** Our own commits' event batches, waiting to be checked against what was sent. */
+  readonly #own: { added: number; removed: number }[] = [];
+  readonly #ownWaiters: ((batch: { added: number; removed: number } | null) => void)[] = [];
+  #lostSince = false;
   #unavailable: string | null = null;
   #writes = 0;
 
@@ -126,8 +132,47 @@ export class NapiKernel implements Kernel {
 
   async apply(change: Change): Promise<void> {
     if (isEmpty(change)) return;
+    this.#lostSince = false;
     await this.#runner.run(changeText(change));
     this.#writes++;
+    if (this.#monitor) void this.#verify(change);
+  }
+
+  /**
+   * The cheap check of our own commit: the kernel announces every element it added or deleted in
+   * its change events, so their counts must be the Change's. A mismatch (or no events at all)
+   * says the belief cannot be trusted: the loop reads the table back.
+   */
+  async #verify(change: Change): Promise<void> {
+    const batch = await new Promise<{ added: number; removed: number } | null>((resolve) => {
+      const ready = this.#own.shift();
+      if (ready) return resolve(ready);
+      const timer = setTimeout(() => {
+        const i = this.#ownWaiters.indexOf(take);
+        if (i >= 0) this.#ownWaiters.splice(i, 1);
+        resolve(null);
+      }, 2000);
+      timer.unref();
+      const take = (b: { added: number; removed: number } | null) => {
+        clearTimeout(timer);
+        resolve(b);
+      };
+      this.#ownWaiters.push(take);
+    });
+    // Lost events were reported already (and read back); flushes delete a count we cannot know.
+    const counted = change.ops.every(
+      (op) => op.op !== 'flush-map' && op.op !== 'delete-map' && op.op !== 'delete-table',
+    );
+    if (this.#lostSince || !counted) return;
+    const s = change.summary;
+    let reason: string | null = null;
+    if (!batch) reason = 'the kernel sent no change events for it';
+    else if (batch.added !== s.elementsAdded || batch.removed !== s.elementsRemoved) {
+      reason = `the kernel reported +${batch.added}/-${batch.removed} elements, the change had +${s.elementsAdded}/-${s.elementsRemoved}`;
+    }
+    if (reason === null) return;
+    const event: KernelEvent = { type: 'unverified', reason: `our commit is not confirmed: ${reason}` };
+    for (const listener of [...this.#listeners]) listener(event);
   }
 
   async readTable(): Promise<Ruleset | null> {
@@ -181,7 +226,19 @@ export class NapiKernel implements Kernel {
     if (event.type === 'batch') {
       // Our own commits come back too: the committing socket's port id tells them apart.
       const own = this.#runner.portId;
-      if (own !== undefined && own !== 0 && event.portId === own) return;
+      if (own !== undefined && own !== 0 && event.portId === own) {
+        let added = 0;
+        let removed = 0;
+        for (const c of event.changes) {
+          if (c.kind !== 'element') continue;
+          if (c.op === 'add') added += c.count;
+          else removed += c.count;
+        }
+        const waiter = this.#ownWaiters.shift();
+        if (waiter) waiter({ added, removed });
+        else this.#own.push({ added, removed });
+        return;
+      }
       out = {
         type: 'foreign-change',
         generation: event.generation,
@@ -190,6 +247,10 @@ export class NapiKernel implements Kernel {
         changes: event.changes,
       };
     } else if (event.type === 'overrun') {
+      // Our own batches may be among the lost: nothing waits for them any more.
+      this.#lostSince = true;
+      this.#own.length = 0;
+      for (const waiter of this.#ownWaiters.splice(0)) waiter(null);
       out = { type: 'overrun' };
     } else {
       out = { type: 'unavailable', reason: event.message };

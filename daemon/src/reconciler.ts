@@ -230,6 +230,11 @@ export class Reconciler {
       }
       return;
     }
+    if (event.type === 'unverified') {
+      this.#log.warn('reading the table back', { reason: event.reason });
+      this.request('drift');
+      return;
+    }
     if (event.type === 'foreign-change') {
       this.#health.diverged(Date.now());
       this.#log.warn('someone else changed the table; reading it back to repair it', {

@@ -135,7 +135,7 @@ describe('portStatuses', () => {
       decision: 'offload',
       state: 'programmed',
       threshold: 20,
-      reason: expect.stringMatching(/^sql-databases: /),
+      reason: expect.stringMatching(/^datastore-port-name: /),
       inKernel: true,
       offloaded: null,
     });
@@ -176,6 +176,29 @@ describe('portStatuses', () => {
     expect(formatStatus({ degraded: false, tablePresent: true, quarantined: 1, ports: rows })).toMatch(
       /quarantined Services: 1[\s\S]*media\/iperf3 +5201\/TCP.*QUARANTINED/,
     );
+  });
+
+  it('shows each port at its own threshold', () => {
+    const rows = portStatuses(
+      services,
+      desired,
+      kernelWith(() => {}),
+      null,
+      decisionOf,
+    );
+    expect(row(rows, 'media/edge', '443/UDP')).toMatchObject({
+      decision: 'offload',
+      threshold: 20,
+      inKernel: true,
+    });
+    expect(row(rows, 'media/edge', '443/TCP')).toMatchObject({
+      decision: 'offload',
+      threshold: 100,
+      inKernel: true,
+    });
+    const table = formatStatus({ degraded: false, tablePresent: true, ports: rows });
+    expect(table).toMatch(/media\/edge\s+443\/TCP \(https\)\s+offload\s+100\s/);
+    expect(table).toMatch(/media\/edge\s+443\/UDP \(quic\)\s+offload\s+20\s/);
   });
 
   it('a port whose element is missing from the kernel is inKernel false; the other ports are unaffected', () => {
@@ -299,6 +322,12 @@ describe('formatStatus', () => {
     const text = formatStatus({ degraded: false, tablePresent: true, ports });
     expect(text.split('\n')[0]).toBe('node: flowtable offload available');
     expect(text).not.toContain('DEGRADED');
+  });
+
+  it('lays out 200,000 rows (a Service with every port) without exhausting the stack', () => {
+    const many = Array.from({ length: 200_000 }, (_, i) => ({ ...ports[2]!, port: `${i}/UDP` }));
+    const lines = formatStatus({ degraded: false, tablePresent: true, ports: many }).split('\n');
+    expect(lines).toHaveLength(200_004);
   });
 
   it('cuts long reasons to the given width with an ellipsis', () => {

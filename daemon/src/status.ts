@@ -118,7 +118,7 @@ export function portStatuses(
       continue;
     }
     for (const p of ports) {
-      const on = d.offload.some((o) => o.port === p.port && o.protocol === p.protocol);
+      const on = d.offload.find((o) => o.port === p.port && o.protocol === p.protocol);
       const proto = PROTO_NUMBER[p.protocol];
       const elements = (entry?.elements ?? [])
         .map((k) => desired.elements.get(k))
@@ -149,7 +149,7 @@ export function portStatuses(
         port: `${p.port}/${p.protocol}${p.name ? ` (${p.name})` : ''}`,
         decision: on ? 'offload' : 'keep',
         state,
-        threshold: on ? d.threshold : null,
+        threshold: on ? on.threshold : null,
         reason: held ? `QUARANTINED: ${held.reason}` : portReason,
         ...(problems ? { problems } : {}),
         inKernel,
@@ -212,7 +212,7 @@ export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
     r.reason,
   ]);
   const widths = header.map((h, i) =>
-    i === 6 ? reasonWidth : Math.max(h.length, ...rows.map((row) => Math.min(row[i]!.length, 40))),
+    i === 6 ? reasonWidth : rows.reduce((w, row) => Math.max(w, Math.min(row[i]!.length, 40)), h.length),
   );
   const render = (row: string[]) =>
     row

@@ -60,9 +60,9 @@ import {
 } from './harness.ts';
 import { MutatingAdmission, type MutatingWebhookConfiguration, pointAt } from './mutating-admission.ts';
 
+// Every key the webhook writes (each offloaded port carries its threshold in `offload`).
 const HINT = {
   offload: 'hints.slipstream.dev/offload',
-  threshold: 'hints.slipstream.dev/packet-threshold',
   reason: 'hints.slipstream.dev/reason',
   policy: 'hints.slipstream.dev/policy',
   trace: 'hints.slipstream.dev/trace',
@@ -348,12 +348,11 @@ describe.skipIf(!canRun())(
       expect(hintsOf(created)).toEqual(hintsOf(stored));
       const hints = hintsOf(stored);
       expect(hints).toMatchObject({
-        [HINT.offload]: '5432/TCP',
-        [HINT.threshold]: '20',
+        [HINT.offload]: '5432/TCP=20',
         [HINT.policy]: policyId,
         [HINT.trace]: expect.stringMatching(TRACEPARENT),
       });
-      expect(hints[HINT.reason]).toContain('5432/TCP offload: sql-databases');
+      expect(hints[HINT.reason]).toContain('5432/TCP offload after 20 packets: datastore-port-name');
       expect(Object.keys(hints).sort()).toEqual(Object.values(HINT).sort());
       const [, traceId, spanId] = TRACEPARENT.exec(hints[HINT.trace]!)!;
       postgresTrace = { traceId: traceId!, spanId: spanId! };
@@ -374,8 +373,7 @@ describe.skipIf(!canRun())(
           'slipstream.operation': 'CREATE',
           'slipstream.admission.uid': calls[0]!.uid,
           'slipstream.patched': true,
-          'slipstream.decision.offload': '5432/TCP',
-          'slipstream.decision.threshold': 20,
+          'slipstream.decision.offload': '5432/TCP=20',
         }),
       });
 
@@ -449,15 +447,16 @@ describe.skipIf(!canRun())(
       const update = admission.callsFor('shop', 'postgres').filter((c) => c.operation === 'UPDATE');
       expect(update.map((c) => [c.round, c.outcome])).toEqual([[1, 'patched']]);
       const sent = update[0]!.review.request as { oldObject: Json; object: Json };
-      expect(hintsOf(sent.oldObject)[HINT.threshold]).toBe('20');
+      expect(hintsOf(sent.oldObject)[HINT.offload]).toBe('5432/TCP=20');
 
       const hints = hintsOf(await getService('shop', 'postgres'));
       expect(hints).toMatchObject({
-        [HINT.offload]: '5432/TCP',
-        [HINT.threshold]: '500',
+        [HINT.offload]: '5432/TCP=500',
         [HINT.policy]: policyId,
       });
-      expect(hints[HINT.reason]).toContain('threshold 500 from slipstream.dev/packet-threshold');
+      expect(hints[HINT.reason]).toContain(
+        '5432/TCP offload after 500 packets (slipstream.dev/packet-threshold)',
+      );
       // A new decision, a new trace context.
       const [, traceId, spanId] = TRACEPARENT.exec(hints[HINT.trace] ?? '') ?? [];
       expect(spanId).toBeDefined();
@@ -474,7 +473,7 @@ describe.skipIf(!canRun())(
       const review = await until('the update review span', () => reviewSpan(traceId!, spanId!), context);
       expect(review.attributes).toMatchObject({
         'slipstream.operation': 'UPDATE',
-        'slipstream.decision.threshold': 500,
+        'slipstream.decision.offload': '5432/TCP=500',
       });
       await until(
         'a sync span linked to the update review',
@@ -518,13 +517,14 @@ describe.skipIf(!canRun())(
           ['slipstream', 2, 'patched'], // reinvoked: the hints now describe both ports
         ]);
         const round1 = admission.callsFor('shop', 'cache')[0]!.patch as { value: Record<string, string> }[];
-        expect(round1[0]!.value[HINT.offload]).toBe('8080/TCP');
+        expect(round1[0]!.value[HINT.offload]).toBe('8080/TCP=100');
 
+        // Each port at its own threshold: redis after 20 packets, http after 100.
         const hints = hintsOf(created);
-        expect(hints).toMatchObject({ [HINT.offload]: '6379/TCP,8080/TCP', [HINT.threshold]: '20' });
+        expect(hints).toMatchObject({ [HINT.offload]: '6379/TCP=20,8080/TCP=100' });
         const ip = clusterIPOf(created);
         await untilElements('both cache ports in svc4', (e) =>
-          [`svc4 ${ip} tcp 6379 -> threshold-20`, `svc4 ${ip} tcp 8080 -> threshold-20`].every((x) =>
+          [`svc4 ${ip} tcp 6379 -> threshold-20`, `svc4 ${ip} tcp 8080 -> threshold-100`].every((x) =>
             e.includes(x),
           ),
         );
@@ -602,7 +602,7 @@ describe.skipIf(!canRun())(
     it('an update while the webhook is down is admitted without re-deciding: the old hints stay on the object', async () => {
       const current = await getService('shop', 'cache');
       const before = hintsOf(current);
-      expect(before[HINT.offload]).toBe('6379/TCP,8080/TCP');
+      expect(before[HINT.offload]).toBe('6379/TCP=20,8080/TCP=100');
       (current.spec as { ports: Json[] }).ports.push({ name: 'postgres', port: 5432, protocol: 'TCP' });
       const res = await api('PUT', '/api/v1/namespaces/shop/services/cache', current);
       expect(res.status, JSON.stringify(res.json)).toBe(200);
@@ -622,14 +622,14 @@ describe.skipIf(!canRun())(
       expect(cacheAfterUpdate.elements).toEqual(
         expect.arrayContaining([
           `svc4 ${ip} tcp 6379 -> threshold-20`,
-          `svc4 ${ip} tcp 8080 -> threshold-20`,
+          `svc4 ${ip} tcp 8080 -> threshold-100`,
         ]),
       );
     });
 
     // Hints written before a port was added (while the webhook was down, failurePolicy Ignore) no
     // longer match the Service's spec-hash, so the daemon decides locally and offloads the new port
-    // too (5432: sql-databases). This test found that bug before hints carried the spec-hash.
+    // too (5432, named postgres: 20). This test found that bug before hints carried the spec-hash.
     it('a port added while the webhook was down is programmed from the local policy', () => {
       const { ip, elements } = cacheAfterUpdate;
       expect(elements).toContain(`svc4 ${ip} tcp 5432 -> threshold-20`);

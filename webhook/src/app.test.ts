@@ -67,14 +67,16 @@ describe('one span per review', () => {
       'k8s.namespace.name': 'db',
       'k8s.service.name': 'postgres',
       'slipstream.operation': 'CREATE',
-      'slipstream.decision.offload': '5432/TCP',
-      'slipstream.decision.threshold': 20,
-      'slipstream.decision.rule': 'sql-databases',
+      'slipstream.decision.offload': '5432/TCP=20',
+      'slipstream.decision.rule': 'datastore-port-name',
       'slipstream.patched': true,
       'slipstream.dry_run': false,
       'http.response.status_code': 200,
     });
-    expect(String(span.attributes['slipstream.decision.reason'])).toContain('sql-databases');
+    expect(span.attributes['slipstream.decision.threshold']).toBeUndefined(); // per port, in offload
+    expect(String(span.attributes['slipstream.decision.reason'])).toContain(
+      '5432/TCP offload after 20 packets',
+    );
     expect(span.resource.attributes['service.name']).toBe('slipstream-webhook');
   });
 

@@ -51,7 +51,6 @@ function outcomeAttributes(outcome: ReviewOutcome): Attributes {
   const d = outcome.decision;
   if (d) {
     attributes['slipstream.decision.offload'] = d.offload;
-    if (d.threshold !== null) attributes['slipstream.decision.threshold'] = d.threshold;
     attributes['slipstream.decision.rule'] = d.rule;
     attributes['slipstream.decision.reason'] = d.reason;
     attributes['slipstream.decision.policy'] = d.policy;

@@ -190,7 +190,7 @@ describe('npm run webhook (a real process)', () => {
       expect(await offloadOf()).toBe('none');
 
       writeFileSync(file, policy('everything', true));
-      await until('the reload', async () => (await offloadOf()) === '5432/TCP');
+      await until('the reload', async () => (await offloadOf()) === '5432/TCP=20');
       const ready = await send(webhook.url, { method: 'GET', path: '/readyz' });
       expect(String((ready.json as { policy: string }).policy)).toMatch(/^everything@1#/);
     } finally {

@@ -3,7 +3,8 @@
 // `slipstream.dev/*` keys, is carried over untouched.
 
 import { HINT_KEYS, HINT_PREFIX } from '@slipstream/shared/core/contract';
-import { type Decision, hintAnnotations } from '@slipstream/shared/core/decide';
+import type { Decision } from '@slipstream/shared/core/decide';
+import { formatHints } from '@slipstream/shared/core/hints';
 import fastJsonPatch from 'fast-json-patch';
 import type { JsonPatchOperation } from './admission.ts';
 
@@ -11,7 +12,7 @@ export interface HintPatch {
   ops: JsonPatchOperation[];
   /** The annotations after the patch is applied. */
   annotations: Record<string, unknown>;
-  /** The offload or threshold differ from the hints the object carried (so the trace is new). */
+  /** The offload (ports or thresholds) differs from the hints the object carried (so the trace is new). */
   decisionChanged: boolean;
 }
 
@@ -21,15 +22,16 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 
 /**
  * The hint annotations a decision calls for, given the object's current ones: stale webhook
- * keys dropped, and the trace context replaced only when the decision itself (offload and
- * threshold) changed, so that reviewing an already-patched object asks for nothing.
+ * keys dropped (the older `packet-threshold` key included), and the trace context replaced only
+ * when the decision itself (the offload hint: ports and thresholds) changed, so that reviewing an
+ * already-patched object asks for nothing.
  */
 export function desiredHints(
   current: Record<string, unknown>,
   decision: Decision,
   traceparent: string | undefined,
 ): { hints: Record<string, string>; decisionChanged: boolean } {
-  const hints: Record<string, string> = hintAnnotations(decision);
+  const hints: Record<string, string> = formatHints(decision);
   const decisionChanged =
     current[HINT_KEYS.offload] !== hints[HINT_KEYS.offload] ||
     current[HINT_KEYS.packetThreshold] !== hints[HINT_KEYS.packetThreshold];

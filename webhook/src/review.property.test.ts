@@ -2,7 +2,16 @@
 // patch never leaves /metadata/annotations or touches a key that is not the webhook's.
 
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
-import { HINT_KEYS, HINT_PREFIX, USER_KEYS } from '@slipstream/shared/core/contract';
+import {
+  HINT_KEYS,
+  HINT_PREFIX,
+  hasUserHints,
+  USER_KEYS,
+  VALUE_MAX_LENGTH,
+} from '@slipstream/shared/core/contract';
+import { effectiveDecision } from '@slipstream/shared/core/decide';
+import { formatOffload } from '@slipstream/shared/core/hints';
+import { readService } from '@slipstream/shared/core/service';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { review } from './review.ts';
@@ -53,7 +62,10 @@ const keyArb = fc.oneof(
 );
 const hintGarbageArb = fc.dictionary(
   fc.constantFrom(...Object.values(HINT_KEYS), `${HINT_PREFIX}legacy`),
-  fc.oneof(fc.constantFrom('none', '5432/TCP', '20', '53/UDP,80/TCP'), fc.string({ maxLength: 16 })),
+  fc.oneof(
+    fc.constantFrom('none', '5432/TCP', '5432/TCP=20', '20', '53/UDP,80/TCP', '53/UDP=0,80/TCP=100'),
+    fc.string({ maxLength: 16 }),
+  ),
   { maxKeys: 4 },
 );
 
@@ -143,16 +155,42 @@ describe('review properties', () => {
     );
   });
 
-  it('lets the user win: disabled means offload none; a valid threshold is the hint threshold', () => {
+  it('lets the user win: disabled or any invalid key means none; a valid threshold is every port’s', () => {
     fc.assert(
       fc.property(serviceArb, (g) => {
         const { annotations } = hintsAfter(g);
         const offload = annotations[HINT_KEYS.offload];
-        if (g.acceleration?.trim() === 'disabled') expect(offload).toBe('none');
+        const d = g.type !== 'ExternalName' && g.clusterIP !== 'None';
+        if (d && g.acceleration?.trim() === 'disabled') expect(offload).toBe('none');
+        if (d && g.threshold !== null && !g.threshold.valid) expect(offload).toBe('none');
         if (g.threshold?.valid && offload !== undefined && offload !== 'none') {
-          expect(annotations[HINT_KEYS.packetThreshold]).toBe(String(g.threshold.value));
+          for (const entry of offload.split(',')) expect(entry.split('=')[1]).toBe(String(g.threshold.value));
         }
-        if (offload === 'none') expect(annotations[HINT_KEYS.packetThreshold]).toBeUndefined();
+        // The threshold lives in each offload entry; the older shared key is never written.
+        expect(annotations[HINT_KEYS.packetThreshold]).toBeUndefined();
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
+  it('writes only hints the daemon accepts: within the one limit, read back as the same decision', () => {
+    fc.assert(
+      fc.property(serviceArb, (g) => {
+        const { annotations } = hintsAfter(g);
+        for (const [key, value] of Object.entries(annotations)) {
+          if (key.startsWith(HINT_PREFIX)) expect(value.length, key).toBeLessThanOrEqual(VALUE_MAX_LENGTH);
+        }
+        if (g.type === 'ExternalName' || g.clusterIP === 'None') return;
+        // The daemon's view of the stored object: the user keys (if any) are decided again, else the
+        // hints are read; either way the same offload as the hint says.
+        const stored = readService({
+          metadata: { name: 'svc', namespace: 'ns', annotations },
+          spec: { type: g.type, clusterIP: '10.96.0.10', ports: g.ports },
+        });
+        if (!stored.ok) return;
+        const d = effectiveDecision(stored.value, policy);
+        expect(formatOffload(d.offload)).toBe(annotations[HINT_KEYS.offload]);
+        if (!hasUserHints(stored.value)) expect(d.source).toBe('hints');
       }),
       { numRuns: RUNS },
     );

@@ -115,7 +115,7 @@ describe('review: the patch', () => {
       metadata: { annotations: Record<string, string> };
     };
     expect(after.metadata.annotations[HINT_KEYS.trace]).toBeUndefined();
-    expect(after.metadata.annotations[HINT_KEYS.offload]).toBe('5432/TCP');
+    expect(after.metadata.annotations[HINT_KEYS.offload]).toBe('5432/TCP=20');
   });
 
   it('drops a stale trace when the decision changes without a trace context', () => {
@@ -195,6 +195,6 @@ describe('review: the patch', () => {
       metadata: { annotations: Record<string, string> };
     };
     expect(Object.getOwnPropertyDescriptor(after.metadata.annotations, '__proto__')?.value).toBe('x');
-    expect(after.metadata.annotations[HINT_KEYS.offload]).toBe('5432/TCP');
+    expect(after.metadata.annotations[HINT_KEYS.offload]).toBe('5432/TCP=20');
   });
 });

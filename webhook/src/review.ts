@@ -3,8 +3,8 @@
 // `outcome` for the caller's span. Every reviewable request is allowed: Service creation must
 // never depend on Slipstream, so the worst answer is "allowed, unchanged, with a warning".
 
-import { formatOffload } from '@slipstream/shared/core/contract';
 import { decide } from '@slipstream/shared/core/decide';
+import { formatOffload } from '@slipstream/shared/core/hints';
 import type { Policy } from '@slipstream/shared/core/policy';
 import { readService } from '@slipstream/shared/core/service';
 import {
@@ -35,12 +35,12 @@ export interface ReviewOutcome {
   /** Why the object was not evaluated (not a Service, DELETE, unreadable Service); absent when it was. */
   skipped?: string;
   patched: boolean;
-  /** The decision's offload/threshold differ from the hints the object carried. */
+  /** The decision's offload (ports and thresholds) differs from the hints the object carried. */
   decisionChanged: boolean;
   warnings: number;
   decision?: {
+    /** The offload hint: `5432/TCP=20,8080/TCP=100` or `none`. */
     offload: string;
-    threshold: number | null;
     rule: string;
     reason: string;
     policy: string;
@@ -109,10 +109,10 @@ export function review(body: unknown, ctx: ReviewContext): ReviewResult {
 
   // Dry-run requests get exactly the answer a real one would: the review has no side effects.
   const decision = decide(service.value, ctx.policy);
-  const warnings = decision.warnings.map((p) => warning(p.key, p.message));
+  // Any invalid user key fails closed; the warning says so first, before a long message is cut.
+  const warnings = decision.warnings.map((p) => warning(p.key, `nothing offloaded: ${p.message}`));
   outcome.decision = {
     offload: formatOffload(decision.offload),
-    threshold: decision.threshold,
     rule: decision.rule,
     reason: decision.reason,
     policy: decision.policy,

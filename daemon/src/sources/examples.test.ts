@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { silentLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { decide } from '@slipstream/shared/core/decide';
+import { formatOffload } from '@slipstream/shared/core/hints';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { FakeApiServer, type Json } from '../../../test/apiserver/fake-apiserver.ts';
@@ -13,21 +14,21 @@ import { FileSource } from './files.ts';
 
 const EXAMPLES = fileURLToPath(new URL('../../../deploy/examples/', import.meta.url));
 
-/** What each Service's comment says: offloaded ports and threshold, or nothing. */
-const EXPECTED: Record<string, { offload: string[]; threshold: number | null; rule?: RegExp }> = {
-  'shop/postgres': { offload: ['5432/TCP'], threshold: 20, rule: /sql-databases/ },
-  'shop/redis': { offload: ['6379/TCP'], threshold: 20, rule: /caches/ },
-  'platform/dns': { offload: [], threshold: null, rule: /dns/ },
-  'shop/checkout': { offload: ['50051/TCP'], threshold: 20, rule: /grpc-http2-app-protocol/ },
-  'shop/catalog': { offload: ['8080/TCP'], threshold: 100, rule: /http-tcp-port-name/ },
-  'media/edge': { offload: ['443/TCP', '443/UDP'], threshold: 20, rule: /quic/ },
-  'shop/search': { offload: ['9200/TCP'], threshold: 200, rule: /nosql-databases/ },
-  'shop/exports': { offload: [], threshold: null, rule: /user:acceleration/ },
-  'shop/postgres-headless': { offload: [], threshold: null, rule: /no-cluster-ip/ },
-  'shop/payments': { offload: [], threshold: null, rule: /no-cluster-ip/ },
-  'media/iperf3': { offload: ['5201/TCP', '5201/UDP'], threshold: 20, rule: /iperf3/ },
-  'default/whoami': { offload: ['80/TCP'], threshold: 100, rule: /http-tcp-port-name/ },
-  'legacy/ledger': { offload: [], threshold: null, rule: /namespace:opt-out/ },
+/** What each Service's comment says: offloaded ports, each with its threshold, and the deciding rules. */
+const EXPECTED: Record<string, { offload: string; rule: RegExp }> = {
+  'shop/postgres': { offload: '5432/TCP=20', rule: /datastore-port-name/ },
+  'shop/redis': { offload: '6379/TCP=20', rule: /datastore-port-name/ },
+  'platform/dns': { offload: 'none', rule: /dns-port-name/ },
+  'shop/checkout': { offload: '50051/TCP=20', rule: /grpc-http2-app-protocol/ },
+  'shop/catalog': { offload: '8080/TCP=100', rule: /http-port-name/ },
+  'media/edge': { offload: '443/TCP=100,443/UDP=20', rule: /quic.*http-port-name|http-port-name.*quic/ },
+  'shop/search': { offload: '9200/TCP=200', rule: /http-port-name/ },
+  'shop/exports': { offload: 'none', rule: /user:acceleration/ },
+  'shop/postgres-headless': { offload: 'none', rule: /no-cluster-ip/ },
+  'shop/payments': { offload: 'none', rule: /no-cluster-ip/ },
+  'media/iperf3': { offload: '5201/TCP=20,5201/UDP=20', rule: /iperf3/ },
+  'default/whoami': { offload: '80/TCP=100', rule: /http-port-name/ },
+  'legacy/ledger': { offload: 'none', rule: /namespace:opt-out/ },
 };
 
 describe('deploy/examples', () => {
@@ -64,12 +65,7 @@ describe('deploy/examples', () => {
       const key = `${service.namespace}/${service.name}`;
       const expected = EXPECTED[key];
       const decision = decide(service, policy, namespaces.get(service.namespace));
-      const offload = decision.offload.map((p) => `${p.port}/${p.protocol}`).sort();
-      expect({ key, offload, threshold: decision.threshold }).toEqual({
-        key,
-        offload: expected?.offload,
-        threshold: expected?.threshold,
-      });
+      expect({ key, offload: formatOffload(decision.offload) }).toEqual({ key, offload: expected?.offload });
       if (expected?.rule) expect(decision.rule, key).toMatch(expected.rule);
     }
   });

@@ -1,14 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import {
-  formatOffload,
   HINT_KEYS,
   parseAcceleration,
   parsePorts,
   parseThreshold,
   parseUserHints,
-  parseWebhookHints,
   specHash,
   USER_KEYS,
+  VALUE_MAX_LENGTH,
 } from './contract.ts';
 import { readService, type Service, type ServicePort } from './service.ts';
 
@@ -73,6 +72,19 @@ describe('parsePorts', () => {
     expect(parsePorts(' pg , 9000/tcp ', ports).value).toEqual([ports[0], ports[1]]);
   });
 
+  it('reads the protocol suffix in any case', () => {
+    expect(parsePorts('5432/Tcp', ports).value).toEqual([ports[0]]);
+    expect(parsePorts('9000/uDp', ports).value).toEqual([ports[2]]);
+    expect(parsePorts('grpc/TcP', ports).value).toEqual([ports[1]]);
+  });
+
+  it('resolves thousands of entries against thousands of ports', () => {
+    const many: ServicePort[] = Array.from({ length: 20_000 }, (_, i) => ({ port: i + 1, protocol: 'TCP' }));
+    const raw = Array.from({ length: 3000 }, (_, i) => String(i + 1)).join(',');
+    expect(raw.length).toBeLessThanOrEqual(VALUE_MAX_LENGTH);
+    expect(parsePorts(raw, many).value).toHaveLength(3000);
+  });
+
   it('rejects a port the Service does not have, and hostile text', () => {
     for (const raw of [
       '5433',
@@ -81,6 +93,10 @@ describe('parsePorts', () => {
       '5432/TCP/UDP',
       '',
       '5432,',
+      ',5432',
+      '5432,,grpc',
+      '5432 /TCP',
+      '5432/T CP',
       '} flush ruleset',
       '0',
       '70000',
@@ -88,6 +104,32 @@ describe('parsePorts', () => {
       const parsed = parsePorts(raw, ports);
       expect(parsed.value, raw).toBeUndefined();
       expect(parsed.problems[0]!.key).toBe(USER_KEYS.ports);
+    }
+  });
+});
+
+describe('every user key', () => {
+  it('ignores surrounding whitespace alike, never inner whitespace', () => {
+    const ports: ServicePort[] = [{ port: 5432, protocol: 'TCP' }];
+    for (const space of [' ', '\t', '\n', ' \r\n ']) {
+      expect(parseAcceleration(`${space}enabled${space}`).value).toBe('enabled');
+      expect(parseThreshold(USER_KEYS.packetThreshold, `${space}50${space}`).value).toBe(50);
+      expect(parsePorts(`${space}5432/tcp${space}`, ports).value).toEqual(ports);
+    }
+    expect(parseAcceleration('en abled').value).toBeUndefined();
+    expect(parseThreshold(USER_KEYS.packetThreshold, '5 0').value).toBeUndefined();
+    expect(parsePorts('54 32', ports).value).toBeUndefined();
+  });
+
+  it('refuses a value over the one length limit, whatever the key', () => {
+    const long = ` ${'9'.repeat(VALUE_MAX_LENGTH)}`;
+    for (const parsed of [
+      parseAcceleration(long),
+      parseThreshold(USER_KEYS.packetThreshold, long),
+      parsePorts(long, [{ port: 9999, protocol: 'TCP' }]),
+    ]) {
+      expect(parsed.value).toBeUndefined();
+      expect(parsed.problems[0]!.message).toContain(`at most ${VALUE_MAX_LENGTH}`);
     }
   });
 });
@@ -106,49 +148,6 @@ describe('parseUserHints', () => {
   });
 });
 
-describe('webhook hints', () => {
-  it('formats the offload list canonically', () => {
-    expect(
-      formatOffload([
-        { port: 9042, protocol: 'TCP' },
-        { port: 53, protocol: 'UDP' },
-        { port: 53, protocol: 'TCP' },
-      ]),
-    ).toBe('53/TCP,53/UDP,9042/TCP');
-    expect(formatOffload([])).toBe('none');
-  });
-
-  it('reads valid hints that match the spec', () => {
-    const parsed = parseWebhookHints(
-      service({
-        [HINT_KEYS.offload]: '5432/TCP',
-        [HINT_KEYS.packetThreshold]: '20',
-        [HINT_KEYS.policy]: 'p@1',
-        [HINT_KEYS.specHash]: specHash(service({})),
-      }),
-    );
-    expect(parsed.value).toMatchObject({
-      offload: [{ port: 5432, protocol: 'TCP' }],
-      threshold: 20,
-      policy: 'p@1',
-    });
-  });
-
-  it.each([
-    ['stale port', { [HINT_KEYS.offload]: '5433/TCP', [HINT_KEYS.packetThreshold]: '20' }],
-    ['SCTP', { [HINT_KEYS.offload]: '5432/SCTP', [HINT_KEYS.packetThreshold]: '20' }],
-    ['no threshold', { [HINT_KEYS.offload]: '5432/TCP' }],
-    ['bad threshold', { [HINT_KEYS.offload]: '5432/TCP', [HINT_KEYS.packetThreshold]: '-3' }],
-    ['garbage', { [HINT_KEYS.offload]: '5432/TCP; flush ruleset', [HINT_KEYS.packetThreshold]: '20' }],
-    ['absent', {}],
-    ['without spec-hash', { [HINT_KEYS.offload]: '5432/TCP', [HINT_KEYS.packetThreshold]: '20' }],
-  ])('refuses %s hints', (_what, annotations) => {
-    const parsed = parseWebhookHints(service(annotations));
-    expect(parsed.value).toBeUndefined();
-    expect(parsed.problems).toHaveLength(1);
-  });
-});
-
 describe('specHash', () => {
   it('changes with a port, a port name, an appProtocol or a user key, not with hints', () => {
     const base = specHash(service({}));
@@ -157,14 +156,5 @@ describe('specHash', () => {
     expect(specHash(service({}, [{ port: 5432, name: 'pg' }]))).not.toBe(base);
     expect(specHash(service({}, [{ port: 5432, appProtocol: 'postgresql' }]))).not.toBe(base);
     expect(specHash(service({ [USER_KEYS.packetThreshold]: '50' }))).not.toBe(base);
-  });
-
-  it('makes hints stale when a port is added behind the webhook’s back', () => {
-    const hinted = { [HINT_KEYS.offload]: '5432/TCP', [HINT_KEYS.packetThreshold]: '20' };
-    const stamped = { ...hinted, [HINT_KEYS.specHash]: specHash(service({})) };
-    expect(parseWebhookHints(service(stamped)).value).toBeDefined();
-    const grown = parseWebhookHints(service(stamped, [{ port: 5432 }, { port: 6379 }]));
-    expect(grown.value).toBeUndefined();
-    expect(grown.problems[0]!.message).toContain('stale');
   });
 });

@@ -1,6 +1,7 @@
-// The hint contract: the annotation keys the webhook and the daemon agree on, and the one
-// place where their values are parsed and validated. Annotations are untrusted user input:
-// everything leaves this module as a typed value or as a problem that names the key.
+// The contract: the annotation keys the webhook and the daemon agree on, the one length limit
+// for their values, and the parsing of the user-owned keys. Annotations are untrusted user
+// input: everything leaves this module as a typed value or as a problem that names the key.
+// The webhook-owned keys are written and read back in hints.ts.
 
 import { createHash } from 'node:crypto';
 import { type Protocol, portKey, type Service, type ServicePort } from './service.ts';
@@ -15,7 +16,9 @@ export const USER_KEYS = {
 /** Webhook-owned keys: recomputed on every CREATE and UPDATE. */
 export const HINT_PREFIX = 'hints.slipstream.dev/';
 export const HINT_KEYS = {
+  /** `5432/TCP=20,8080/TCP=100` (each port with its threshold), or `none`. */
   offload: 'hints.slipstream.dev/offload',
+  /** Read only: the one threshold of the older `5432/TCP,8080/TCP` offload form. */
   packetThreshold: 'hints.slipstream.dev/packet-threshold',
   reason: 'hints.slipstream.dev/reason',
   policy: 'hints.slipstream.dev/policy',
@@ -34,18 +37,16 @@ export const NAMESPACE_OPT_OUT_LABEL = 'slipstream.dev/acceleration';
 export const NAMESPACE_OPT_OUT_VALUE = 'disabled';
 
 export const THRESHOLD_MAX = 1_000_000;
-export const DEFAULT_THRESHOLD = 20;
-/** Longer values are refused before any parsing: nothing legitimate needs more. */
-const MAX_VALUE_LENGTH = 1024;
-const MAX_PORT_ENTRIES = 128;
+
+/**
+ * The one length limit for every annotation value Slipstream reads or writes, user keys and hints
+ * alike: the webhook never writes a longer hint (decide() offloads nothing rather than exceed it),
+ * and a longer value is refused before any parsing. 16 KiB holds the offload hint of about 1,200
+ * ports, and keeps the hints well inside the API server's 256 KiB budget for all annotations.
+ */
+export const VALUE_MAX_LENGTH = 16_384;
 
 export type Acceleration = 'enabled' | 'disabled';
-
-export interface PortSelector {
-  /** A port number or a port name, as the user wrote it. */
-  port: number | string;
-  protocol?: 'TCP' | 'UDP';
-}
 
 export interface UserHints {
   acceleration?: Acceleration;
@@ -64,9 +65,9 @@ export interface Parsed<T> {
   problems: Problem[];
 }
 
-function tooLong(key: string, raw: string): Problem | undefined {
-  return raw.length > MAX_VALUE_LENGTH
-    ? { key, message: `value is ${raw.length} characters long; at most ${MAX_VALUE_LENGTH} are accepted` }
+export function tooLong(key: string, raw: string): Problem | undefined {
+  return raw.length > VALUE_MAX_LENGTH
+    ? { key, message: `value is ${raw.length} characters long; at most ${VALUE_MAX_LENGTH} are accepted` }
     : undefined;
 }
 
@@ -76,83 +77,92 @@ export function quote(raw: string): string {
   return JSON.stringify(cut);
 }
 
+function invalid<T>(key: string, message: string): Parsed<T | undefined> {
+  return { value: undefined, problems: [{ key, message }] };
+}
+
+/**
+ * The same first step for every key: refuse an oversized value, then drop surrounding
+ * whitespace (list keys drop it around each entry too). Inner whitespace is never ignored.
+ */
+function text(key: string, raw: string): { ok: true; text: string } | { ok: false; problem: Problem } {
+  const long = tooLong(key, raw);
+  return long ? { ok: false, problem: long } : { ok: true, text: raw.trim() };
+}
+
 /** A packet threshold: a plain decimal integer 0–1,000,000 (no sign, exponent, or fraction). */
 export function parseThreshold(key: string, raw: string): Parsed<number | undefined> {
-  const long = tooLong(key, raw);
-  if (long) return { value: undefined, problems: [long] };
-  const text = raw.trim();
-  if (!/^[0-9]{1,7}$/.test(text)) {
-    return {
-      value: undefined,
-      problems: [{ key, message: `${quote(raw)} is not a decimal integer from 0 to ${THRESHOLD_MAX}` }],
-    };
+  const read = text(key, raw);
+  if (!read.ok) return { value: undefined, problems: [read.problem] };
+  if (!/^[0-9]{1,7}$/.test(read.text)) {
+    return invalid(key, `${quote(raw)} is not a decimal integer from 0 to ${THRESHOLD_MAX}`);
   }
-  const value = Number(text);
-  if (value > THRESHOLD_MAX) {
-    return {
-      value: undefined,
-      problems: [{ key, message: `${value} is above the maximum ${THRESHOLD_MAX}` }],
-    };
-  }
+  const value = Number(read.text);
+  if (value > THRESHOLD_MAX) return invalid(key, `${value} is above the maximum ${THRESHOLD_MAX}`);
   return { value, problems: [] };
 }
 
 export function parseAcceleration(raw: string): Parsed<Acceleration | undefined> {
   const key = USER_KEYS.acceleration;
-  const text = raw.trim();
-  if (text === 'enabled' || text === 'disabled') return { value: text, problems: [] };
-  return {
-    value: undefined,
-    problems: [{ key, message: `${quote(raw)} is not one of "enabled", "disabled"` }],
-  };
+  const read = text(key, raw);
+  if (!read.ok) return { value: undefined, problems: [read.problem] };
+  if (read.text === 'enabled' || read.text === 'disabled') return { value: read.text, problems: [] };
+  return invalid(key, `${quote(raw)} is not one of "enabled", "disabled"`);
 }
 
 const PORT_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
-/** Parses `5432,grpc,9000/UDP` and resolves each entry against the Service's own ports. */
+/**
+ * Parses `5432,grpc,9000/UDP` (the protocol suffix in any case) and resolves each entry against
+ * the Service's own ports. One bad entry makes the whole value invalid: the caller then offloads
+ * nothing, so a typo in a key meant to restrict never widens what is offloaded.
+ */
 export function parsePorts(
   raw: string,
   servicePorts: readonly ServicePort[],
 ): Parsed<ServicePort[] | undefined> {
   const key = USER_KEYS.ports;
-  const long = tooLong(key, raw);
-  if (long) return { value: undefined, problems: [long] };
-  const entries = raw.split(',').map((e) => e.trim());
-  if (entries.length > MAX_PORT_ENTRIES) {
-    return { value: undefined, problems: [{ key, message: `more than ${MAX_PORT_ENTRIES} entries` }] };
+  const read = text(key, raw);
+  if (!read.ok) return { value: undefined, problems: [read.problem] };
+  // Indexed once, so that resolving is linear in entries plus ports.
+  const byNumber = new Map<number, ServicePort[]>();
+  const byName = new Map<string, ServicePort[]>();
+  const add = <K>(index: Map<K, ServicePort[]>, key: K, p: ServicePort) => {
+    const list = index.get(key);
+    if (list) list.push(p);
+    else index.set(key, [p]);
+  };
+  for (const p of servicePorts) {
+    add(byNumber, p.port, p);
+    if (p.name !== undefined) add(byName, p.name, p);
   }
   const chosen = new Map<string, ServicePort>();
-  for (const entry of entries) {
-    const match = /^([^/]+?)(?:\/(TCP|UDP|tcp|udp))?$/.exec(entry);
+  const entries = read.text.split(',');
+  for (const [i, rawEntry] of entries.entries()) {
+    const entry = rawEntry.trim();
+    if (entry === '') return invalid(key, `entry ${i + 1} of ${entries.length} is empty`);
+    const match = /^([^/]+)(?:\/([A-Za-z]+))?$/.exec(entry);
     const what = match?.[1] ?? '';
-    const protocol = match?.[2]?.toUpperCase() as 'TCP' | 'UDP' | undefined;
-    let selector: PortSelector;
+    const suffix = match?.[2]?.toUpperCase();
+    if (!match || (suffix !== undefined && suffix !== 'TCP' && suffix !== 'UDP')) {
+      return invalid(key, `${quote(entry)} is not a port number or name, optionally with /TCP or /UDP`);
+    }
+    let candidates: ServicePort[] | undefined;
     if (/^[0-9]{1,5}$/.test(what) && Number(what) >= 1 && Number(what) <= 65535) {
-      selector = { port: Number(what), ...(protocol ? { protocol } : {}) };
+      candidates = byNumber.get(Number(what));
     } else if (PORT_NAME.test(what)) {
-      selector = { port: what, ...(protocol ? { protocol } : {}) };
+      candidates = byName.get(what);
     } else {
-      return {
-        value: undefined,
-        problems: [
-          { key, message: `${quote(entry)} is not a port number, port name, or either with /TCP or /UDP` },
-        ],
-      };
+      return invalid(key, `${quote(entry)} is not a port number or name, optionally with /TCP or /UDP`);
     }
-    const matches = servicePorts.filter(
-      (p) =>
-        (typeof selector.port === 'number' ? p.port === selector.port : p.name === selector.port) &&
-        (selector.protocol === undefined || p.protocol === selector.protocol),
-    );
-    if (matches.length === 0) {
-      return { value: undefined, problems: [{ key, message: `the Service has no port ${quote(entry)}` }] };
-    }
+    const matches = (candidates ?? []).filter((p) => suffix === undefined || p.protocol === suffix);
+    if (matches.length === 0) return invalid(key, `the Service has no port ${quote(entry)}`);
     for (const p of matches) chosen.set(portKey(p), p);
   }
   return { value: [...chosen.values()], problems: [] };
 }
 
-/** Reads the user-owned keys; an invalid value is dropped (as if absent) and reported. */
+/** Reads the user-owned keys; every invalid value is reported (decide() then offloads nothing). */
 export function parseUserHints(service: Service): Parsed<UserHints> {
   const hints: UserHints = {};
   const problems: Problem[] = [];
@@ -160,19 +170,19 @@ export function parseUserHints(service: Service): Parsed<UserHints> {
   const acceleration = a[USER_KEYS.acceleration];
   if (acceleration !== undefined) {
     const parsed = parseAcceleration(acceleration);
-    problems.push(...parsed.problems);
+    for (const p of parsed.problems) problems.push(p);
     if (parsed.value) hints.acceleration = parsed.value;
   }
   const threshold = a[USER_KEYS.packetThreshold];
   if (threshold !== undefined) {
     const parsed = parseThreshold(USER_KEYS.packetThreshold, threshold);
-    problems.push(...parsed.problems);
+    for (const p of parsed.problems) problems.push(p);
     if (parsed.value !== undefined) hints.threshold = parsed.value;
   }
   const ports = a[USER_KEYS.ports];
   if (ports !== undefined) {
     const parsed = parsePorts(ports, service.ports);
-    problems.push(...parsed.problems);
+    for (const p of parsed.problems) problems.push(p);
     if (parsed.value) hints.ports = parsed.value;
   }
   return { value: hints, problems };
@@ -182,11 +192,18 @@ export function hasUserHints(service: Service): boolean {
   return Object.values(USER_KEYS).some((key) => service.annotations[key] !== undefined);
 }
 
+const collator = new Intl.Collator();
+
 /** The fingerprint of a decision's inputs: the Service's ports and the user-owned keys. */
 export function specHash(service: Service): string {
+  // Each port's text is computed once, then sorted (the same order as comparing texts pairwise).
   const ports = service.ports
-    .map((p) => [p.port, p.protocol, p.name ?? '', p.appProtocol ?? ''])
-    .sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
+    .map((p) => {
+      const entry = [p.port, p.protocol, p.name ?? '', p.appProtocol ?? ''];
+      return { entry, text: JSON.stringify(entry) };
+    })
+    .sort((a, b) => collator.compare(a.text, b.text))
+    .map((p) => p.entry);
   const user = Object.values(USER_KEYS).map((key) => service.annotations[key] ?? null);
   return createHash('sha256')
     .update(JSON.stringify([ports, user]))
@@ -194,77 +211,10 @@ export function specHash(service: Service): string {
     .slice(0, 16);
 }
 
-/** The webhook's hints as the daemon reads them back. */
-export interface WebhookHints {
-  offload: { port: number; protocol: 'TCP' | 'UDP' }[];
-  threshold?: number;
-  reason: string;
-  policy: string;
-}
-
-/** Canonical form: sorted by port, then protocol; `none` when empty. */
-export function formatOffload(ports: readonly { port: number; protocol: Protocol }[]): string {
-  if (ports.length === 0) return 'none';
-  return [...ports]
-    .sort((x, y) => x.port - y.port || x.protocol.localeCompare(y.protocol))
-    .map(portKey)
-    .join(',');
-}
-
-/**
- * Reads the webhook-owned keys and checks them against the current spec. Returns a problem when
- * they are absent, malformed, or stale (a port the Service no longer has, an SCTP port), so that
- * the caller can fall back to evaluating the policy itself.
- */
-export function parseWebhookHints(service: Service): Parsed<WebhookHints | undefined> {
-  const a = service.annotations;
-  const offload = a[HINT_KEYS.offload];
-  if (offload === undefined)
-    return { value: undefined, problems: [{ key: HINT_KEYS.offload, message: 'absent' }] };
-  const long = tooLong(HINT_KEYS.offload, offload);
-  if (long) return { value: undefined, problems: [long] };
-  const reason = a[HINT_KEYS.reason] ?? '';
-  const policy = a[HINT_KEYS.policy] ?? '';
-  if (a[HINT_KEYS.specHash] !== specHash(service)) {
-    return {
-      value: undefined,
-      problems: [
-        {
-          key: HINT_KEYS.specHash,
-          message: 'stale: the ports or user keys changed since the webhook decided',
-        },
-      ],
-    };
-  }
-  if (offload === 'none') return { value: { offload: [], reason, policy }, problems: [] };
-
-  const ports: WebhookHints['offload'] = [];
-  for (const entry of offload.split(',')) {
-    const match = /^([0-9]{1,5})\/(TCP|UDP)$/.exec(entry);
-    const port = Number(match?.[1]);
-    const protocol = match?.[2] as 'TCP' | 'UDP' | undefined;
-    if (!match || !protocol || port < 1 || port > 65535) {
-      return {
-        value: undefined,
-        problems: [{ key: HINT_KEYS.offload, message: `${quote(entry)} is not port/TCP or port/UDP` }],
-      };
-    }
-    if (!service.ports.some((p) => p.port === port && p.protocol === protocol)) {
-      return {
-        value: undefined,
-        problems: [{ key: HINT_KEYS.offload, message: `stale: the Service has no port ${port}/${protocol}` }],
-      };
-    }
-    ports.push({ port, protocol });
-  }
-  if (formatOffload(ports) !== offload) {
-    return { value: undefined, problems: [{ key: HINT_KEYS.offload, message: 'not in canonical form' }] };
-  }
-  const rawThreshold = a[HINT_KEYS.packetThreshold];
-  if (rawThreshold === undefined) {
-    return { value: undefined, problems: [{ key: HINT_KEYS.packetThreshold, message: 'absent' }] };
-  }
-  const threshold = parseThreshold(HINT_KEYS.packetThreshold, rawThreshold);
-  if (threshold.value === undefined) return { value: undefined, problems: threshold.problems };
-  return { value: { offload: ports, threshold: threshold.value, reason, policy }, problems: [] };
+/** The canonical order of ports everywhere (hints, reasons, status): by number, then protocol. */
+export function comparePorts(
+  x: { port: number; protocol: Protocol },
+  y: { port: number; protocol: Protocol },
+) {
+  return x.port - y.port || (x.protocol < y.protocol ? -1 : x.protocol > y.protocol ? 1 : 0);
 }

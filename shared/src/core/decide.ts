@@ -1,26 +1,36 @@
 // Where a Service's acceleration is decided: per port, from the user's own keys (which always
-// win), then the policy. The webhook and the daemon both call this; every Decision carries the
-// human-readable reason that ends up in the annotation, the span, and `slipstream status`.
+// win), then the policy; each offloaded port with its own packet threshold (threshold.ts). The
+// webhook and the daemon both call this; every Decision carries the human-readable reason that
+// ends up in the annotation, the span, and `slipstream status`.
 
 import {
+  comparePorts,
   HINT_KEYS,
   hasUserHints,
   NAMESPACE_OPT_OUT_LABEL,
   NAMESPACE_OPT_OUT_VALUE,
   type Problem,
   parseUserHints,
-  parseWebhookHints,
   specHash,
   USER_KEYS,
+  VALUE_MAX_LENGTH,
 } from './contract.ts';
+import { type OffloadPort, offloadHintFits, parseWebhookHints } from './hints.ts';
 import { evaluatePort, type Policy } from './policy.ts';
 import { type Namespace, type Protocol, portKey, type Service } from './service.ts';
+import { portThreshold, type ThresholdSource } from './threshold.ts';
+
+export type { OffloadPort } from './hints.ts';
 
 export interface PortDecision {
   port: number;
   protocol: Protocol;
   name?: string;
   offload: boolean;
+  /** The packet threshold this port is offloaded after; null when it is kept. */
+  threshold: number | null;
+  /** Where the threshold came from (threshold.ts); absent when the port is kept or hinted. */
+  thresholdSource?: ThresholdSource;
   /** A policy rule's name, `default`, or a `user:`/`contract:` marker. */
   rule: string;
   reason: string;
@@ -29,10 +39,9 @@ export interface PortDecision {
 export type DecisionSource = 'no-cluster-ip' | 'namespace' | 'user' | 'policy' | 'hints';
 
 export interface Decision {
-  offload: { port: number; protocol: 'TCP' | 'UDP' }[];
-  /** Offload once a connection has carried more than this many packets; null when nothing is offloaded. */
-  threshold: number | null;
-  /** One line a person understands. */
+  /** The ports to offload, sorted, each with its own threshold. */
+  offload: OffloadPort[];
+  /** One line a person understands; it names each offloaded port's threshold. */
   reason: string;
   /** What decided, in short: `user:acceleration`, a rule name, `rule-a,rule-b`, … */
   rule: string;
@@ -40,13 +49,23 @@ export interface Decision {
   policy: string;
   source: DecisionSource;
   ports: PortDecision[];
-  /** Invalid user values that were ignored, naming the key. */
+  /** Invalid user values, naming the key (any of them makes the decision `none`). */
   warnings: Problem[];
   /** `specHash` of the Service the decision was made for. */
   specHash: string;
 }
 
 const MAX_REASON_LENGTH = 1000;
+
+/** Joins parts with `; ` and stops once the result is longer than the reason may be. */
+function boundedReason(parts: Iterable<string>): string {
+  let out = '';
+  for (const part of parts) {
+    out = out === '' ? part : `${out}; ${part}`;
+    if (out.length > MAX_REASON_LENGTH) break;
+  }
+  return out;
+}
 
 function oneLine(text: string): string {
   const flat = text.replace(/[\r\n\t]+/g, ' ');
@@ -63,7 +82,6 @@ function nothing(
 ): Decision {
   return {
     offload: [],
-    threshold: null,
     reason: oneLine(reason),
     rule,
     policy: policy.id,
@@ -74,12 +92,15 @@ function nothing(
   };
 }
 
-function sortPorts<T extends { port: number; protocol: string }>(ports: T[]): T[] {
-  return ports.sort((x, y) => x.port - y.port || x.protocol.localeCompare(y.protocol));
-}
-
 export function namespaceOptedOut(namespace: Namespace | undefined): boolean {
   return namespace?.labels[NAMESPACE_OPT_OUT_LABEL] === NAMESPACE_OPT_OUT_VALUE;
+}
+
+/** The reason line of one port. */
+function portLine(p: PortDecision): string {
+  if (!p.offload) return `${portKey(p)} keep: ${p.rule} (${p.reason})`;
+  const from = p.thresholdSource === 'user' ? ` (${USER_KEYS.packetThreshold})` : '';
+  return `${portKey(p)} offload after ${p.threshold} packets${from}: ${p.rule} (${p.reason})`;
 }
 
 /** The decision for one Service from its spec, the user's keys and the policy. */
@@ -103,6 +124,18 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
     );
   }
   const { value: user, problems } = parseUserHints(service);
+  // Fail closed: a user key the contract cannot read never offloads more than the user asked for.
+  if (problems.length > 0) {
+    const what = problems.map((p) => `${p.key} is invalid (${p.message})`).join('; ');
+    return nothing(
+      service,
+      policy,
+      'user',
+      'user:invalid',
+      `${what}; nothing is offloaded until it is fixed`,
+      problems,
+    );
+  }
   if (user.acceleration === 'disabled') {
     return nothing(
       service,
@@ -110,72 +143,93 @@ export function decide(service: Service, policy: Policy, namespace?: Namespace):
       'user',
       'user:acceleration',
       `${USER_KEYS.acceleration}=disabled set by the user`,
-      problems,
     );
   }
 
-  // The threshold each offloaded port's rule asks for, by port key.
-  const ruleThresholds = new Map<string, number>();
+  const allowed = user.ports ? new Set(user.ports.map(portKey)) : undefined;
+  const policyDefault = policy.document.defaultThreshold;
   const ports: PortDecision[] = service.ports.map((p) => {
     const base = { port: p.port, protocol: p.protocol, ...(p.name ? { name: p.name } : {}) };
     if (p.protocol === 'SCTP') {
-      return { ...base, offload: false, rule: 'contract:sctp', reason: 'flowtables carry only TCP and UDP' };
+      return {
+        ...base,
+        offload: false,
+        threshold: null,
+        rule: 'contract:sctp',
+        reason: 'flowtables carry only TCP and UDP',
+      };
     }
-    if (user.ports && !user.ports.some((u) => u.port === p.port && u.protocol === p.protocol)) {
-      return { ...base, offload: false, rule: 'user:ports', reason: `not listed in ${USER_KEYS.ports}` };
+    if (allowed && !allowed.has(portKey(p))) {
+      return {
+        ...base,
+        offload: false,
+        threshold: null,
+        rule: 'user:ports',
+        reason: `not listed in ${USER_KEYS.ports}`,
+      };
     }
     if (user.acceleration === 'enabled') {
-      ruleThresholds.set(portKey(p), policy.defaultThreshold);
+      const t = portThreshold({ user: user.threshold, policy: policyDefault });
       return {
         ...base,
         offload: true,
+        threshold: t.value,
+        thresholdSource: t.source,
         rule: 'user:acceleration',
         reason: `${USER_KEYS.acceleration}=enabled`,
       };
     }
     const verdict = evaluatePort(policy, p);
-    ruleThresholds.set(portKey(p), verdict.threshold);
-    return { ...base, offload: verdict.offload, rule: verdict.rule, reason: verdict.reason };
+    if (!verdict.offload) {
+      return { ...base, offload: false, threshold: null, rule: verdict.rule, reason: verdict.reason };
+    }
+    const t = portThreshold({ user: user.threshold, rule: verdict.threshold, policy: policyDefault });
+    return {
+      ...base,
+      offload: true,
+      threshold: t.value,
+      thresholdSource: t.source,
+      rule: verdict.rule,
+      reason: verdict.reason,
+    };
   });
 
-  const offloaded = ports.filter((p) => p.offload);
-  const offload = sortPorts(offloaded.map((p) => ({ port: p.port, protocol: p.protocol as 'TCP' | 'UDP' })));
-
-  // One threshold per Service (the contract's shape): the user's, else the lowest any deciding
-  // rule asks for, so that no port the policy wants accelerated waits longer than its rule says.
-  let threshold: number | null = null;
-  let thresholdWhy = '';
-  if (offload.length > 0) {
-    if (user.threshold !== undefined) {
-      threshold = user.threshold;
-      thresholdWhy = `threshold ${threshold} from ${USER_KEYS.packetThreshold}`;
-    } else {
-      const candidates = offloaded.map((p) => ruleThresholds.get(portKey(p)) ?? policy.defaultThreshold);
-      threshold = Math.min(...candidates);
-      thresholdWhy = `threshold ${threshold}`;
+  const offload: OffloadPort[] = [];
+  for (const p of ports) {
+    if (p.offload && p.threshold !== null && p.protocol !== 'SCTP') {
+      offload.push({ port: p.port, protocol: p.protocol, threshold: p.threshold });
     }
+  }
+  offload.sort(comparePorts);
+
+  // One limit for the hint the webhook writes and the daemon reads: past it, nothing is offloaded
+  // (by both, since both decide here) rather than a hint that one side would refuse.
+  const hint = offloadHintFits(offload);
+  if (!hint.fits) {
+    return nothing(
+      service,
+      policy,
+      user.acceleration === 'enabled' ? 'user' : 'policy',
+      'contract:hint-limit',
+      `${offload.length} ports would be offloaded, but their ${HINT_KEYS.offload} would be ` +
+        `${hint.length} characters, more than the ${VALUE_MAX_LENGTH} a hint may carry; nothing is offloaded`,
+    );
   }
 
   const source: DecisionSource = ports.some((p) => p.rule.startsWith('user:')) ? 'user' : 'policy';
   const rules = [...new Set(ports.map((p) => p.rule))];
-  let reason: string;
-  if (ports.length === 0) {
-    reason = 'the Service has no ports';
-  } else {
-    const perPort = sortPorts([...ports]).map(
-      (p) => `${portKey(p)} ${p.offload ? 'offload' : 'keep'}: ${p.rule} (${p.reason})`,
-    );
-    reason = [...perPort, ...(thresholdWhy ? [thresholdWhy] : [])].join('; ');
-  }
+  const reason =
+    ports.length === 0
+      ? 'the Service has no ports'
+      : boundedReason([...ports].sort(comparePorts).map(portLine));
   return {
     offload,
-    threshold,
     reason: oneLine(reason),
     rule: rules.join(',') || 'none',
     policy: policy.id,
     source,
     ports,
-    warnings: problems,
+    warnings: [],
     specHash: specHash(service),
   };
 }
@@ -200,20 +254,21 @@ export function effectiveDecision(service: Service, policy: Policy, namespace?: 
     return { ...local, reason: oneLine(`${note}: ${local.reason}`) };
   }
   const offload = hints.value.offload;
+  const hinted = new Map(offload.map((o) => [portKey(o), o]));
   const ports: PortDecision[] = service.ports.map((p) => {
-    const on = offload.some((o) => o.port === p.port && o.protocol === p.protocol);
+    const on = hinted.get(portKey(p));
     return {
       port: p.port,
       protocol: p.protocol,
       ...(p.name ? { name: p.name } : {}),
-      offload: on,
+      offload: on !== undefined,
+      threshold: on?.threshold ?? null,
       rule: 'hints',
       reason: on ? `listed in ${HINT_KEYS.offload}` : `not listed in ${HINT_KEYS.offload}`,
     };
   });
   return {
     offload,
-    threshold: offload.length > 0 ? (hints.value.threshold ?? policy.defaultThreshold) : null,
     reason: oneLine(hints.value.reason || 'webhook hints'),
     rule: 'hints',
     policy: hints.value.policy,
@@ -221,24 +276,5 @@ export function effectiveDecision(service: Service, policy: Policy, namespace?: 
     ports,
     warnings: [],
     specHash: specHash(service),
-  };
-}
-
-/** The webhook-owned annotations that express a decision (trace context is added by the webhook). */
-export function hintAnnotations(decision: Decision): Record<string, string> {
-  const offload =
-    decision.offload.length === 0
-      ? 'none'
-      : sortPorts([...decision.offload])
-          .map(portKey)
-          .join(',');
-  return {
-    [HINT_KEYS.offload]: offload,
-    ...(decision.threshold !== null && decision.offload.length > 0
-      ? { [HINT_KEYS.packetThreshold]: String(decision.threshold) }
-      : {}),
-    [HINT_KEYS.reason]: decision.reason,
-    [HINT_KEYS.policy]: decision.policy,
-    [HINT_KEYS.specHash]: decision.specHash,
   };
 }

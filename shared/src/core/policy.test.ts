@@ -11,7 +11,7 @@ function verdict(port: Partial<ServicePort> & { port: number }) {
 
 describe('the default policy', () => {
   it('is valid and identifies itself by name, version and content hash', () => {
-    expect(policy.id).toMatch(/^default@1#[0-9a-f]{12}$/);
+    expect(policy.id).toMatch(/^default@2#[0-9a-f]{12}$/);
   });
 
   it('offloads long-lived bulk and streaming traffic', () => {
@@ -41,9 +41,66 @@ describe('the default policy', () => {
     expect(verdict({ port: 31337 })).toMatchObject({ offload: true, threshold: 100, rule: 'default' });
     expect(verdict({ port: 31337, protocol: 'UDP' })).toMatchObject({ offload: false, rule: 'default' });
     expect(verdict({ port: 8080, name: 'http-web' })).toMatchObject({
-      rule: 'http-tcp-port-name',
+      rule: 'http-port-name',
       threshold: 100,
     });
+  });
+
+  it('leaves a rule without its own threshold to threshold.ts (no default baked in)', () => {
+    expect(verdict({ port: 5432 })).toMatchObject({ rule: 'sql-databases', offload: true });
+    expect(verdict({ port: 5432 }).threshold).toBeUndefined();
+  });
+});
+
+describe('precedence: appProtocol, then port name, then port number', () => {
+  it.each([
+    // [port, what, rule, threshold]: the cases port-number rules used to shadow.
+    [{ port: 7070, name: 'grpc' }, 'grpc-port-name', undefined],
+    [{ port: 9093, name: 'web' }, 'http-port-name', 100],
+    [{ port: 7000, name: 'webhook' }, 'request-response-port-name', 100],
+    [{ port: 9001, name: 'metrics' }, 'request-response-port-name', 100],
+    [{ port: 9090, name: 'http-metrics' }, 'request-response-port-name', 100],
+    [{ port: 15021, name: 'status-port' }, 'request-response-port-name', 100],
+    [{ port: 8080, name: 'healthz' }, 'request-response-port-name', 100],
+    [{ port: 9000, name: 'admin' }, 'request-response-port-name', 100],
+    [{ port: 14250, name: 'jaeger-collector-grpc' }, 'grpc-port-name', undefined],
+    [{ port: 6379, name: 'tcp-redis' }, 'datastore-port-name', undefined],
+    [{ port: 1053, name: 'dns-tcp' }, 'dns-port-name', undefined],
+    [{ port: 7070, name: 'web', appProtocol: 'grpc' }, 'grpc-http2-app-protocol', undefined],
+    [{ port: 50051, name: 'grpc', appProtocol: 'http' }, 'http-app-protocol', 100],
+    [{ port: 9042, name: 'cql' }, 'datastore-port-name', undefined],
+    [{ port: 5432, appProtocol: 'postgresql' }, 'datastore-app-protocol', undefined],
+  ] as const)('%j is decided by %s', (port, rule, threshold) => {
+    const v = verdict({ ...port });
+    expect(v.rule).toBe(rule);
+    expect(v.threshold).toBe(threshold);
+  });
+
+  it('matches a name word as the whole name, a prefix or a suffix, never inside a word', () => {
+    expect(verdict({ port: 31000, name: 'grpc-api' }).rule).toBe('grpc-port-name');
+    expect(verdict({ port: 31000, name: 'api-grpc' }).rule).toBe('grpc-port-name');
+    expect(verdict({ port: 31000, name: 'GRPC' }).rule).toBe('grpc-port-name');
+    expect(verdict({ port: 31000, name: 'grpcweb' }).rule).toBe('default');
+    expect(verdict({ port: 31000, name: 'my-grpc-api' }).rule).toBe('default');
+    // A bare `tcp` name says nothing; the port number decides.
+    expect(verdict({ port: 9042, name: 'tcp' }).rule).toBe('nosql-databases');
+  });
+
+  it('orders rules by group whatever their order in the file, file order within a group', () => {
+    const p = parsePolicy(`name: t
+version: 1
+default: { offload: false, reason: r }
+rules:
+  - { name: by-port, match: { ports: [80] }, offload: true, threshold: 1, reason: port }
+  - { name: by-name-a, match: { portNames: [http] }, offload: true, threshold: 2, reason: name }
+  - { name: by-name-b, match: { portNames: [http] }, offload: true, threshold: 3, reason: name }
+  - { name: by-app, match: { appProtocols: [http] }, offload: true, threshold: 4, reason: app }
+`);
+    expect(evaluatePort(p, { port: 80, protocol: 'TCP' }).rule).toBe('by-port');
+    expect(evaluatePort(p, { port: 80, protocol: 'TCP', name: 'http' }).rule).toBe('by-name-a');
+    expect(evaluatePort(p, { port: 80, protocol: 'TCP', name: 'http', appProtocol: 'http' }).rule).toBe(
+      'by-app',
+    );
   });
 });
 
@@ -96,6 +153,18 @@ describe('parsePolicy', () => {
       ),
     ],
     ['a list', '- 1\n- 2'],
+    [
+      'the old name-prefix key',
+      minimal('  - { name: a, match: { portNamePrefixes: [grpc] }, offload: true, reason: x }'),
+    ],
+    [
+      'a port-name word with a space',
+      minimal('  - { name: a, match: { portNames: ["a b"] }, offload: true, reason: x }'),
+    ],
+    [
+      'a version too long for a hint',
+      `name: t\nversion: ${'v'.repeat(64)}\ndefault: { offload: false, reason: r }\nrules: []`,
+    ],
   ])('refuses %s with a PolicyError', (_what, text) => {
     expect(() => parsePolicy(text, 'test.yaml')).toThrow(PolicyError);
   });

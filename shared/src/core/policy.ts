@@ -1,7 +1,10 @@
 // The policy: which Service ports are worth offloading, kept as data (YAML or JSON), validated
-// against a JSON Schema when compiled (reading files is adapters/policy-files.ts). Rules are
-// tried in order; the first that matches a port decides it; ports no rule matches get the
-// policy's `default`.
+// against a JSON Schema when compiled (reading files is adapters/policy-files.ts).
+//
+// Precedence: what a port declares beats what it is called, which beats its number. Rules that
+// match an `appProtocol` are tried first, then rules that match a port name, then rules that
+// match only port numbers, ranges or protocols; within each group the first matching rule (in
+// file order) decides. Ports no rule matches get the policy's `default`.
 
 import { createHash } from 'node:crypto';
 import { Ajv } from 'ajv';
@@ -15,8 +18,12 @@ export interface PortMatch {
   protocols?: ('TCP' | 'UDP' | 'SCTP')[];
   /** spec.ports[].appProtocol values, compared case-insensitively (e.g. grpc, kubernetes.io/h2c). */
   appProtocols?: string[];
-  /** Port-name prefixes following the Istio-style convention (grpc-, http-, tcp-, mongo-, redis-). */
-  portNamePrefixes?: string[];
+  /**
+   * Port-name words, compared case-insensitively: a word matches a name that is the word, starts
+   * with `word-` or ends with `-word` (`grpc`, `grpc-api`, `jaeger-collector-grpc`), following the
+   * Istio-style `<protocol>[-<suffix>]` convention and its common reverse.
+   */
+  portNames?: string[];
 }
 
 export interface Rule {
@@ -39,9 +46,17 @@ export interface Policy {
   document: PolicyDocument;
   /** `name@version#hash`: the hash changes with any edit, even when the version is not bumped. */
   id: string;
-  defaultThreshold: number;
-  /** Pre-parsed port ranges, one list per rule. */
-  ranges: [number, number][][];
+  /** The rules in the order they are tried (appProtocol, then port-name, then the rest), pre-parsed. */
+  matchers: Matcher[];
+}
+
+/** One rule, ready to match: ranges parsed, words and appProtocols lowercased once. */
+interface Matcher {
+  rule: Rule;
+  protocols?: readonly string[];
+  ranges?: [number, number][];
+  appProtocols?: ReadonlySet<string>;
+  words?: readonly string[];
 }
 
 const thresholdSchema = { type: 'integer', minimum: 0, maximum: THRESHOLD_MAX };
@@ -53,7 +68,8 @@ export const POLICY_SCHEMA = {
   required: ['name', 'version', 'default', 'rules'],
   properties: {
     name: { type: 'string', minLength: 1, maxLength: 63 },
-    version: { type: ['string', 'integer'] },
+    // Bounded, so that the policy id always fits in a hint.
+    version: { anyOf: [{ type: 'string', minLength: 1, maxLength: 63 }, { type: 'integer' }] },
     defaultThreshold: thresholdSchema,
     default: {
       type: 'object',
@@ -95,7 +111,11 @@ export const POLICY_SCHEMA = {
               },
               protocols: { type: 'array', minItems: 1, items: protocolSchema },
               appProtocols: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
-              portNamePrefixes: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
+              portNames: {
+                type: 'array',
+                minItems: 1,
+                items: { type: 'string', pattern: '^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$' },
+              },
             },
           },
         },
@@ -118,6 +138,13 @@ function parseRange(entry: number | string, where: string): [number, number] {
   return [lo, hi];
 }
 
+/** 0: the rule matches an appProtocol; 1: a port name; 2: only numbers, ranges or protocols. */
+function ruleGroup(rule: Rule): number {
+  if (rule.match.appProtocols) return 0;
+  if (rule.match.portNames) return 1;
+  return 2;
+}
+
 /** Validates a parsed document and builds the Policy; throws PolicyError naming what is wrong. */
 export function compilePolicy(document: unknown, source = 'policy'): Policy {
   if (!validate(document)) {
@@ -133,15 +160,25 @@ export function compilePolicy(document: unknown, source = 'policy'): Policy {
     if (names.has(rule.name)) throw new PolicyError(`${source}: rule name "${rule.name}" is used twice`);
     names.add(rule.name);
   }
-  const ranges = doc.rules.map((rule, i) =>
-    (rule.match.ports ?? []).map((p) => parseRange(p, `${source} rules[${i}] (${rule.name})`)),
-  );
+  const matchers = doc.rules.map((rule, i): Matcher => {
+    const m = rule.match;
+    return {
+      rule,
+      ...(m.protocols ? { protocols: m.protocols } : {}),
+      ...(m.ports
+        ? { ranges: m.ports.map((p) => parseRange(p, `${source} rules[${i}] (${rule.name})`)) }
+        : {}),
+      ...(m.appProtocols ? { appProtocols: new Set(m.appProtocols.map((a) => a.toLowerCase())) } : {}),
+      ...(m.portNames ? { words: m.portNames.map((w) => w.toLowerCase()) } : {}),
+    };
+  });
   const hash = createHash('sha256').update(JSON.stringify(doc)).digest('hex').slice(0, 12);
+  const order = doc.rules.map((rule, i) => ({ i, group: ruleGroup(rule) }));
+  order.sort((a, b) => a.group - b.group || a.i - b.i);
   return {
     document: doc,
     id: `${doc.name}@${doc.version}#${hash}`,
-    defaultThreshold: doc.defaultThreshold ?? 20,
-    ranges,
+    matchers: order.map((o) => matchers[o.i]!),
   };
 }
 
@@ -158,37 +195,44 @@ export function parsePolicy(text: string, source = 'policy'): Policy {
 
 export interface PortVerdict {
   offload: boolean;
-  threshold: number;
+  /** The threshold the deciding rule (or `default`) names itself; see threshold.ts for the rest. */
+  threshold?: number;
   /** The rule's name, or `default`. */
   rule: string;
   reason: string;
 }
 
-function matches(policy: Policy, index: number, port: ServicePort): boolean {
-  const rule = policy.document.rules[index]!;
-  const m = rule.match;
+/** `name` and `app` are the port's, lowercased (or undefined). */
+function matches(m: Matcher, port: ServicePort, name: string | undefined, app: string | undefined): boolean {
+  if (m.appProtocols && (app === undefined || !m.appProtocols.has(app))) return false;
+  if (m.words && (name === undefined || !m.words.some((word) => nameHasWord(name, word)))) return false;
   if (m.protocols && !m.protocols.includes(port.protocol)) return false;
-  if (m.ports && !policy.ranges[index]!.some(([lo, hi]) => port.port >= lo && port.port <= hi)) return false;
-  if (m.appProtocols) {
-    const app = port.appProtocol?.toLowerCase();
-    if (!app || !m.appProtocols.some((a) => a.toLowerCase() === app)) return false;
-  }
-  if (m.portNamePrefixes) {
-    const name = port.name?.toLowerCase();
-    if (!name || !m.portNamePrefixes.some((prefix) => name.startsWith(prefix.toLowerCase()))) return false;
-  }
+  if (m.ranges && !m.ranges.some(([lo, hi]) => port.port >= lo && port.port <= hi)) return false;
   return true;
 }
 
-/** The first rule matching the port decides; otherwise the policy's default. */
+const DASH = 45;
+
+/** `grpc` is in `grpc`, `grpc-api` and `jaeger-collector-grpc`, not in `grpcweb` or `my-grpc-api`. */
+export function nameHasWord(name: string, word: string): boolean {
+  if (name.length === word.length) return name === word;
+  if (name.length <= word.length) return false;
+  return (
+    (name.charCodeAt(word.length) === DASH && name.startsWith(word)) ||
+    (name.charCodeAt(name.length - word.length - 1) === DASH && name.endsWith(word))
+  );
+}
+
+/** The first rule matching the port, in precedence order, decides; otherwise the policy's default. */
 export function evaluatePort(policy: Policy, port: ServicePort): PortVerdict {
-  const rules = policy.document.rules;
-  for (let i = 0; i < rules.length; i++) {
-    if (matches(policy, i, port)) {
-      const rule = rules[i]!;
+  const name = port.name?.toLowerCase();
+  const app = port.appProtocol?.toLowerCase();
+  for (const m of policy.matchers) {
+    if (matches(m, port, name, app)) {
+      const rule = m.rule;
       return {
         offload: rule.offload,
-        threshold: rule.threshold ?? policy.defaultThreshold,
+        ...(rule.threshold !== undefined ? { threshold: rule.threshold } : {}),
         rule: rule.name,
         reason: rule.reason,
       };
@@ -199,7 +243,7 @@ export function evaluatePort(policy: Policy, port: ServicePort): PortVerdict {
     fallback.protocols === undefined || (fallback.protocols as string[]).includes(port.protocol);
   return {
     offload: fallback.offload && protocolAllowed,
-    threshold: fallback.threshold ?? policy.defaultThreshold,
+    ...(fallback.threshold !== undefined ? { threshold: fallback.threshold } : {}),
     rule: 'default',
     reason: protocolAllowed
       ? fallback.reason

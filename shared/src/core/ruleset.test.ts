@@ -133,6 +133,45 @@ describe('desiredRuleset on the Service fixtures', () => {
   });
 });
 
+describe('huge Services', () => {
+  const svc = (name: string, ports: unknown[], annotations: Record<string, string> = {}) => {
+    const read = readService({
+      metadata: { name, namespace: 'n', annotations },
+      spec: { clusterIP: `10.96.9.${name.length}`, ports },
+    });
+    if (!read.ok) throw new Error(read.error);
+    return read.value;
+  };
+
+  it('a Service with 131,070 ports contributes nothing and holds back no other Service', () => {
+    const every: unknown[] = [];
+    for (let port = 1; port <= 65535; port++) every.push({ port }, { port, protocol: 'UDP' });
+    const huge = svc('huge', every, { [USER_KEYS.acceleration]: 'enabled' });
+    const r = desiredRuleset({
+      services: [huge, svc('pg', [{ port: 5432 }])],
+      namespaces: new Map(),
+      devices: [],
+      capabilities: { flowtable: true },
+      policy: loadDefaultPolicy(),
+    });
+    expect(r.services.get('n/huge')?.decision.rule).toBe('contract:hint-limit');
+    expect(r.services.get('n/huge')?.elements).toEqual([]);
+    expect(elementLines(r)).toEqual(['ip 10.96.9.2 6 5432 -> 20']);
+  });
+
+  it('a Service with 1,100 offloaded ports gets one element per port, each at its own threshold', () => {
+    const ports = Array.from({ length: 1100 }, (_, i) =>
+      i % 2 === 0 ? { port: 20_000 + i } : { port: 20_000 + i, name: `grpc-${i}` },
+    );
+    const c = contribution(svc('wide', ports), loadDefaultPolicy(), undefined);
+    expect(c.candidates).toHaveLength(1100);
+    const byThreshold = new Map<number | null, number>();
+    for (const { element } of c.candidates)
+      byThreshold.set(element.threshold, (byThreshold.get(element.threshold) ?? 0) + 1);
+    expect(Object.fromEntries(byThreshold)).toEqual({ 20: 550, 100: 550 });
+  });
+});
+
 describe('the contribution cache', () => {
   it('gives the same ruleset as no cache, and recomputes only replaced objects', () => {
     const s = loadScenario('namespace-opt-out');

@@ -133,7 +133,8 @@ export interface ServiceEntry {
   namespace: string;
   name: string;
   uid?: string;
-  decision: Pick<Decision, 'offload' | 'threshold' | 'reason' | 'rule' | 'policy' | 'source' | 'warnings'>;
+  /** Each offloaded port carries its own threshold (`offload[].threshold`). */
+  decision: Pick<Decision, 'offload' | 'reason' | 'rule' | 'policy' | 'source' | 'warnings'>;
   /** Element keys this Service owns in the ruleset (sorted). */
   elements: string[];
   /** ClusterIPs or elements that were skipped (invalid address, owned by another Service). */
@@ -333,7 +334,6 @@ function entryDecision(service: Service, policy: Policy, namespace: Namespace | 
   const decision = effectiveDecision(service, policy, namespace);
   return {
     offload: decision.offload,
-    threshold: decision.threshold,
     reason: decision.reason,
     rule: decision.rule,
     policy: decision.policy,
@@ -403,8 +403,7 @@ export function contribution(
     skipped: [],
     candidates: [],
   };
-  if (decision.offload.length === 0 || decision.threshold === null) return out;
-  const threshold = decision.threshold;
+  if (decision.offload.length === 0) return out;
 
   const addresses: { family: Family; address: string }[] = [];
   for (const raw of service.clusterIPs) {
@@ -425,7 +424,8 @@ export function contribution(
   for (const { family, address } of addresses) {
     for (const port of decision.offload) {
       const protocol = port.protocol === 'TCP' ? L4_NUMBER.tcp : L4_NUMBER.udp;
-      const element: Element = { family, address, protocol, port: port.port, threshold };
+      // Each element jumps to its own port's threshold chain.
+      const element: Element = { family, address, protocol, port: port.port, threshold: port.threshold };
       out.candidates.push({ key: elementKey(element), element });
     }
   }
