@@ -126,7 +126,14 @@ describe('NftContext stray messages', () => {
     `;
     const child = spawnSync(
       'setpriv',
-      ['--inh-caps=-net_admin', '--bounding-set=-net_admin', process.execPath, '--input-type=module', '-e', script],
+      [
+        '--inh-caps=-net_admin',
+        '--bounding-set=-net_admin',
+        process.execPath,
+        '--input-type=module',
+        '-e',
+        script,
+      ],
       { encoding: 'utf8' },
     );
     expect(child.status, child.stderr).toBe(0);

@@ -1,10 +1,8 @@
-import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput, scenarioNames } from '../../../test/fixtures/services/load.ts';
 import { loadDefaultPolicy } from '../adapters/policy-files.ts';
 import { HINT_KEYS, USER_KEYS } from './contract.ts';
 import { effectiveDecision } from './decide.ts';
-import { diff, diffDelta } from './diff.ts';
 import {
   contribution,
   desiredRuleset,
@@ -12,7 +10,6 @@ import {
   newContributionCache,
   parseThresholdChainName,
   type Ruleset,
-  serviceKey,
   validDeviceName,
 } from './ruleset.ts';
 import { readService, type Service } from './service.ts';
