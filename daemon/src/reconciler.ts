@@ -32,11 +32,10 @@ import {
   isConflictFree,
   type Ruleset,
   type ServiceEntry,
-  serviceKey,
   type ThresholdRefs,
   thresholdRefs,
 } from '@slipstream/shared/core/ruleset';
-import type { Namespace, Service } from '@slipstream/shared/core/service';
+import { type Namespace, type Service, serviceKey } from '@slipstream/shared/core/service';
 import { errorClassOf, errorText, type Kernel, type KernelErrorClass } from './kernel.ts';
 
 export type Trigger = 'startup' | 'service' | 'namespace' | 'link' | 'resync';

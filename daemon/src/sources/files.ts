@@ -18,16 +18,16 @@ import { type FSWatcher, watch } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
 import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
-import { type Namespace, readNamespace, readService, type Service } from '@slipstream/shared/core/service';
-import { parseAllDocuments } from 'yaml';
+import { isRecord } from '@slipstream/shared/core/record';
 import {
-  ChangeEmitter,
-  type Rejected,
-  type ServiceSource,
-  type Snapshot,
+  type Namespace,
+  readNamespace,
+  readService,
+  type Service,
   serviceKey,
-  type Trigger,
-} from './source.ts';
+} from '@slipstream/shared/core/service';
+import { parseAllDocuments } from 'yaml';
+import { ChangeEmitter, type Rejected, type ServiceSource, type Snapshot, type Trigger } from './source.ts';
 
 export const MANIFEST_EXTENSIONS: ReadonlySet<string> = new Set(['.yaml', '.yml', '.json']);
 
@@ -53,10 +53,6 @@ export interface ManifestContent {
 export type ParseResult = { ok: true; content: ManifestContent } | { ok: false; error: string };
 
 const MAX_LIST_DEPTH = 4;
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 function metaString(object: Record<string, unknown>, field: string): string | undefined {
   const metadata = object.metadata;
@@ -150,9 +146,9 @@ const EMPTY: ManifestContent = { services: [], namespaces: [], rejected: [], ign
 
 /** Objects that did not change keep their identity (the reconciler memoizes Services by identity). */
 function keepIdentity(previous: ManifestContent, next: ManifestContent): void {
-  const services = new Map(previous.services.map((s) => [serviceKey(s.namespace, s.name), s]));
+  const services = new Map(previous.services.map((s) => [serviceKey(s), s]));
   next.services = next.services.map((s) => {
-    const old = services.get(serviceKey(s.namespace, s.name));
+    const old = services.get(serviceKey(s));
     return old && JSON.stringify(old) === JSON.stringify(s) ? old : s;
   });
   const namespaces = new Map(previous.namespaces.map((n) => [n.name, n]));
@@ -433,7 +429,7 @@ export class FileSource implements ServiceSource {
     for (const path of [...this.#files.keys()].sort()) {
       const content = this.#files.get(path)?.content ?? EMPTY;
       for (const service of content.services) {
-        const key = serviceKey(service.namespace, service.name);
+        const key = serviceKey(service);
         const previous = from.get(key);
         if (previous !== undefined && previous !== path) {
           const note = `${key}:${previous}:${path}`;

@@ -37,30 +37,21 @@ import {
 } from '@kubernetes/client-node';
 import { Backoff, type BackoffOptions } from '@slipstream/shared/adapters/backoff';
 import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
+import { isRecord } from '@slipstream/shared/core/record';
 import {
   type Namespace,
   type ReadResult,
   readNamespace,
   readService,
   type Service,
-} from '@slipstream/shared/core/service';
-import {
-  ChangeEmitter,
-  type Rejected,
-  type ServiceSource,
-  type Snapshot,
   serviceKey,
-  type Trigger,
-} from './source.ts';
+} from '@slipstream/shared/core/service';
+import { ChangeEmitter, type Rejected, type ServiceSource, type Snapshot, type Trigger } from './source.ts';
 
 export const LAST_APPLIED_ANNOTATION = 'kubectl.kubernetes.io/last-applied-configuration';
 
 /** The informers' restart backoff (the one backoff of shared/adapters/backoff.ts). */
 export const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 800, maxMs: 30_000, resetAfterMs: 120_000 };
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 /**
  * Drops what the daemon never reads: status, metadata.managedFields and the kubectl
@@ -440,7 +431,7 @@ export class KubernetesSource implements ServiceSource {
       path: '/api/v1/services',
       list: (request, signal, shared) => api.listServiceForAllNamespaces(request, withSignal(signal, shared)),
       read: readService,
-      key: (entry) => serviceKey(entry.metadata.namespace ?? '', entry.metadata.name),
+      key: (entry) => serviceKey({ namespace: entry.metadata.namespace ?? '', name: entry.metadata.name }),
       changed: () => this.#changed('service'),
     });
     this.#namespaces = new Mirror<Namespace>({

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PolicyError } from '../core/policy.ts';
 import { loadDefaultPolicy } from './policy-files.ts';
-import { type PolicyWatch, watchFiles, watchPolicy } from './policy-watch.ts';
+import { type PolicyWatch, watchPolicy } from './policy-watch.ts';
 
 const policyText = (name: string, threshold: number) =>
   `name: ${name}\nversion: 1\ndefault: { offload: true, threshold: ${threshold}, reason: everything }\nrules: []\n`;
@@ -91,22 +91,5 @@ describe('watchPolicy', () => {
     expect(w.current().document.name).toBe('only');
     writeFileSync(file, policyText('back', 10));
     await until('the new file', () => w.current().document.name === 'back');
-  });
-});
-
-describe('watchFiles', () => {
-  it('reports only real content changes', async () => {
-    const dir = tempDir();
-    const file = join(dir, 'f');
-    writeFileSync(file, 'one');
-    const seen: string[][] = [];
-    const w = watchFiles([file], ['one'], (c) => seen.push(c), { debounceMs: 10, pollMs: 0 });
-    cleanup.push(() => w.close());
-    writeFileSync(file, 'one'); // same bytes: nothing to report
-    w.check();
-    expect(seen).toEqual([]);
-    writeFileSync(file, 'two');
-    w.check();
-    expect(seen).toEqual([['two']]);
   });
 });

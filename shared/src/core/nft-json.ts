@@ -15,6 +15,7 @@
 
 import { canonicalAddress, isIPv4, isIPv6 } from './address.ts';
 import { type Change, diff, type Op } from './diff.ts';
+import { isRecord as isObject } from './record.ts';
 import {
   type BaseChain,
   bareTable,
@@ -304,10 +305,6 @@ export function listTableCommand(): NftCommands {
 // Parsing the kernel's listing
 
 type Json = Record<string, unknown>;
-
-function isObject(v: unknown): v is Json {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 /** Canonical JSON (sorted keys, counter values dropped) for comparing and reporting foreign rules. */
 function canonicalJson(v: unknown): string {

@@ -14,11 +14,10 @@ import {
   newContributionCache,
   parseThresholdChainName,
   type Ruleset,
-  serviceKey,
   thresholdRefs,
   validDeviceName,
 } from './ruleset.ts';
-import { readService, type Service } from './service.ts';
+import { readService, type Service, serviceKey } from './service.ts';
 
 function elementLines(r: Ruleset): string[] {
   return [...r.elements.values()].map((e) => `${elementKey(e)} -> ${e.threshold}`).sort();
