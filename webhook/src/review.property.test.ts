@@ -5,8 +5,8 @@ import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { HINT_KEYS, HINT_PREFIX, USER_KEYS } from '@slipstream/shared/core/contract';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { applyAnswer, decodePatch } from '../../test/lib/admission-fixtures.ts';
 import { review } from './review.ts';
-import { applyAnswer, decodePatch } from './testing/fixtures.ts';
 
 const policy = loadDefaultPolicy();
 const RUNS = 400;

@@ -77,7 +77,7 @@ describe('loadKubeConfig and requestOptions, against the API server stand-in', (
       requestOptions({ contentType: PatchStrategy.MergePatch }),
     );
     expect(server.requests.find((r) => r.verb === 'patch')?.contentType).toBe('application/merge-patch+json');
-    expect((server.getSecret('default', 's')?.metadata as { labels?: unknown }).labels).toEqual({ x: 'y' });
+    expect(server.getSecret('default', 's')?.metadata).toMatchObject({ labels: { x: 'y' } });
   });
 
   it('lets a sequence of requests share a connection pool (client-node alone opens a connection per request)', async () => {

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput, scenarioNames } from '../../../test/fixtures/services/load.ts';
+import { canUseNetns } from '../../../test/lib/netns.ts';
 import { diff, isEmpty } from './diff.ts';
 import {
   changeToCommands,
@@ -245,15 +246,6 @@ describe('formatRuleset', () => {
 });
 
 // --- Round trip through the real kernel, in a private network namespace --------------------
-
-function canUseNetns(): boolean {
-  try {
-    execFileSync('nft', ['--version'], { stdio: 'ignore' });
-    return process.getuid?.() === 0;
-  } catch {
-    return false;
-  }
-}
 
 describe.skipIf(!canUseNetns())('round trip through nft in a private network namespace', () => {
   const ns = `slipstream-nftjson-${randomBytes(4).toString('hex')}`;
