@@ -7,12 +7,8 @@
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  AdmissionDenied,
-  type AdmissionRequest,
-  FakeApiServer,
-  type Json,
-} from '../apiserver/fake-apiserver.ts';
+import { AdmissionDenied, type AdmissionRequest } from '../apiserver/admission.ts';
+import { FakeApiServer, type Json } from '../apiserver/fake-apiserver.ts';
 import { selfSignedCertificate } from '../apiserver/tls.ts';
 import {
   MutatingAdmission,

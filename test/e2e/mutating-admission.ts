@@ -40,10 +40,10 @@ import {
   AdmissionDenied,
   type AdmissionHook,
   type AdmissionRequest,
-  applyJsonPatch,
-  type Json,
   toAdmissionReview,
-} from '../apiserver/fake-apiserver.ts';
+} from '../apiserver/admission.ts';
+import { applyJsonPatch } from '../apiserver/patch.ts';
+import type { Json } from '../apiserver/resources.ts';
 import { type LabelSelector, selectorMatches } from '../lib/label-selector.ts';
 
 export interface RuleWithOperations {
