@@ -179,17 +179,8 @@ export class ObjectStore {
         name: namespace,
         kind: 'namespaces',
       });
-    if (namespace !== undefined) {
-      if (metadata.namespace !== undefined && metadata.namespace !== namespace) {
-        throw new StatusError(
-          400,
-          'BadRequest',
-          'the namespace of the provided object does not match the namespace sent on the request',
-        );
-      }
-      metadata.namespace = namespace;
-      if (!this.#objects.namespaces.has(namespace)) throw namespaceMissing();
-    }
+    setNamespace(metadata, namespace);
+    if (namespace !== undefined && !this.#objects.namespaces.has(namespace)) throw namespaceMissing();
     const key = keyOf(namespace, name);
     const exists = (): void => {
       if (this.#objects[resource].has(key)) {
@@ -251,16 +242,7 @@ export class ObjectStore {
         `the name of the object (${String(metadata.name)}) does not match the name on the URL (${name})`,
       );
     }
-    if (namespace !== undefined) {
-      if (metadata.namespace !== undefined && metadata.namespace !== namespace) {
-        throw new StatusError(
-          400,
-          'BadRequest',
-          'the namespace of the provided object does not match the namespace sent on the request',
-        );
-      }
-      metadata.namespace = namespace;
-    }
+    setNamespace(metadata, namespace);
     const conflict = (): never => {
       throw new StatusError(
         409,
@@ -324,4 +306,17 @@ export class ObjectStore {
     }
     return this.commit(resource, 'DELETED', namespace, name, current);
   }
+}
+
+/** The request's namespace into the object's metadata; 400 when the object names another one. */
+function setNamespace(metadata: Json, namespace: string | undefined): void {
+  if (namespace === undefined) return;
+  if (metadata.namespace !== undefined && metadata.namespace !== namespace) {
+    throw new StatusError(
+      400,
+      'BadRequest',
+      'the namespace of the provided object does not match the namespace sent on the request',
+    );
+  }
+  metadata.namespace = namespace;
 }

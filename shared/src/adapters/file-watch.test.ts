@@ -1,30 +1,12 @@
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { until } from '../../../test/lib/process.ts';
+import { tempDir } from '../../../test/lib/temp-dir.ts';
 import { type FileWatch, watchFiles } from './file-watch.ts';
 
-async function until(what: string, check: () => boolean, timeoutMs = 15_000) {
-  const end = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-const cleanup: (() => void)[] = [];
-afterEach(() => {
-  for (const fn of cleanup.splice(0)) fn();
-});
-
-function tempDir() {
-  const dir = mkdtempSync(join(tmpdir(), 'slipstream-file-watch-'));
-  cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 function track(w: FileWatch): FileWatch {
-  cleanup.push(() => w.close());
+  onTestFinished(() => w.close());
   return w;
 }
 
