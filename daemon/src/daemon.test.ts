@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import type { Logger } from '@slipstream/shared/adapters/log';
 import { PolicyError } from '@slipstream/shared/core/policy';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { canUseNetns } from '../../test/lib/netns.ts';
 import { type DaemonOptions, EXAMPLES_DIR } from './cli.ts';
 import { cleanup, type RunningDaemon, requireNetns, runOnce, StartupError, startDaemon } from './daemon.ts';
 import { MemoryKernel } from './memory-kernel.ts';
@@ -37,14 +38,7 @@ class CountingKernel extends MemoryKernel {
   }
 }
 
-function isRoot(): boolean {
-  try {
-    execFileSync('ip', ['-V'], { stdio: 'ignore' });
-    return process.getuid?.() === 0;
-  } catch {
-    return false;
-  }
-}
+const isRoot = canUseNetns({ nft: false }); // links need a namespace; the kernel is a MemoryKernel
 
 async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>) {
   for (let i = 0; i < 400; i++) {
@@ -57,7 +51,7 @@ async function until<T>(what: string, probe: () => T | undefined | false | Promi
 
 const childProcesses = () => process.getActiveResourcesInfo().filter((r) => r === 'ProcessWrap').length;
 
-describe.skipIf(!isRoot())('startDaemon / runOnce / cleanup (MemoryKernel, private netns for links)', () => {
+describe.skipIf(!isRoot)('startDaemon / runOnce / cleanup (MemoryKernel, private netns for links)', () => {
   const ns = `slipstream-daemontest-${randomBytes(4).toString('hex')}`;
   let dir: string;
   const running: RunningDaemon[] = [];

@@ -5,6 +5,7 @@ import { parseTable } from '@slipstream/shared/core/nft-listing';
 import { desiredRuleset, type Ruleset } from '@slipstream/shared/core/ruleset';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
+import { canUseNetns } from '../../test/lib/netns.ts';
 import { NapiKernel, type NftRunner } from './kernel.ts';
 import { CliRunner } from './kernel-cli.ts';
 import { MemoryKernel } from './memory-kernel.ts';
@@ -81,15 +82,6 @@ describe('MemoryKernel', () => {
 });
 
 // --- The real kernel edge, in a private network namespace -------------------------------------
-
-function canUseNetns(): boolean {
-  try {
-    execFileSync('nft', ['--version'], { stdio: 'ignore' });
-    return process.getuid?.() === 0;
-  } catch {
-    return false;
-  }
-}
 
 /** nftables-napi when it loads (the daemon's edge), else the nft CLI behind the same interface. */
 async function openKernel(ns: string): Promise<{ kernel: NapiKernel; runner: string }> {

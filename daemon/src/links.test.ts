@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { silentLogger } from '@slipstream/shared/adapters/log';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { canUseNetns } from '../../test/lib/netns.ts';
 import { flowtableDevices, LinkWatcher, listLinks, parseLinks } from './links.ts';
 
 const SAMPLE = JSON.stringify([
@@ -51,16 +52,7 @@ describe('parseLinks / flowtableDevices', () => {
   });
 });
 
-function canUseNetns(): boolean {
-  try {
-    execFileSync('ip', ['-V'], { stdio: 'ignore' });
-    return process.getuid?.() === 0;
-  } catch {
-    return false;
-  }
-}
-
-describe.skipIf(!canUseNetns())('LinkWatcher in a private network namespace', () => {
+describe.skipIf(!canUseNetns({ nft: false }))('LinkWatcher in a private network namespace', () => {
   const ns = `slipstream-links-${randomBytes(4).toString('hex')}`;
   const ip = (...args: string[]) => execFileSync('ip', ['-n', ns, ...args]);
   let watcher: LinkWatcher | null = null;

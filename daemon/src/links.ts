@@ -12,6 +12,7 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
+import { isRecord } from '@slipstream/shared/core/record';
 import { validDeviceName } from '@slipstream/shared/core/ruleset';
 
 export interface LinkInfo {
@@ -21,10 +22,6 @@ export interface LinkInfo {
   loopback: boolean;
   operstate?: string;
   linkType?: string;
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /** Parses `ip -json link show` output. Unknown shapes are skipped, never thrown on. */

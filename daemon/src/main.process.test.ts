@@ -3,122 +3,31 @@
 // from a temp manifests directory. The kernel is observed through the nft CLI, independently of
 // the daemon's own kernel edge. No timing assertions: every wait polls a condition, bounded.
 
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments, stringify } from 'yaml';
+import { canUseNetns, kernelState, netnsName, nftJson } from '../../test/lib/netns.ts';
+import {
+  freePort,
+  type LogEntry,
+  DAEMON_MAIN as MAIN,
+  Proc,
+  run as runWith,
+  STATUS_MAIN,
+  until,
+} from '../../test/lib/process.ts';
 import { EXAMPLES_DIR } from './cli.ts';
-
-const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
-const STATUS_MAIN = fileURLToPath(new URL('./status-main.ts', import.meta.url));
-const WAIT_MS = 20_000;
 
 const ENV: Record<string, string | undefined> = { ...process.env, OTEL_TRACES_EXPORTER: 'none' };
 delete ENV.KUBERNETES_SERVICE_HOST;
 delete ENV.OTEL_EXPORTER_OTLP_ENDPOINT;
 delete ENV.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
 
-type LogEntry = Record<string, unknown> & { msg?: string; level?: string };
-
-function canRun(): boolean {
-  try {
-    execFileSync('nft', ['--version'], { stdio: 'ignore' });
-    execFileSync('ip', ['-V'], { stdio: 'ignore' });
-    return process.getuid?.() === 0;
-  } catch {
-    return false;
-  }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until<T>(
-  what: string,
-  probe: () => T | undefined | null | false | Promise<T | undefined | null | false>,
-  context: () => string = () => '',
-): Promise<T> {
-  const deadline = Date.now() + WAIT_MS;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${context()}`);
-    await sleep(50);
-  }
-}
-
-/** A child process with its output collected; stderr lines parsed as JSON where they are JSON. */
-class Proc {
-  readonly child: ChildProcess;
-  stdout = '';
-  stderr = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  #done = false;
-
-  constructor(script: string, args: string[]) {
-    this.child = spawn(process.execPath, [script, ...args], { env: ENV, stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout!.setEncoding('utf8').on('data', (c: string) => (this.stdout += c));
-    this.child.stderr!.setEncoding('utf8').on('data', (c: string) => (this.stderr += c));
-    this.exited = new Promise((resolve) =>
-      this.child.once('close', (code, signal) => {
-        this.#done = true;
-        resolve({ code, signal });
-      }),
-    );
-  }
-
-  get running(): boolean {
-    return !this.#done;
-  }
-
-  logs(): LogEntry[] {
-    return this.stderr
-      .split('\n')
-      .filter((l) => l.trim() !== '')
-      .map((l) => {
-        try {
-          return JSON.parse(l) as LogEntry;
-        } catch {
-          return { raw: l };
-        }
-      });
-  }
-
-  /** The exit, or a failure (and SIGKILL) when it does not come within the bound. */
-  async exit(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        this.child.kill('SIGKILL');
-        reject(new Error(`process did not exit within ${WAIT_MS} ms\nstderr:\n${this.stderr}`));
-      }, WAIT_MS);
-    });
-    try {
-      return await Promise.race([this.exited, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-}
-
-async function run(script: string, args: string[]) {
-  const p = new Proc(script, args);
-  const { code, signal } = await p.exit();
-  return { code, signal, stdout: p.stdout, stderr: p.stderr, logs: p.logs() };
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const address = server.address();
-  await new Promise((r) => server.close(r));
-  if (!address || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
+const run = (script: string, args: string[]) => runWith(script, args, { env: ENV });
 
 // The Services used here, copied from the shipped examples, one file each.
 function exampleDocs(): Map<string, Record<string, unknown>> {
@@ -144,36 +53,16 @@ const WHOAMI = 'svc4 10.96.30.10 tcp 80 -> threshold-100';
 const CHECKOUT = 'svc4 10.96.10.20 tcp 50051 -> threshold-20';
 const INITIAL = [POSTGRES, REDIS, IPERF3_TCP, IPERF3_UDP].sort();
 
-describe.skipIf(!canRun())('the daemon process in a private network namespace (degraded kernel)', () => {
-  const ns = `slipstream-process-${randomBytes(4).toString('hex')}`;
+describe.skipIf(!canUseNetns())('the daemon process in a private network namespace (degraded kernel)', () => {
+  const ns = netnsName('process');
   const docs = exampleDocs();
   let dir: string;
   const started: Proc[] = [];
 
-  const nft = (...args: string[]) =>
-    execFileSync('ip', ['netns', 'exec', ns, 'nft', ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    }).toString();
   /** `nft -j list table inet slipstream`, or null when there is no table. */
-  const tableJson = (): string | null => {
-    try {
-      return nft('-j', 'list', 'table', 'inet', 'slipstream');
-    } catch {
-      return null;
-    }
-  };
-  type Elem = [{ concat: (string | number)[] }, { jump: { target: string } }];
+  const tableJson = (): string | null => nftJson(ns);
   /** The map elements as `svc4 ADDR PROTO PORT -> CHAIN`, sorted; null when there is no table. */
-  const elements = (): string[] | null => {
-    const text = tableJson();
-    if (text === null) return null;
-    const doc = JSON.parse(text) as { nftables: { map?: { name: string; elem?: Elem[] } }[] };
-    return doc.nftables
-      .flatMap((i) =>
-        (i.map?.elem ?? []).map((e) => `${i.map?.name} ${e[0].concat.join(' ')} -> ${e[1].jump.target}`),
-      )
-      .sort();
-  };
+  const elements = (): string[] | null => kernelState(ns)?.elements ?? null;
   const withoutHandles = (json: string) =>
     JSON.stringify(JSON.parse(json), (key, value) => (key === 'handle' ? undefined : value));
 
@@ -196,7 +85,7 @@ describe.skipIf(!canRun())('the daemon process in a private network namespace (d
   const namespacesFile = (media: string) => [media, manifest('namespace/shop')].join('---\n');
 
   const daemon = (args: string[]) => {
-    const p = new Proc(MAIN, args);
+    const p = new Proc(MAIN, args, { env: ENV });
     started.push(p);
     return p;
   };
@@ -255,7 +144,7 @@ describe.skipIf(!canRun())('the daemon process in a private network namespace (d
     });
 
     it('--once on a network namespace that does not exist: exit 1 with one clear line, no stack, no hang', async () => {
-      const missing = `slipstream-missing-${randomBytes(4).toString('hex')}`;
+      const missing = netnsName('missing');
       const r = await run(MAIN, ['--services', dir, '--netns', missing, '--once']);
       expect(r.code, r.stderr).toBe(1);
       const errors = r.logs.filter((l) => l.level === 'error' || l.level === 'warn' || 'raw' in l);
@@ -270,7 +159,7 @@ describe.skipIf(!canRun())('the daemon process in a private network namespace (d
     });
 
     it('--cleanup on a network namespace that does not exist is an error, not "was not there"', async () => {
-      const missing = `slipstream-missing-${randomBytes(4).toString('hex')}`;
+      const missing = netnsName('missing');
       const r = await run(MAIN, ['--netns', missing, '--cleanup']);
       expect(r.code).toBe(1);
       expect(r.stderr).toContain('does not exist');
@@ -475,12 +364,7 @@ describe.skipIf(!canRun())('the daemon process in a private network namespace (d
     });
 
     it('status on a namespace that does not exist: exit 1, not an empty report', async () => {
-      const r = await run(STATUS_MAIN, [
-        '--services',
-        dir,
-        '--netns',
-        `slipstream-missing-${randomBytes(4).toString('hex')}`,
-      ]);
+      const r = await run(STATUS_MAIN, ['--services', dir, '--netns', netnsName('missing')]);
       expect(r.code).toBe(1);
       expect(r.stderr).toContain('does not exist');
       expect(r.stdout).toBe('');

@@ -12,6 +12,7 @@ import { desiredRuleset, type Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Service } from '@slipstream/shared/core/service';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
+import { canUseNetns } from '../../test/lib/netns.ts';
 import { NapiKernel, type NftRunner } from './kernel.ts';
 import { CliRunner } from './kernel-cli.ts';
 import { LinkWatcher } from './links.ts';
@@ -19,15 +20,6 @@ import { Reconciler, type SyncResult } from './reconciler.ts';
 
 const policy = loadDefaultPolicy();
 const view = (r: Ruleset | null | undefined) => (r ? { ...r, services: new Map(), owners: new Map() } : r);
-
-function canUseNetns(): boolean {
-  try {
-    execFileSync('nft', ['--version'], { stdio: 'ignore' });
-    return process.getuid?.() === 0;
-  } catch {
-    return false;
-  }
-}
 
 async function runnerFor(ns: string): Promise<NftRunner> {
   try {

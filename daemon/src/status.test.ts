@@ -9,7 +9,7 @@ import { desiredRuleset, elementKey, type Ruleset } from '@slipstream/shared/cor
 import type { Namespace, Service } from '@slipstream/shared/core/service';
 import { describe, expect, it } from 'vitest';
 import { EXAMPLES_DIR } from './cli.ts';
-import { parseManifests } from './sources/files.ts';
+import { parseManifests } from './sources/manifests.ts';
 import {
   countOffloaded,
   flowKey,

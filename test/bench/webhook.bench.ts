@@ -14,10 +14,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { review } from '../../webhook/src/review.ts';
-import { postReview } from '../../webhook/src/testing/client.ts';
-import { loadFixtures } from '../../webhook/src/testing/fixtures.ts';
-import { type SpawnedWebhook, spawnWebhook } from '../../webhook/src/testing/spawn.ts';
 import { selfSignedCertificate } from '../../webhook/src/tls.ts';
+import { loadFixtures } from '../lib/admission-fixtures.ts';
+import { postReview } from '../lib/webhook-client.ts';
+import { type SpawnedWebhook, spawnWebhook } from '../lib/webhook-process.ts';
 import { type LoadResult, load, median, percentile } from './https-load.ts';
 import type { Figures, Goal } from './run.ts';
 

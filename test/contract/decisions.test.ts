@@ -15,7 +15,7 @@ import { portKey, readService, type Service } from '@slipstream/shared/core/serv
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { review } from '../../webhook/src/review.ts';
-import { applyAnswer, loadFixtures } from '../../webhook/src/testing/fixtures.ts';
+import { applyAnswer, loadFixtures } from '../lib/admission-fixtures.ts';
 
 const policy = loadDefaultPolicy();
 const PUBLIC = fileURLToPath(new URL('../fixtures/public/', import.meta.url));

@@ -17,6 +17,7 @@ import type { INamespace } from 'kubernetes-models/v1/Namespace';
 import type { IPodSpec } from 'kubernetes-models/v1/PodSpec';
 import type { IService } from 'kubernetes-models/v1/Service';
 import { describe, expect, it } from 'vitest';
+import { selectorMatches } from '../lib/label-selector.ts';
 import { has, type KubeObject, NAMESPACE, one, REPO, render, TARGETS } from './manifests.ts';
 import {
   container,
@@ -27,7 +28,6 @@ import {
   POLICY_MOUNT,
   POLICY_PATH,
   podSpec,
-  selects,
   webhookDeployment,
 } from './workloads.ts';
 
@@ -69,8 +69,8 @@ describe('webhook Deployment', () => {
     const pdb = one<IPodDisruptionBudget>(base(), 'PodDisruptionBudget', 'slipstream-webhook');
     expect(pdb.spec?.minAvailable).toBe(1);
     expect(pdb.spec?.minAvailable).toBeLessThan(webhook().spec?.replicas ?? 0);
-    expect(selects(pdb.spec!.selector!, webhook().spec!.template.metadata!.labels!)).toBe(true);
-    expect(selects(pdb.spec!.selector!, daemon().spec!.template.metadata!.labels!)).toBe(false);
+    expect(selectorMatches(pdb.spec!.selector!, webhook().spec!.template.metadata!.labels!)).toBe(true);
+    expect(selectorMatches(pdb.spec!.selector!, daemon().spec!.template.metadata!.labels!)).toBe(false);
   });
 
   it('runs non-root with a read-only root filesystem, no capabilities, RuntimeDefault seccomp', () => {
@@ -119,12 +119,12 @@ describe('webhook Deployment', () => {
   it('is reached through a Service on 443 that targets its HTTPS port', () => {
     const svc = one<IService>(base(), 'Service', 'slipstream-webhook');
     expect(svc.spec?.ports).toEqual([{ name: 'https', port: 443, targetPort: 'https', protocol: 'TCP' }]);
-    expect(selects({ matchLabels: svc.spec?.selector }, webhook().spec!.template.metadata!.labels!)).toBe(
-      true,
-    );
-    expect(selects({ matchLabels: svc.spec?.selector }, daemon().spec!.template.metadata!.labels!)).toBe(
-      false,
-    );
+    expect(
+      selectorMatches({ matchLabels: svc.spec?.selector }, webhook().spec!.template.metadata!.labels!),
+    ).toBe(true);
+    expect(
+      selectorMatches({ matchLabels: svc.spec?.selector }, daemon().spec!.template.metadata!.labels!),
+    ).toBe(false);
   });
 });
 
@@ -292,11 +292,13 @@ describe('MutatingWebhookConfiguration slipstream', () => {
       'kubernetes.io/metadata.name': name,
       ...labels,
     });
-    expect(selects(selector, ns('default'))).toBe(true);
-    expect(selects(selector, ns('shop', { [NAMESPACE_OPT_OUT_LABEL]: 'enabled' }))).toBe(true);
-    expect(selects(selector, ns('shop', { [NAMESPACE_OPT_OUT_LABEL]: NAMESPACE_OPT_OUT_VALUE }))).toBe(false);
-    expect(selects(selector, ns('kube-system'))).toBe(false);
-    expect(selects(selector, ns(NAMESPACE))).toBe(false);
+    expect(selectorMatches(selector, ns('default'))).toBe(true);
+    expect(selectorMatches(selector, ns('shop', { [NAMESPACE_OPT_OUT_LABEL]: 'enabled' }))).toBe(true);
+    expect(
+      selectorMatches(selector, ns('shop', { [NAMESPACE_OPT_OUT_LABEL]: NAMESPACE_OPT_OUT_VALUE })),
+    ).toBe(false);
+    expect(selectorMatches(selector, ns('kube-system'))).toBe(false);
+    expect(selectorMatches(selector, ns(NAMESPACE))).toBe(false);
     expect(theWebhook().objectSelector).toBeUndefined();
   });
 

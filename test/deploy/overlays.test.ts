@@ -7,6 +7,7 @@ import type { IMutatingWebhookConfiguration } from 'kubernetes-models/admissionr
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IService } from 'kubernetes-models/v1/Service';
 import { describe, expect, it } from 'vitest';
+import { selectorMatches } from '../lib/label-selector.ts';
 import {
   has,
   describe as id,
@@ -17,16 +18,7 @@ import {
   renderComposed,
   TARGETS,
 } from './manifests.ts';
-import {
-  container,
-  daemonSet,
-  envOf,
-  flag,
-  POLICY_PATH,
-  podSpec,
-  selects,
-  webhookDeployment,
-} from './workloads.ts';
+import { container, daemonSet, envOf, flag, POLICY_PATH, podSpec, webhookDeployment } from './workloads.ts';
 
 const base = (): KubeObject[] => render(TARGETS.base);
 
@@ -92,11 +84,11 @@ describe('deploy/overlays/jaeger', () => {
       [4318, 'otlp-http'],
       [16686, 'ui'],
     ]);
-    expect(selects({ matchLabels: svc.spec?.selector }, deployment.spec!.template.metadata!.labels!)).toBe(
-      true,
-    );
     expect(
-      selects(
+      selectorMatches({ matchLabels: svc.spec?.selector }, deployment.spec!.template.metadata!.labels!),
+    ).toBe(true);
+    expect(
+      selectorMatches(
         { matchLabels: svc.spec?.selector },
         webhookDeployment(jaeger()).spec!.template.metadata!.labels!,
       ),

@@ -1,13 +1,10 @@
 // Typed access to the rendered workloads, shared by the deploy tests.
 
-import type { IMutatingWebhook } from 'kubernetes-models/admissionregistration.k8s.io/v1/MutatingWebhook';
 import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IContainer } from 'kubernetes-models/v1/Container';
 import type { IPodSpec } from 'kubernetes-models/v1/PodSpec';
 import { type KubeObject, one } from './manifests.ts';
-
-type LabelSelector = NonNullable<IMutatingWebhook['namespaceSelector']>;
 
 export const IMAGE = 'ghcr.io/slipstream-dev/slipstream:0.1.0';
 export const POLICY_MOUNT = '/etc/slipstream';
@@ -52,33 +49,4 @@ export function envOf(c: IContainer): Map<string, string> {
     env.set(e.name, field !== undefined ? `field:${field}` : (e.value ?? ''));
   }
   return env;
-}
-
-/** Kubernetes label-selector semantics (matchLabels AND every matchExpression). */
-export function selects(selector: LabelSelector, labels: Record<string, string>): boolean {
-  for (const [key, value] of Object.entries(selector.matchLabels ?? {})) {
-    if (labels[key] !== value) return false;
-  }
-  for (const expr of selector.matchExpressions ?? []) {
-    const has = Object.hasOwn(labels, expr.key);
-    const value = labels[expr.key];
-    const values = expr.values ?? [];
-    switch (expr.operator) {
-      case 'In':
-        if (!has || !values.includes(value!)) return false;
-        break;
-      case 'NotIn':
-        if (has && values.includes(value!)) return false;
-        break;
-      case 'Exists':
-        if (!has) return false;
-        break;
-      case 'DoesNotExist':
-        if (has) return false;
-        break;
-      default:
-        throw new Error(`unknown selector operator ${expr.operator}`);
-    }
-  }
-  return true;
 }

@@ -33,7 +33,6 @@
 // No timing assertions: every wait polls a condition, bounded.
 
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -43,20 +42,22 @@ import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeApiServer, type Json } from '../apiserver/fake-apiserver.ts';
 import { selfSignedCertificate } from '../apiserver/tls.ts';
+import { canUseNetns, kernelState, netnsName } from '../lib/netns.ts';
 import {
   DAEMON_MAIN,
   freePort,
-  HangingServer,
   hasCommand,
-  kernelState,
   type LogEntry,
-  OtlpReceiver,
   Proc,
+  until,
+  WEBHOOK_MAIN,
+} from '../lib/process.ts';
+import {
+  HangingServer,
+  OtlpReceiver,
   pinnedCertificate,
   type ReceivedSpan,
   renderDeploy,
-  until,
-  WEBHOOK_MAIN,
 } from './harness.ts';
 import { MutatingAdmission, type MutatingWebhookConfiguration, pointAt } from './mutating-admission.ts';
 
@@ -71,12 +72,7 @@ const HINT = {
 const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/;
 
 function canRun(): boolean {
-  return (
-    process.getuid?.() === 0 &&
-    hasCommand('nft', ['--version']) &&
-    hasCommand('ip', ['-V']) &&
-    hasCommand('kubectl', ['version', '--client'])
-  );
+  return canUseNetns() && hasCommand('kubectl', ['version', '--client']);
 }
 
 /** Env for a component: ours, minus anything that would point it at a real cluster or turn tracing off. */
@@ -167,7 +163,7 @@ async function startPortAdder(): Promise<{ url: string; caPem: string; close: ()
 describe.skipIf(!canRun())(
   'the control plane end to end: API server, admission, webhook, daemon, kernel, traces',
   () => {
-    const netns = `slipstream-e2e-${randomBytes(4).toString('hex')}`;
+    const netns = netnsName('e2e');
     const policyId = loadDefaultPolicy().id;
     let dir: string;
     let otlp: OtlpReceiver;
@@ -271,7 +267,7 @@ describe.skipIf(!canRun())(
 
       // The real webhook, self-signed.
       const port = await freePort();
-      webhook = new Proc('webhook', WEBHOOK_MAIN, ['--listen', `127.0.0.1:${port}`], env);
+      webhook = new Proc(WEBHOOK_MAIN, ['--listen', `127.0.0.1:${port}`], { name: 'webhook', env });
       const listening = await webhook.waitForLog(
         'listening',
         (l) => l.msg === 'slipstream webhook listening',
@@ -307,10 +303,12 @@ describe.skipIf(!canRun())(
 
       // The real daemon, in the private network namespace, on the stand-in.
       daemon = new Proc(
-        'daemon',
         DAEMON_MAIN,
         ['--kubeconfig', kubeconfig, '--netns', netns, '--min-sync-period', '100ms'],
-        env,
+        {
+          name: 'daemon',
+          env,
+        },
       );
       await daemon.waitForLog('its start-up sync', (l) => l.msg === 'sync' && l.trigger === 'startup');
       await until('the table in the kernel', () => kernelState(netns), context);

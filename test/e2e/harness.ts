@@ -1,10 +1,9 @@
-// Support for the end-to-end tests: the real component processes, a local OTLP/HTTP receiver,
-// the kernel as `nft` shows it, the webhook's certificate, and bounded polling. Nothing here
-// measures time: every wait polls a condition until a bound and then fails with context.
+// Support for the end-to-end tests: a local OTLP/HTTP receiver, a webhook that never answers, the
+// webhook's certificate, and the rendered deploy/. The processes, bounded polling and the kernel
+// view are in test/lib (process.ts, netns.ts).
 
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import http from 'node:http';
 import {
   type AddressInfo,
@@ -14,126 +13,9 @@ import {
 } from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 import { parseAllDocuments } from 'yaml';
-
-export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-export const WEBHOOK_MAIN = join(ROOT, 'webhook/src/main.ts');
-export const DAEMON_MAIN = join(ROOT, 'daemon/src/main.ts');
-export const WAIT_MS = 20_000;
-
-/** Node 24 (the project's), never the system's older node. */
-export const NODE =
-  Number(process.versions.node.split('.')[0]) >= 24 ? process.execPath : join(ROOT, 'node_modules/.bin/node');
-
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `probe` until it returns something truthy; fails after `WAIT_MS` with `context()`. */
-export async function until<T>(
-  what: string,
-  probe: () => T | undefined | null | false | Promise<T | undefined | null | false>,
-  context: () => string = () => '',
-  boundMs = WAIT_MS,
-): Promise<T> {
-  const deadline = Date.now() + boundMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${context()}`);
-    await sleep(50);
-  }
-}
-
-export function hasCommand(command: string, args: string[]): boolean {
-  try {
-    execFileSync(command, args, { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-export async function freePort(): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((r) => server.close(r));
-  return port;
-}
-
-export type LogEntry = Record<string, unknown> & { msg?: string; level?: string };
-
-/** A component process, its stderr read as JSON log lines. */
-export class Proc {
-  readonly name: string;
-  readonly child: ChildProcess;
-  stdout = '';
-  stderr = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  #done = false;
-
-  constructor(name: string, script: string, args: string[], env: Record<string, string | undefined>) {
-    this.name = name;
-    const clean = Object.fromEntries(
-      Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined),
-    );
-    this.child = spawn(NODE, [script, ...args], { env: clean, stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout!.setEncoding('utf8').on('data', (c: string) => (this.stdout += c));
-    this.child.stderr!.setEncoding('utf8').on('data', (c: string) => (this.stderr += c));
-    this.exited = new Promise((resolve) =>
-      this.child.once('close', (code, signal) => {
-        this.#done = true;
-        resolve({ code, signal });
-      }),
-    );
-  }
-
-  get running(): boolean {
-    return !this.#done;
-  }
-
-  logs(): LogEntry[] {
-    return this.stderr
-      .split('\n')
-      .filter((l) => l.trim() !== '')
-      .map((l) => {
-        try {
-          return JSON.parse(l) as LogEntry;
-        } catch {
-          return { raw: l };
-        }
-      });
-  }
-
-  /** The first log line that satisfies `predicate`; fails if the process exits or the bound passes. */
-  waitForLog(what: string, predicate: (l: LogEntry) => boolean): Promise<LogEntry> {
-    return until(
-      `${this.name}: ${what}`,
-      () => {
-        const found = this.logs().find(predicate);
-        if (found) return found;
-        if (!this.running) throw new Error(`${this.name} exited before ${what}\n${this.stderr}`);
-        return undefined;
-      },
-      () => this.stderr,
-    );
-  }
-
-  /** Sends `signal` and waits for the exit (SIGKILL after the bound). */
-  async stop(
-    signal: NodeJS.Signals = 'SIGTERM',
-  ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-    if (!this.running) return this.exited;
-    this.child.kill(signal);
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), WAIT_MS);
-    try {
-      return await this.exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-}
+import { ROOT } from '../lib/process.ts';
 
 // --- OTLP/HTTP ---------------------------------------------------------------------------------
 
@@ -381,40 +263,4 @@ export function renderDeploy(): Record<string, unknown>[] {
   return parseAllDocuments(text)
     .map((d) => d.toJS() as Record<string, unknown> | null)
     .filter((d): d is Record<string, unknown> => d !== null);
-}
-
-// --- the kernel, seen through the nft CLI ---------------------------------------------------------
-
-export function nftJson(netns: string): string | null {
-  try {
-    return execFileSync('ip', ['netns', 'exec', netns, 'nft', '-j', 'list', 'table', 'inet', 'slipstream'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    }).toString();
-  } catch {
-    return null;
-  }
-}
-
-type Elem = [{ concat: (string | number)[] }, { jump?: { target: string }; goto?: { target: string } }];
-
-/** The table's map elements as `svc4 ADDR PROTO PORT -> CHAIN` (sorted), and its chains; null without a table. */
-export function kernelState(netns: string): { elements: string[]; chains: string[] } | null {
-  const text = nftJson(netns);
-  if (text === null) return null;
-  const doc = JSON.parse(text) as {
-    nftables: { map?: { name: string; elem?: Elem[] }; chain?: { name: string } }[];
-  };
-  const elements = doc.nftables
-    .flatMap((i) =>
-      (i.map?.elem ?? []).map(
-        (e) => `${i.map?.name} ${e[0].concat.join(' ')} -> ${e[1].jump?.target ?? e[1].goto?.target ?? '?'}`,
-      ),
-    )
-    .sort();
-  const chains = doc.nftables.flatMap((i) => (i.chain ? [i.chain.name] : [])).sort();
-  return { elements, chains };
-}
-
-export function netnsExists(name: string): boolean {
-  return existsSync(`/run/netns/${name}`);
 }

@@ -1,57 +1,22 @@
 // The e2e suite's stand-in for kube-apiserver's mutating admission (mutating-admission.ts), checked
-// on its own against small in-process HTTPS webhooks whose answers the tests choose: selectors,
-// rules, certificate verification, the answer checks, failurePolicy and reinvocation. A harness
-// that got these wrong would let control-plane.test.ts pass for the wrong reasons.
+// on its own against small in-process HTTPS webhooks whose answers the tests choose: rules,
+// certificate verification, the answer checks, failurePolicy and reinvocation (its selectors:
+// test/lib/label-selector.test.ts). A harness that got these wrong would let
+// control-plane.test.ts pass for the wrong reasons.
 
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  AdmissionDenied,
-  type AdmissionRequest,
-  FakeApiServer,
-  type Json,
-} from '../apiserver/fake-apiserver.ts';
+import { AdmissionDenied, type AdmissionRequest } from '../apiserver/admission.ts';
+import { FakeApiServer, type Json } from '../apiserver/fake-apiserver.ts';
 import { selfSignedCertificate } from '../apiserver/tls.ts';
 import {
-  type LabelSelector,
   MutatingAdmission,
   type MutatingWebhook,
   type MutatingWebhookConfiguration,
   type RequestAttributes,
   ruleMatches,
-  selectorMatches,
 } from './mutating-admission.ts';
-
-describe('label selectors (metav1.LabelSelector)', () => {
-  const labels = { team: 'shop', 'kubernetes.io/metadata.name': 'shop' };
-  it.each<[string, LabelSelector | undefined, boolean]>([
-    ['absent selector', undefined, true],
-    ['empty selector', {}, true],
-    ['matchLabels hit', { matchLabels: { team: 'shop' } }, true],
-    ['matchLabels miss', { matchLabels: { team: 'media' } }, false],
-    ['In hit', { matchExpressions: [{ key: 'team', operator: 'In', values: ['a', 'shop'] }] }, true],
-    ['In on a missing label', { matchExpressions: [{ key: 'tier', operator: 'In', values: ['x'] }] }, false],
-    ['NotIn hit', { matchExpressions: [{ key: 'team', operator: 'NotIn', values: ['shop'] }] }, false],
-    [
-      'NotIn on a missing label',
-      { matchExpressions: [{ key: 'tier', operator: 'NotIn', values: ['x'] }] },
-      true,
-    ],
-    ['Exists', { matchExpressions: [{ key: 'team', operator: 'Exists' }] }, true],
-    ['DoesNotExist', { matchExpressions: [{ key: 'team', operator: 'DoesNotExist' }] }, false],
-    [
-      'all requirements must hold',
-      {
-        matchLabels: { team: 'shop' },
-        matchExpressions: [{ key: 'kubernetes.io/metadata.name', operator: 'NotIn', values: ['shop'] }],
-      },
-      false,
-    ],
-  ])('%s', (_name, selector, expected) => {
-    expect(selectorMatches(selector, labels)).toBe(expected);
-  });
-});
 
 describe('rules (the API server rules.Matcher)', () => {
   const create: RequestAttributes = {

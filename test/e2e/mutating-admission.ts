@@ -35,25 +35,16 @@
 
 import { randomUUID } from 'node:crypto';
 import https from 'node:https';
+import { isRecord } from '@slipstream/shared/core/record';
 import {
   AdmissionDenied,
   type AdmissionHook,
   type AdmissionRequest,
-  applyJsonPatch,
-  type Json,
   toAdmissionReview,
-} from '../apiserver/fake-apiserver.ts';
-
-export interface LabelSelectorRequirement {
-  key: string;
-  operator: 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
-  values?: string[];
-}
-
-export interface LabelSelector {
-  matchLabels?: Record<string, string>;
-  matchExpressions?: LabelSelectorRequirement[];
-}
+} from '../apiserver/admission.ts';
+import { applyJsonPatch } from '../apiserver/patch.ts';
+import type { Json } from '../apiserver/resources.ts';
+import { type LabelSelector, selectorMatches } from '../lib/label-selector.ts';
 
 export interface RuleWithOperations {
   operations?: string[];
@@ -128,51 +119,12 @@ class CallError extends Error {
   override name = 'CallError';
 }
 
-function isRecord(value: unknown): value is Json {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
 function labelsOf(object: unknown): Record<string, string> {
   const metadata = isRecord(object) && isRecord(object.metadata) ? object.metadata : {};
   const labels = isRecord(metadata.labels) ? metadata.labels : {};
   return Object.fromEntries(
     Object.entries(labels).filter((e): e is [string, string] => typeof e[1] === 'string'),
   );
-}
-
-/** metav1.LabelSelector semantics: every matchLabels pair and every requirement must hold; empty matches all. */
-export function selectorMatches(
-  selector: LabelSelector | undefined,
-  labels: Record<string, string>,
-): boolean {
-  if (!selector) return true;
-  for (const [key, value] of Object.entries(selector.matchLabels ?? {})) {
-    if (labels[key] !== value) return false;
-  }
-  for (const r of selector.matchExpressions ?? []) {
-    const has = Object.hasOwn(labels, r.key);
-    const values = r.values ?? [];
-    switch (r.operator) {
-      case 'In':
-        if (!has || !values.includes(labels[r.key]!)) return false;
-        break;
-      case 'NotIn':
-        // A missing label satisfies NotIn.
-        if (has && values.includes(labels[r.key]!)) return false;
-        break;
-      case 'Exists':
-        if (!has) return false;
-        break;
-      case 'DoesNotExist':
-        if (has) return false;
-        break;
-      default:
-        throw new Error(
-          `unknown label selector operator ${JSON.stringify((r as { operator: unknown }).operator)}`,
-        );
-    }
-  }
-  return true;
 }
 
 export interface RequestAttributes {

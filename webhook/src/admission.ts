@@ -2,6 +2,8 @@
 // read defensively (the body comes off the network; the API server is trusted to be the sender,
 // not to be the only one).
 
+import { isRecord } from '@slipstream/shared/core/record';
+
 export const ADMISSION_API_VERSION = 'admission.k8s.io/v1';
 
 export interface GroupVersionKind {
@@ -49,10 +51,6 @@ export interface AdmissionReviewResponse {
 
 /** The API server's uids are UUIDs; anything much longer is not from it. */
 const MAX_UID_LENGTH = 256;
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 function str(value: unknown): string {
   return typeof value === 'string' ? value : '';

@@ -6,11 +6,11 @@ import {
   traceparentOf,
 } from '@slipstream/shared/adapters/telemetry';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { checkAgainstFixture, loadFixtures } from '../../test/lib/admission-fixtures.ts';
+import { postReview, send } from '../../test/lib/webhook-client.ts';
 import type { AdmissionReviewResponse } from './admission.ts';
 import { SPAN_NAME } from './app.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';
-import { postReview, send } from './testing/client.ts';
-import { checkAgainstFixture, loadFixtures } from './testing/fixtures.ts';
 
 const policy = loadDefaultPolicy();
 const fixtures = loadFixtures(policy.id);

@@ -10,13 +10,13 @@ import { memoryLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FakeApiServer, type Json, type RequestRecord } from '../../test/apiserver/fake-apiserver.ts';
+import { loadFixtures } from '../../test/lib/admission-fixtures.ts';
+import { send } from '../../test/lib/webhook-client.ts';
 import type { AdmissionReviewResponse } from './admission.ts';
 import { TlsBootstrap } from './bootstrap.ts';
 import { ANNOTATIONS, type TlsDurations } from './bootstrap-plan.ts';
 import { createCa, issueServingCertificate } from './certs.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';
-import { send } from './testing/client.ts';
-import { loadFixtures } from './testing/fixtures.ts';
 
 const policy = loadDefaultPolicy();
 const fixture = loadFixtures(policy.id).find((f) => f.name === 'postgres-create')!;

@@ -1,7 +1,7 @@
 // TLS without extra installs: every replica keeps its CA and serving certificate in one Secret,
 // writes the CA into the MutatingWebhookConfiguration's caBundle, and serves what the Secret holds.
-// The decisions (what to issue, when to rotate) are in bootstrap-plan.ts; this file does the API
-// calls, the retries and the periodic re-check.
+// The decisions (what to issue, when to rotate) are in bootstrap-plan.ts, the caBundle's view and
+// patch in ca-bundle.ts; this file does the API calls, the retries and the periodic re-check.
 //
 // One pass (`reconcile`):
 //   1. GET the Secret (404: none yet) and the webhook configuration.
@@ -25,22 +25,18 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   AdmissionregistrationV1Api,
-  ApiException,
   type ConfigurationOptions,
   CoreV1Api,
-  KubeConfig,
-  Observable,
+  type KubeConfig,
   PatchStrategy,
-  type RequestContext,
-  type ResponseContext,
   type V1MutatingWebhookConfiguration,
   type V1Secret,
 } from '@kubernetes/client-node';
 import { Backoff } from '@slipstream/shared/adapters/backoff';
+import { describeError, requestOptions, statusCode } from '@slipstream/shared/adapters/kube';
 import type { Logger } from '@slipstream/shared/adapters/log';
 import {
   ANNOTATIONS,
-  type BundleView,
   caBundleOf,
   checkDurations,
   DEFAULT_CHECK_INTERVAL_MS,
@@ -48,11 +44,11 @@ import {
   decodeSecret,
   encodeSecret,
   fingerprints,
-  formatTime,
   plan,
   type TlsDurations,
   type TlsState,
 } from './bootstrap-plan.ts';
+import { bundlePatch, bundleView, UNKNOWN_BUNDLE } from './ca-bundle.ts';
 import { describeCertificate, type TlsMaterial } from './tls.ts';
 
 export const DEFAULT_SERVICE_NAME = 'slipstream-webhook';
@@ -92,79 +88,6 @@ export interface ReconcileResult {
   bundleWritten: boolean;
   generation: number;
 }
-
-/** In-cluster configuration inside a Pod, else `path`, else the default kubeconfig ($KUBECONFIG, ~/.kube/config). */
-export function loadKubeConfig(path?: string): KubeConfig {
-  const kc = new KubeConfig();
-  if (path) kc.loadFromFile(path);
-  else if (process.env.KUBERNETES_SERVICE_HOST) kc.loadFromCluster();
-  else kc.loadFromDefault();
-  if (!kc.getCurrentCluster()) throw new Error(`kubeconfig${path ? ` ${path}` : ''} has no current cluster`);
-  return kc;
-}
-
-/** The HTTP status of a client-node error, if it is one. */
-export function statusCode(error: unknown): number | undefined {
-  return error instanceof ApiException ? error.code : undefined;
-}
-
-/** A short description of an API error or a network failure, for log lines. */
-export function describeError(error: unknown): string {
-  if (error instanceof ApiException) {
-    let body: unknown = error.body;
-    if (typeof body === 'string') {
-      try {
-        body = JSON.parse(body);
-      } catch {
-        // not a Status
-      }
-    }
-    const status = body as { reason?: unknown; message?: unknown } | undefined;
-    const detail =
-      typeof status?.message === 'string'
-        ? `${String(status.reason ?? '')}: ${status.message}`
-        : typeof body === 'string'
-          ? body.slice(0, 200)
-          : '';
-    return `HTTP ${error.code}${detail ? ` ${detail}` : ''}`;
-  }
-  if (error instanceof Error) {
-    const cause = error.cause as { code?: unknown; message?: unknown } | undefined;
-    const why = cause ? String(cause.code ?? cause.message ?? '') : '';
-    return why && !error.message.includes(why) ? `${error.message} (${why})` : error.message;
-  }
-  return String(error);
-}
-
-/** JSON Pointer escaping of one path segment. */
-function pointer(segment: string): string {
-  return segment.replace(/~/g, '~0').replace(/\//g, '~1');
-}
-
-function bundleView(config: V1MutatingWebhookConfiguration | undefined): BundleView {
-  const webhooks = config?.webhooks ?? [];
-  if (!config || webhooks.length === 0) return { exists: false, trusted: new Set() };
-  let trusted: Set<string> | undefined;
-  for (const webhook of webhooks) {
-    const cas = fingerprints(Buffer.from(webhook.clientConfig?.caBundle ?? '', 'base64').toString('utf8'));
-    trusted = trusted ? new Set([...trusted].filter((f) => cas.has(f))) : cas;
-  }
-  const view: BundleView = { exists: true, trusted: trusted ?? new Set() };
-  const annotations = config.metadata?.annotations ?? {};
-  const since = Date.parse(annotations[ANNOTATIONS.bundleSince] ?? '');
-  if (!Number.isNaN(since)) view.since = since;
-  const source = parseSource(annotations[ANNOTATIONS.bundleSource]);
-  if (source) view.source = source;
-  return view;
-}
-
-function parseSource(value: string | undefined): { uid: string; generation: number } | undefined {
-  const match = /^(.+)\/([0-9]+)$/.exec(value ?? '');
-  return match ? { uid: match[1]!, generation: Number(match[2]) } : undefined;
-}
-
-/** A caBundle view that lets nothing be promoted: used when the configuration cannot be read. */
-const UNKNOWN_BUNDLE: BundleView = { exists: true, trusted: new Set() };
 
 export class TlsBootstrap {
   readonly dnsNames: readonly string[];
@@ -272,27 +195,18 @@ export class TlsBootstrap {
     }
   }
 
-  #requestOptions(signal: AbortSignal, contentType?: string): ConfigurationOptions {
-    const timeoutMs = this.#requestTimeoutMs;
-    return {
-      middleware: [
-        {
-          pre: (context: RequestContext) => {
-            context.setSignal(AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]));
-            if (contentType) context.setHeaderParam('Content-Type', contentType);
-            return new Observable(Promise.resolve(context));
-          },
-          post: (response: ResponseContext) => new Observable(Promise.resolve(response)),
-        },
-      ],
-      middlewareMergeStrategy: 'append',
-    };
+  #request(signal: AbortSignal, contentType?: string): ConfigurationOptions {
+    return requestOptions({
+      signal,
+      timeoutMs: this.#requestTimeoutMs,
+      ...(contentType ? { contentType } : {}),
+    });
   }
 
   async #readSecret(signal: AbortSignal): Promise<V1Secret | undefined> {
     const { namespace, name } = this.#options.secret;
     try {
-      return await this.#core.readNamespacedSecret({ namespace, name }, this.#requestOptions(signal));
+      return await this.#core.readNamespacedSecret({ namespace, name }, this.#request(signal));
     } catch (error) {
       if (statusCode(error) === 404) return undefined;
       throw error;
@@ -303,7 +217,7 @@ export class TlsBootstrap {
     try {
       return await this.#admission.readMutatingWebhookConfiguration(
         { name: this.#options.webhookConfig },
-        this.#requestOptions(signal),
+        this.#request(signal),
       );
     } catch (error) {
       if (statusCode(error) === 404) return undefined;
@@ -364,11 +278,11 @@ export class TlsBootstrap {
           written = secret
             ? await this.#core.replaceNamespacedSecret(
                 { namespace, name, body: this.#secretBody(state, secret) },
-                this.#requestOptions(signal),
+                this.#request(signal),
               )
             : await this.#core.createNamespacedSecret(
                 { namespace, body: this.#secretBody(state, undefined) },
-                this.#requestOptions(signal),
+                this.#request(signal),
               );
         } catch (error) {
           // 409: another replica wrote first (AlreadyExists or Conflict); 404: the Secret went away.
@@ -422,8 +336,6 @@ export class TlsBootstrap {
     signal: AbortSignal,
   ): Promise<boolean> {
     const configName = this.#options.webhookConfig;
-    const desired = Buffer.from(caBundleOf(state), 'utf8').toString('base64');
-    const wantSource = `${uid}/${state.generation}`;
     for (let attempt = 1; ; attempt++) {
       const config = attempt === 1 ? firstRead : await this.#readConfig(signal);
       if (!config) {
@@ -436,38 +348,12 @@ export class TlsBootstrap {
         return false;
       }
       this.#missingConfigLogged = false;
-      const annotations = config.metadata?.annotations ?? {};
-      const source = parseSource(annotations[ANNOTATIONS.bundleSource]);
-      if (source && source.uid === uid && source.generation > state.generation) {
-        return false; // written from a newer Secret than ours: the next pass reads that one
-      }
-      const ops: { op: string; path: string; value?: unknown }[] = [
-        { op: 'test', path: '/metadata/resourceVersion', value: config.metadata?.resourceVersion },
-      ];
-      const webhooks = config.webhooks ?? [];
-      webhooks.forEach((webhook, i) => {
-        if (webhook.clientConfig?.caBundle !== desired) {
-          ops.push({ op: 'add', path: `/webhooks/${i}/clientConfig/caBundle`, value: desired });
-        }
-      });
-      const contentChanged = ops.length > 1;
-      const since = contentChanged ? undefined : annotations[ANNOTATIONS.bundleSince];
-      if (!contentChanged && annotations[ANNOTATIONS.bundleSource] === wantSource && since) return false;
-      const wanted = {
-        [ANNOTATIONS.bundleSource]: wantSource,
-        [ANNOTATIONS.bundleSince]: since ?? formatTime(Date.now()),
-      };
-      if (!config.metadata?.annotations)
-        ops.push({ op: 'add', path: '/metadata/annotations', value: wanted });
-      else {
-        for (const [key, value] of Object.entries(wanted)) {
-          ops.push({ op: 'add', path: `/metadata/annotations/${pointer(key)}`, value });
-        }
-      }
+      const patch = bundlePatch(config, caBundleOf(state), { uid, generation: state.generation }, Date.now());
+      if (patch.kind !== 'patch') return false;
       try {
         await this.#admission.patchMutatingWebhookConfiguration(
-          { name: configName, body: ops },
-          this.#requestOptions(signal, PatchStrategy.JsonPatch),
+          { name: configName, body: patch.ops },
+          this.#request(signal, PatchStrategy.JsonPatch),
         );
       } catch (error) {
         // 422: the resourceVersion test failed (someone else wrote); 409: a conflict all the same.
@@ -475,10 +361,10 @@ export class TlsBootstrap {
         if ((code === 409 || code === 422) && attempt < MAX_ATTEMPTS) continue;
         throw error;
       }
-      if (contentChanged) {
+      if (patch.contentChanged) {
         this.#log.info('caBundle updated', {
           webhookConfig: configName,
-          webhooks: webhooks.length,
+          webhooks: config.webhooks?.length ?? 0,
           cas: [...fingerprints(caBundleOf(state))],
           generation: state.generation,
         });

@@ -10,11 +10,11 @@ import { UsageError } from '@slipstream/shared/adapters/cli-args';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { FakeApiServer } from '../../test/apiserver/fake-apiserver.ts';
+import { decodePatch, loadFixtures } from '../../test/lib/admission-fixtures.ts';
+import { postReview, send } from '../../test/lib/webhook-client.ts';
+import { spawnWebhook } from '../../test/lib/webhook-process.ts';
 import type { AdmissionReviewResponse } from './admission.ts';
 import { parseCli } from './cli.ts';
-import { postReview, send } from './testing/client.ts';
-import { decodePatch, loadFixtures } from './testing/fixtures.ts';
-import { spawnWebhook } from './testing/spawn.ts';
 
 const fixtures = loadFixtures(loadDefaultPolicy().id);
 const postgres = fixtures.find((f) => f.name === 'postgres-create')!;

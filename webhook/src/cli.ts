@@ -227,7 +227,8 @@ export async function runCli(
   let bootstrap: import('./bootstrap.ts').TlsBootstrap | undefined;
   if (options.tlsSecret && options.webhookConfig) {
     try {
-      const { loadKubeConfig, TlsBootstrap } = await import('./bootstrap.ts');
+      const { TlsBootstrap } = await import('./bootstrap.ts');
+      const { loadKubeConfig } = await import('@slipstream/shared/adapters/kube');
       bootstrap = new TlsBootstrap({
         kubeConfig: loadKubeConfig(options.kubeconfig),
         secret: options.tlsSecret,

@@ -6,9 +6,9 @@ import { connect as connectTcp } from 'node:net';
 import { connect as connectTls } from 'node:tls';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Answer, send } from './testing/client.ts';
-import { loadFixtures } from './testing/fixtures.ts';
-import { type SpawnedWebhook, spawnWebhook } from './testing/spawn.ts';
+import { loadFixtures } from '../../test/lib/admission-fixtures.ts';
+import { type Answer, send } from '../../test/lib/webhook-client.ts';
+import { type SpawnedWebhook, spawnWebhook } from '../../test/lib/webhook-process.ts';
 
 const COUNT = 10_000;
 const DEADLINE_MS = 120_000;

@@ -5,6 +5,7 @@
 import { HINT_KEYS, HINT_PREFIX } from '@slipstream/shared/core/contract';
 import type { Decision } from '@slipstream/shared/core/decide';
 import { formatHints } from '@slipstream/shared/core/hints';
+import { isRecord } from '@slipstream/shared/core/record';
 import fastJsonPatch from 'fast-json-patch';
 import type { JsonPatchOperation } from './admission.ts';
 
@@ -14,10 +15,6 @@ export interface HintPatch {
   annotations: Record<string, unknown>;
   /** The offload (ports or thresholds) differs from the hints the object carried (so the trace is new). */
   decisionChanged: boolean;
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 /**

@@ -14,8 +14,8 @@ import { formatOffload } from '@slipstream/shared/core/hints';
 import { readService } from '@slipstream/shared/core/service';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { applyAnswer, decodePatch } from '../../test/lib/admission-fixtures.ts';
 import { review } from './review.ts';
-import { applyAnswer, decodePatch } from './testing/fixtures.ts';
 
 const policy = loadDefaultPolicy();
 const RUNS = 400;

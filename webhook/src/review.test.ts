@@ -2,8 +2,13 @@ import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { HINT_KEYS } from '@slipstream/shared/core/contract';
 import { parsePolicy } from '@slipstream/shared/core/policy';
 import { describe, expect, it } from 'vitest';
+import {
+  applyAnswer,
+  checkAgainstFixture,
+  decodePatch,
+  loadFixtures,
+} from '../../test/lib/admission-fixtures.ts';
 import { review } from './review.ts';
-import { applyAnswer, checkAgainstFixture, decodePatch, loadFixtures } from './testing/fixtures.ts';
 
 const policy = loadDefaultPolicy();
 const TRACE = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';

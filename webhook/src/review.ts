@@ -6,6 +6,7 @@
 import { decide } from '@slipstream/shared/core/decide';
 import { formatOffload } from '@slipstream/shared/core/hints';
 import type { Policy } from '@slipstream/shared/core/policy';
+import { isRecord } from '@slipstream/shared/core/record';
 import { readService } from '@slipstream/shared/core/service';
 import {
   ADMISSION_API_VERSION,
@@ -50,10 +51,6 @@ export interface ReviewOutcome {
 export type ReviewResult =
   | { ok: true; review: AdmissionReviewResponse; outcome: ReviewOutcome }
   | { ok: false; error: string };
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 /** Namespace and name from the object, else from the request (CREATE with generateName has no name yet). */
 function identity(request: AdmissionRequest): { namespace: string; name: string } {

@@ -2,9 +2,9 @@ import { request } from 'node:https';
 import { memoryLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { describe, expect, it } from 'vitest';
+import { loadFixtures } from '../../test/lib/admission-fixtures.ts';
+import { send } from '../../test/lib/webhook-client.ts';
 import { startWebhookServer } from './server.ts';
-import { send } from './testing/client.ts';
-import { loadFixtures } from './testing/fixtures.ts';
 
 const policy = loadDefaultPolicy();
 const fixture = loadFixtures(policy.id).find((f) => f.name === 'postgres-create')!;

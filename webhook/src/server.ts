@@ -7,8 +7,8 @@ import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Tracer } from '@opentelemetry/api';
+import type { FileWatch } from '@slipstream/shared/adapters/file-watch';
 import type { Logger } from '@slipstream/shared/adapters/log';
-import type { FileWatch } from '@slipstream/shared/adapters/policy-watch';
 import type { Policy } from '@slipstream/shared/core/policy';
 import { createRequestListener } from './app.ts';
 import {

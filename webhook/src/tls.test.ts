@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import { memoryLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { send } from '../../test/lib/webhook-client.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';
-import { send } from './testing/client.ts';
 import { checkTlsMaterial, selfSignedCertificate, type TlsMaterial } from './tls.ts';
 
 const der = (pem: string) => new X509Certificate(pem).raw.toString('base64');

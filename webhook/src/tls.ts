@@ -10,8 +10,8 @@ import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { createSecureContext, type Server } from 'node:tls';
+import { type FileWatch, watchFiles } from '@slipstream/shared/adapters/file-watch';
 import type { Logger } from '@slipstream/shared/adapters/log';
-import { type FileWatch, watchFiles } from '@slipstream/shared/adapters/policy-watch';
 
 export interface TlsMaterial {
   cert: string;

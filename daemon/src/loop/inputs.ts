@@ -4,8 +4,7 @@
 // mutate it) or single objects (`setService`, informer style). Nothing here touches the kernel.
 
 import type { Policy } from '@slipstream/shared/core/policy';
-import { serviceKey } from '@slipstream/shared/core/ruleset';
-import type { Namespace, Service } from '@slipstream/shared/core/service';
+import { type Namespace, type Service, serviceKey } from '@slipstream/shared/core/service';
 
 export interface InputSnapshot {
   services: ReadonlyMap<string, Service>;

@@ -1,77 +1,28 @@
-import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { type LogLine, memoryLogger } from '@slipstream/shared/adapters/log';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { FileSource, type FileSourceOptions, parseManifests } from './files.ts';
+import { FileSource, type FileSourceOptions } from './files.ts';
 import type { Trigger } from './source.ts';
 
 const eventually = (fn: () => void | Promise<void>) => vi.waitFor(fn, { timeout: 15_000, interval: 10 });
 
-const NAMESPACES = `
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: shop
----
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: legacy
-  labels:
-    slipstream.dev/acceleration: disabled
-`;
-
-const SERVICES = `
-# two Services and a Deployment (ignored)
-apiVersion: v1
-kind: Service
-metadata:
-  name: postgres
-  namespace: shop
-spec:
-  clusterIP: 10.96.0.20
-  ports:
-    - name: postgres
-      port: 5432
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: dns
-  namespace: shop
-spec:
-  clusterIP: 10.96.0.53
-  ports:
-    - { name: dns, port: 53, protocol: UDP }
-    - { name: dns-tcp, port: 53, protocol: TCP }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec: {}
----
-`;
-
-const LIST = JSON.stringify({
-  apiVersion: 'v1',
-  kind: 'List',
-  items: [
-    {
-      apiVersion: 'v1',
-      kind: 'Service',
-      metadata: { name: 'redis', namespace: 'cache' },
-      spec: { ports: [{ port: 6379 }] },
-    },
-    {
-      apiVersion: 'v1',
-      kind: 'Service',
-      metadata: { name: 'old', namespace: 'legacy' },
-      spec: { ports: [{ port: 80 }] },
-    },
-  ],
-});
+// The same manifests feed the parser's tests (manifests.test.ts) and these.
+const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/manifests/', import.meta.url));
+const NAMESPACES = readFileSync(join(FIXTURES, 'namespaces.yaml'), 'utf8');
+const SERVICES = readFileSync(join(FIXTURES, 'services.yaml'), 'utf8');
+const LIST = readFileSync(join(FIXTURES, 'list.json'), 'utf8');
 
 function names(source: FileSource): string[] {
   return source
@@ -79,68 +30,6 @@ function names(source: FileSource): string[] {
     .services.map((s) => `${s.namespace}/${s.name}`)
     .sort();
 }
-
-describe('parseManifests', () => {
-  it('reads multi-document YAML, Lists and JSON, ignoring other kinds', () => {
-    const yaml = parseManifests(SERVICES, 'services.yaml');
-    expect(yaml.ok && yaml.content.services.map((s) => s.name)).toEqual(['postgres', 'dns']);
-    expect(yaml.ok && yaml.content.ignored).toBe(1);
-    const list = parseManifests(LIST, 'list.json');
-    expect(list.ok && list.content.services.map((s) => `${s.namespace}/${s.name}`)).toEqual([
-      'cache/redis',
-      'legacy/old',
-    ]);
-    const ns = parseManifests(NAMESPACES);
-    expect(ns.ok && ns.content.namespaces).toEqual([
-      { name: 'shop', labels: {} },
-      { name: 'legacy', labels: { 'slipstream.dev/acceleration': 'disabled' } },
-    ]);
-    const empty = parseManifests('');
-    expect(empty.ok && empty.content.services).toEqual([]);
-  });
-
-  it('rejects bad objects with a ref, and ignores other API groups', () => {
-    const text = `
-apiVersion: v1
-kind: Service
-metadata: { name: bad, namespace: x }
-spec: { ports: [{ port: 99999 }] }
----
-kind: Service
-metadata: { name: noversion }
----
-apiVersion: v1
-kind: Service
-metadata: { namespace: x }
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: { name: knative }
----
-apiVersion: v1
-kind: ServiceList
-items:
-  - apiVersion: v1
-    kind: Service
-    metadata: { name: nested }
-`;
-    const result = parseManifests(text, '/dir/mixed.yaml');
-    if (!result.ok) throw new Error(result.error);
-    expect(result.content.services.map((s) => `${s.namespace}/${s.name}`)).toEqual(['default/nested']);
-    expect(result.content.rejected).toEqual([
-      { ref: 'x/bad (mixed.yaml)', error: 'spec.ports[0].port is not a port number (1-65535)' },
-      { ref: 'default/noversion (mixed.yaml)', error: 'Service has no apiVersion (expected v1)' },
-      { ref: 'mixed.yaml document 3', error: 'Service has no metadata.name' },
-    ]);
-    expect(result.content.ignored).toBe(1);
-  });
-
-  it('fails the whole file on a YAML error, naming the document', () => {
-    const result = parseManifests('apiVersion: v1\nkind: Service\n---\nmetadata: [unclosed\n', 'x.yaml');
-    expect(result.ok).toBe(false);
-    expect(!result.ok && result.error).toMatch(/document 2/);
-  });
-});
 
 describe('FileSource', () => {
   let dir: string;

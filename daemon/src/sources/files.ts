@@ -2,10 +2,8 @@
 //
 // Reads every *.yaml, *.yml and *.json file directly in DIR (not subdirectories; names that
 // start with a dot are skipped, which also skips the `..data` directories of a mounted
-// ConfigMap while still following its top-level symlinks). A file may hold many YAML documents
-// and `kind: List` (or any `*List` with `items`). Only core/v1 Service and Namespace objects are
-// used; other kinds are ignored. Namespaces that no manifest declares are assumed to exist
-// without labels.
+// ConfigMap while still following its top-level symlinks), parsed by manifests.ts. Namespaces
+// that no manifest declares are assumed to exist without labels.
 //
 // Changes are followed with fs.watch on DIR (debounced) plus a slow periodic rescan in case the
 // file system drops events. A rescan stats every file and re-reads only those whose inode, size,
@@ -16,18 +14,12 @@
 import { createHash } from 'node:crypto';
 import { type FSWatcher, watch } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
-import { basename, extname, join, resolve } from 'node:path';
+import { extname, join, resolve } from 'node:path';
 import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
-import { type Namespace, readNamespace, readService, type Service } from '@slipstream/shared/core/service';
-import { parseAllDocuments } from 'yaml';
-import {
-  ChangeEmitter,
-  type Rejected,
-  type ServiceSource,
-  type Snapshot,
-  serviceKey,
-  type Trigger,
-} from './source.ts';
+import { isRecord } from '@slipstream/shared/core/record';
+import { type Namespace, type Service, serviceKey } from '@slipstream/shared/core/service';
+import { type ManifestContent, parseManifests } from './manifests.ts';
+import { ChangeEmitter, type Rejected, type ServiceSource, type Snapshot, type Trigger } from './source.ts';
 
 export const MANIFEST_EXTENSIONS: ReadonlySet<string> = new Set(['.yaml', '.yml', '.json']);
 
@@ -42,102 +34,6 @@ export interface FileSourceOptions {
   log?: Logger;
 }
 
-export interface ManifestContent {
-  services: Service[];
-  namespaces: Namespace[];
-  rejected: Rejected[];
-  /** Objects of other kinds (or other API groups) that were skipped. */
-  ignored: number;
-}
-
-export type ParseResult = { ok: true; content: ManifestContent } | { ok: false; error: string };
-
-const MAX_LIST_DEPTH = 4;
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function metaString(object: Record<string, unknown>, field: string): string | undefined {
-  const metadata = object.metadata;
-  if (!isRecord(metadata)) return undefined;
-  const value = metadata[field];
-  return typeof value === 'string' && value !== '' ? value : undefined;
-}
-
-/**
- * Parses the text of one manifest file. `file` is used only in `rejected` refs. Any YAML error
- * fails the whole file (so that a half-written file never removes objects).
- */
-export function parseManifests(text: string, file = 'manifest'): ParseResult {
-  const content: ManifestContent = { services: [], namespaces: [], rejected: [], ignored: 0 };
-  const label = basename(file);
-  let values: unknown[];
-  try {
-    const documents = parseAllDocuments(text, { prettyErrors: true, uniqueKeys: false });
-    if (!Array.isArray(documents)) return { ok: true, content }; // an empty stream
-    values = [];
-    for (const [index, document] of documents.entries()) {
-      const error = document.errors[0];
-      if (error) {
-        const where = documents.length > 1 ? ` (document ${index + 1})` : '';
-        return { ok: false, error: `${error.message.split('\n')[0]}${where}` };
-      }
-      values.push(document.toJS({ maxAliasCount: 100 }));
-    }
-  } catch (error) {
-    return { ok: false, error: error instanceof Error ? error.message : String(error) };
-  }
-
-  const visit = (value: unknown, where: string, depth: number): void => {
-    if (value === null || value === undefined) return; // an empty document
-    if (!isRecord(value) || typeof value.kind !== 'string') {
-      content.ignored++;
-      return;
-    }
-    const kind = value.kind;
-    if (kind.endsWith('List') && Array.isArray(value.items)) {
-      if (depth >= MAX_LIST_DEPTH) {
-        content.rejected.push({ ref: `${label} ${where}`, error: 'Lists nested too deeply' });
-        return;
-      }
-      for (const [i, item] of value.items.entries()) visit(item, `${where} item ${i + 1}`, depth + 1);
-      return;
-    }
-    if (kind !== 'Service' && kind !== 'Namespace') {
-      content.ignored++;
-      return;
-    }
-    const name = metaString(value, 'name');
-    const namespace = metaString(value, 'namespace') ?? 'default';
-    const ref =
-      kind === 'Service' ? `${namespace}/${name ?? '?'} (${label})` : `namespace ${name ?? '?'} (${label})`;
-    if (value.apiVersion === undefined) {
-      content.rejected.push({ ref, error: `${kind} has no apiVersion (expected v1)` });
-      return;
-    }
-    if (value.apiVersion !== 'v1') {
-      content.ignored++; // e.g. a Knative serving.knative.dev/v1 Service
-      return;
-    }
-    if (kind === 'Namespace') {
-      const read = readNamespace(value);
-      if (read.ok) content.namespaces.push(read.value);
-      else content.rejected.push({ ref: `${label} ${where}`, error: read.error });
-      return;
-    }
-    if (name === undefined) {
-      content.rejected.push({ ref: `${label} ${where}`, error: 'Service has no metadata.name' });
-      return;
-    }
-    const read = readService(value);
-    if (read.ok) content.services.push(read.value);
-    else content.rejected.push({ ref, error: read.error });
-  };
-  for (const [index, value] of values.entries()) visit(value, `document ${index + 1}`, 0);
-  return { ok: true, content };
-}
-
 interface FileEntry {
   stamp: string;
   hash: string;
@@ -150,9 +46,9 @@ const EMPTY: ManifestContent = { services: [], namespaces: [], rejected: [], ign
 
 /** Objects that did not change keep their identity (the reconciler memoizes Services by identity). */
 function keepIdentity(previous: ManifestContent, next: ManifestContent): void {
-  const services = new Map(previous.services.map((s) => [serviceKey(s.namespace, s.name), s]));
+  const services = new Map(previous.services.map((s) => [serviceKey(s), s]));
   next.services = next.services.map((s) => {
-    const old = services.get(serviceKey(s.namespace, s.name));
+    const old = services.get(serviceKey(s));
     return old && JSON.stringify(old) === JSON.stringify(s) ? old : s;
   });
   const namespaces = new Map(previous.namespaces.map((n) => [n.name, n]));
@@ -433,7 +329,7 @@ export class FileSource implements ServiceSource {
     for (const path of [...this.#files.keys()].sort()) {
       const content = this.#files.get(path)?.content ?? EMPTY;
       for (const service of content.services) {
-        const key = serviceKey(service.namespace, service.name);
+        const key = serviceKey(service);
         const previous = from.get(key);
         if (previous !== undefined && previous !== path) {
           const note = `${key}:${previous}:${path}`;

@@ -10,13 +10,8 @@ import { CoreV1Api, KubeConfig, type V1Service } from '@kubernetes/client-node';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FakeApiServer, type Json } from '../../../test/apiserver/fake-apiserver.ts';
 import { selfSignedCertificate } from '../../../test/apiserver/tls.ts';
-import {
-  describeError,
-  KubernetesSource,
-  type KubernetesSourceOptions,
-  LAST_APPLIED_ANNOTATION,
-  stripObject,
-} from './kubernetes.ts';
+import { KubernetesSource, type KubernetesSourceOptions } from './kubernetes.ts';
+import { LAST_APPLIED_ANNOTATION } from './slim.ts';
 import type { Trigger } from './source.ts';
 
 const eventually = (fn: () => void | Promise<void>) => vi.waitFor(fn, { timeout: 20_000, interval: 10 });
@@ -385,40 +380,5 @@ describe('KubernetesSource', () => {
     } finally {
       await secure.close();
     }
-  });
-});
-
-describe('stripObject', () => {
-  it('drops managedFields, status and last-applied without touching the input', () => {
-    const input = {
-      metadata: {
-        name: 'a',
-        managedFields: [{ manager: 'kubectl' }],
-        annotations: { [LAST_APPLIED_ANNOTATION]: '{}', keep: 'me' },
-      },
-      spec: { ports: [] },
-      status: { loadBalancer: {} },
-    };
-    expect(stripObject(input)).toEqual({
-      metadata: { name: 'a', annotations: { keep: 'me' } },
-      spec: { ports: [] },
-    });
-    expect(input.metadata.managedFields).toHaveLength(1);
-    expect(input.metadata.annotations[LAST_APPLIED_ANNOTATION]).toBe('{}');
-    expect(stripObject('x')).toBe('x');
-  });
-});
-
-describe('describeError', () => {
-  it('summarises HTTP and network errors', () => {
-    expect(describeError(Object.assign(new Error('Unauthorized'), { statusCode: 401 }))).toBe(
-      'HTTP 401: Unauthorized',
-    );
-    expect(
-      describeError({ code: 410, body: { message: 'too old' }, message: 'HTTP-Code: 410\nMessage: ...' }),
-    ).toBe('HTTP 410: too old');
-    expect(describeError(new TypeError('fetch failed', { cause: { code: 'ECONNREFUSED' } }))).toBe(
-      'TypeError: fetch failed (ECONNREFUSED)',
-    );
   });
 });

@@ -37,10 +37,6 @@ export interface ServiceSource {
   readonly synced: boolean;
 }
 
-export function serviceKey(namespace: string, name: string): string {
-  return `${namespace}/${name}`;
-}
-
 /** Listener bookkeeping shared by the sources: a throwing listener is logged, never propagated. */
 export class ChangeEmitter {
   readonly #listeners: ((trigger: Trigger) => void)[] = [];

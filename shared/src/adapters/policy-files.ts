@@ -5,14 +5,17 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { type Policy, PolicyError, parsePolicy } from '../core/policy.ts';
 
-export function loadPolicyFile(path: string): Policy {
-  let text: string;
+/** A policy file's text; PolicyError (naming the file) when it cannot be read. */
+export function readPolicyText(path: string): string {
   try {
-    text = readFileSync(path, 'utf8');
+    return readFileSync(path, 'utf8');
   } catch (error) {
     throw new PolicyError(`cannot read policy ${path}: ${(error as Error).message}`);
   }
-  return parsePolicy(text, path);
+}
+
+export function loadPolicyFile(path: string): Policy {
+  return parsePolicy(readPolicyText(path), path);
 }
 
 export const DEFAULT_POLICY_PATH = fileURLToPath(new URL('../../policy/default.yaml', import.meta.url));

@@ -1,32 +1,14 @@
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { until } from '../../../test/lib/process.ts';
+import { tempDir } from '../../../test/lib/temp-dir.ts';
 import { PolicyError } from '../core/policy.ts';
 import { loadDefaultPolicy } from './policy-files.ts';
-import { type PolicyWatch, watchFiles, watchPolicy } from './policy-watch.ts';
+import { type PolicyWatch, watchPolicy } from './policy-watch.ts';
 
 const policyText = (name: string, threshold: number) =>
   `name: ${name}\nversion: 1\ndefault: { offload: true, threshold: ${threshold}, reason: everything }\nrules: []\n`;
-
-async function until(what: string, check: () => boolean, timeoutMs = 15_000) {
-  const end = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-const cleanup: (() => void)[] = [];
-afterEach(() => {
-  for (const fn of cleanup.splice(0)) fn();
-});
-
-function tempDir() {
-  const dir = mkdtempSync(join(tmpdir(), 'slipstream-policy-'));
-  cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 function watch(path: string | undefined) {
   const events: { kind: 'reload' | 'error'; id: string; message?: string }[] = [];
@@ -36,7 +18,7 @@ function watch(path: string | undefined) {
     onReload: (p) => events.push({ kind: 'reload', id: p.id }),
     onError: (error, kept) => events.push({ kind: 'error', id: kept.id, message: error.message }),
   });
-  cleanup.push(() => w.close());
+  onTestFinished(() => w.close());
   return { w, events };
 }
 
@@ -91,22 +73,5 @@ describe('watchPolicy', () => {
     expect(w.current().document.name).toBe('only');
     writeFileSync(file, policyText('back', 10));
     await until('the new file', () => w.current().document.name === 'back');
-  });
-});
-
-describe('watchFiles', () => {
-  it('reports only real content changes', async () => {
-    const dir = tempDir();
-    const file = join(dir, 'f');
-    writeFileSync(file, 'one');
-    const seen: string[][] = [];
-    const w = watchFiles([file], ['one'], (c) => seen.push(c), { debounceMs: 10, pollMs: 0 });
-    cleanup.push(() => w.close());
-    writeFileSync(file, 'one'); // same bytes: nothing to report
-    w.check();
-    expect(seen).toEqual([]);
-    writeFileSync(file, 'two');
-    w.check();
-    expect(seen).toEqual([['two']]);
   });
 });

@@ -4,8 +4,8 @@ import { loadDefaultPolicy } from '../adapters/policy-files.ts';
 import { USER_KEYS } from './contract.ts';
 import { applyServiceDelta, isConflictFree, thresholdRefs } from './delta.ts';
 import { diff, diffDelta } from './diff.ts';
-import { contribution, desiredRuleset, serviceKey } from './ruleset.ts';
-import type { Service } from './service.ts';
+import { contribution, desiredRuleset } from './ruleset.ts';
+import { type Service, serviceKey } from './service.ts';
 
 describe('applyServiceDelta and diffDelta (incremental)', () => {
   const policy = loadDefaultPolicy();

@@ -18,7 +18,7 @@ import { canonicalAddress, type Family } from './address.ts';
 import { HINT_KEYS } from './contract.ts';
 import { type Decision, effectiveDecision } from './decide.ts';
 import type { Policy } from './policy.ts';
-import type { Namespace, Service } from './service.ts';
+import { type Namespace, type Service, serviceKey } from './service.ts';
 
 export const TABLE_FAMILY = 'inet';
 export const TABLE_NAME = 'slipstream';
@@ -236,10 +236,6 @@ export function thresholdChain(threshold: number, offload: boolean): Chain {
     base: null,
     rules: [{ kind: 'threshold', threshold, offload }],
   };
-}
-
-export function serviceKey(s: Pick<Service, 'namespace' | 'name'>): string {
-  return `${s.namespace}/${s.name}`;
 }
 
 /** A table with nothing in it: what the kernel holds right after `add table`. */

@@ -2,6 +2,8 @@
 // these objects arrive from admission requests, manifests on disk and the API server, so
 // nothing about their shape is trusted until `readService` has checked it.
 
+import { isRecord } from './record.ts';
+
 export type Protocol = 'TCP' | 'UDP' | 'SCTP';
 
 export interface ServicePort {
@@ -33,15 +35,16 @@ export interface Namespace {
 
 const PROTOCOLS: ReadonlySet<string> = new Set(['TCP', 'UDP', 'SCTP']);
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
 function stringMap(value: unknown): Record<string, string> {
   const out: Record<string, string> = {};
   if (!isRecord(value)) return out;
   for (const [key, v] of Object.entries(value)) if (typeof v === 'string') out[key] = v;
   return out;
+}
+
+/** `namespace/name`: how a Service is keyed everywhere (stores, diffs, logs). */
+export function serviceKey(s: Pick<Service, 'namespace' | 'name'>): string {
+  return `${s.namespace}/${s.name}`;
 }
 
 export type ReadResult<T> = { ok: true; value: T } | { ok: false; error: string };

@@ -7,9 +7,9 @@ import { HINT_KEYS, specHash } from '@slipstream/shared/core/contract';
 import { readService } from '@slipstream/shared/core/service';
 import fastJsonPatch from 'fast-json-patch';
 import { expect } from 'vitest';
-import type { AdmissionReviewResponse, JsonPatchOperation } from '../admission.ts';
+import type { AdmissionReviewResponse, JsonPatchOperation } from '../../webhook/src/admission.ts';
 
-export const FIXTURE_DIR = fileURLToPath(new URL('../../../test/fixtures/admission/', import.meta.url));
+export const FIXTURE_DIR = fileURLToPath(new URL('../fixtures/admission/', import.meta.url));
 
 export interface FixtureExpect {
   patched: boolean;
