@@ -47,6 +47,8 @@ export type KernelEvent =
 export interface Kernel {
   /** Applies a Change as ONE transaction (nothing when it is empty). Rejects with the kernel's error. */
   apply(change: Change): Promise<void>;
+  /** Has the kernel validate a Change without committing it (a dry run). Rejects like `apply`. */
+  check(change: Change): Promise<void>;
   /** Reads the whole table back (every element, the flowtable's flags): null when there is no table. */
   readTable(): Promise<Ruleset | null>;
   /** The flowtable's devices as the kernel holds them now (cheap: no elements); null without one. */
@@ -136,6 +138,11 @@ export class NapiKernel implements Kernel {
     await this.#runner.run(changeText(change));
     this.#writes++;
     if (this.#monitor) void this.#verify(change);
+  }
+
+  async check(change: Change): Promise<void> {
+    if (isEmpty(change)) return;
+    await this.#runner.run(changeText(change), { check: true });
   }
 
   /**

@@ -295,6 +295,38 @@ describe.skipIf(!canUseNetns())('the daemon process in a private network namespa
       expect((await health('/readyz'))?.status).toBe(200);
     });
 
+    it('SIGUSR1 opens no inspector: the daemon says so and keeps running', async () => {
+      d.child.kill('SIGUSR1');
+      await d.waitForLog('SIGUSR1 ignored', (l) => String(l.msg).startsWith('SIGUSR1 ignored'));
+      // The inspector would listen on 127.0.0.1:9229; the daemon's only listener is its health port.
+      const own = execFileSync('ss', ['-ltnpH'], { encoding: 'utf8' })
+        .split('\n')
+        .filter((l) => l.includes(`pid=${d.child.pid},`));
+      expect(own.map((l) => l.split(/\s+/)[3])).toEqual([`127.0.0.1:${port}`]);
+      expect((await health('/healthz'))?.status).toBe(200);
+    });
+
+    it('SIGHUP reloads: the manifests are read again and the table is read back, the daemon keeps running', async () => {
+      const before = d.logs().length;
+      d.child.kill('SIGHUP');
+      await d.waitForLog('SIGHUP', (l) => l.msg === 'SIGHUP: reloading');
+      await until(
+        'a read-back after SIGHUP',
+        () =>
+          d
+            .logs()
+            .slice(before)
+            .some((l) => l.msg === 'sync' || l.msg === 'SIGHUP: reloading'),
+        context,
+      );
+      expect(d.running).toBe(true);
+      expect((await health('/readyz'))?.status).toBe(200);
+    });
+
+    it('every line on stderr is a JSON object (no stray text from libnftables, Node or iproute2)', () => {
+      expect(d.logs().filter((l) => 'raw' in l)).toEqual([]);
+    });
+
     it('no sync failed during all of it', () => {
       const logs = d.logs();
       expect(syncsSoFar()).toBeGreaterThanOrEqual(7);
@@ -374,6 +406,44 @@ describe.skipIf(!canUseNetns())('the daemon process in a private network namespa
       d.child.kill('SIGTERM');
       expect(await d.exit()).toEqual({ code: 0, signal: null });
       expect(d.logs().filter((l) => l.level === 'error')).toEqual([]);
+    });
+  });
+
+  describe('a daemon that cannot write to nf_tables', () => {
+    it('stays alive (/healthz 200) but is not ready (/readyz 503, naming why)', async () => {
+      const port = await freePort();
+      // Without CAP_NET_ADMIN every transaction is refused: the node cannot be programmed.
+      const p = new Proc(
+        MAIN,
+        [...base(), '--min-sync-period', '100ms', '--health-listen', `127.0.0.1:${port}`],
+        {
+          env: ENV,
+          wrap: ['setpriv', '--inh-caps=-net_admin', '--bounding-set=-net_admin'],
+        },
+      );
+      started.push(p);
+      const get = async (path: string) => {
+        try {
+          const res = await fetch(`http://127.0.0.1:${port}${path}`);
+          return { status: res.status, body: (await res.json()) as { reason?: string } };
+        } catch {
+          return null;
+        }
+      };
+      const unready = await until(
+        '/readyz 503',
+        async () => {
+          const r = await get('/readyz');
+          return r?.status === 503 ? r : null;
+        },
+        () => p.stderr,
+      );
+      expect(unready.body.reason).toMatch(/no sync has reached the kernel|differed/);
+      expect((await get('/healthz'))?.status).toBe(200);
+      expect(
+        p.logs().filter((l) => l.level === 'error' && String(l.msg).startsWith('sync failed')).length,
+      ).toBe(1);
+      await p.stop();
     });
   });
 

@@ -13,6 +13,7 @@ import {
   bareTable,
   type Capabilities,
   type Chain,
+  type Element,
   elementKey,
   MAP_NAMES,
   type Ruleset,
@@ -60,6 +61,7 @@ export class MemoryKernel implements Kernel {
   #links: Set<string> | null;
   #mapSize: number | undefined;
   #failures: Error[] = [];
+  #refuse: ((e: Element) => boolean) | null = null;
   readonly #listeners = new Set<(event: KernelEvent) => void>();
   /** Every Change committed, in order (tests inspect them). */
   readonly applied: Change[] = [];
@@ -86,6 +88,11 @@ export class MemoryKernel implements Kernel {
   /** The next `times` applies reject with this error (after validating nothing). */
   failNext(error: Error = kernelError('Error: injected failure', 'unknown'), times = 1): void {
     for (let i = 0; i < times; i++) this.#failures.push(error);
+  }
+
+  /** Refuses (as the kernel refuses a transaction) every add of an element `refuse` matches; null: none. */
+  refuseElements(refuse: ((e: Element) => boolean) | null): void {
+    this.#refuse = refuse;
   }
 
   /** Limits every map to `size` elements (as a map re-created with `size N` by someone else). */
@@ -149,6 +156,13 @@ export class MemoryKernel implements Kernel {
     this.applied.push(change);
     this.#writes++;
     this.#generation++;
+  }
+
+  async check(change: Change): Promise<void> {
+    const injected = this.#failures.shift();
+    if (injected) throw injected;
+    let table = this.#table ? structuredClone(this.#table) : null;
+    for (const op of change.ops) table = this.#applyOp(table, op);
   }
 
   #applyOp(table: Ruleset | null, op: Op): Ruleset | null {
@@ -249,6 +263,7 @@ export class MemoryKernel implements Kernel {
           if (e.threshold === null || !table.chains.has(thresholdChainName(e.threshold))) {
             fail('no-such-object', `add element ${key}: no chain`);
           }
+          if (this.#refuse?.(e)) fail('invalid', `add element ${key}: refused`);
           const have = table.elements.get(key);
           if (have && have.threshold !== e.threshold) fail('exists', `add element ${key}`);
           table.elements.set(key, { ...e });

@@ -151,7 +151,8 @@ describe.skipIf(!canUseNetns())('Reconciler on the real kernel (degraded: no flo
     const runner: NftRunner = {
       run: (commands, options) => {
         const isWrite =
-          !options?.check && typeof commands === 'string' && /^(add|delete|flush) /m.test(commands);
+          // Every transaction on the table (dry runs too), not the capability probe's own table.
+          typeof commands === 'string' && /^(add|delete|flush) .*inet slipstream( |$)/m.test(commands);
         if (isWrite && poison > 0) {
           poison--;
           return real.run(`${commands}add rule inet slipstream forward jump nowhere\n`, options);

@@ -4,7 +4,7 @@ import {
   InMemorySpanExporter,
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
-import { silentLogger } from '@slipstream/shared/adapters/log';
+import { memoryLogger, silentLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { HINT_KEYS, NAMESPACE_OPT_OUT_LABEL, USER_KEYS } from '@slipstream/shared/core/contract';
 import { diff } from '@slipstream/shared/core/diff';
@@ -627,5 +627,156 @@ describe('Reconciler incremental syncs', () => {
         }),
       ),
     );
+  });
+});
+
+describe('isolation: one bad Service never holds back the others', () => {
+  const three = () => {
+    const mk = (name: string, ip: string): Service => ({
+      namespace: 'data',
+      name,
+      annotations: {},
+      type: 'ClusterIP',
+      clusterIPs: [ip],
+      ports: [{ port: 5432, protocol: 'TCP' }],
+    });
+    return [mk('a', '10.96.9.1'), mk('b', '10.96.9.2'), mk('c', '10.96.9.3')];
+  };
+  const setup = (options: Partial<ReconcilerOptions> = {}) => {
+    const kernel = new MemoryKernel();
+    const logger = memoryLogger();
+    const r = new Reconciler({
+      kernel,
+      policy,
+      logger,
+      minSyncIntervalMs: 10,
+      resyncIntervalMs: 0,
+      quarantineBackoff: { initialMs: 60_000, maxMs: 60_000, jitter: false },
+      ...options,
+    });
+    reconcilers.push(r);
+    const services = three();
+    r.update({ services, namespaces: [{ name: 'data', labels: {} }], devices: [] });
+    return { kernel, logger, r, services };
+  };
+  const quarantineLines = (logger: ReturnType<typeof memoryLogger>) =>
+    logger.lines.filter((l) => l.msg.startsWith('Service quarantined'));
+
+  it('quarantines the Service whose elements the kernel refuses and commits the others, naming it once', async () => {
+    const { kernel, logger, r } = setup();
+    kernel.refuseElements((e) => e.address === '10.96.9.2');
+    const first = await r.start();
+    expect(first).toMatchObject({ result: 'ok', quarantined: 1 });
+    expect([...kernel.table!.elements.keys()].sort()).toEqual(['ip 10.96.9.1 6 5432', 'ip 10.96.9.3 6 5432']);
+    expect(r.quarantined).toEqual([
+      expect.objectContaining({
+        key: 'data/b',
+        stage: 'kernel',
+        errorClass: 'invalid',
+        reason: expect.stringMatching(/10\.96\.9\.2 5432\/TCP.*Invalid argument/),
+      }),
+    ]);
+    // More syncs (a full recompute too) say nothing new.
+    await r.sync('service');
+    await r.sync('resync');
+    expect(quarantineLines(logger)).toHaveLength(1);
+    expect(quarantineLines(logger)[0]!.fields).toMatchObject({ service: 'data/b', stage: 'kernel' });
+    expect(r.readiness().ready).toBe(true);
+  });
+
+  it('a new valid Service reaches the kernel while another is quarantined', async () => {
+    const { kernel, r, services } = setup();
+    kernel.refuseElements((e) => e.address === '10.96.9.2');
+    await r.start();
+    r.setService({ ...services[0]!, name: 'd', clusterIPs: ['10.96.9.4'] });
+    expect(await r.sync('service')).toMatchObject({
+      result: 'ok',
+      elementsAdded: 1,
+      writes: 1,
+      quarantined: 1,
+    });
+    expect(kernel.table!.elements.has('ip 10.96.9.4 6 5432')).toBe(true);
+  });
+
+  it('releases a quarantined Service when it changes, and when the kernel changes', async () => {
+    const { kernel, logger, r, services } = setup();
+    kernel.refuseElements((e) => e.address === '10.96.9.2' || e.address === '10.96.9.3');
+    await r.start();
+    expect(r.quarantined.map((q) => q.key)).toEqual(['data/b', 'data/c']);
+    // b changes (a new object from the source): tried again at once.
+    kernel.refuseElements((e) => e.address === '10.96.9.3');
+    r.setService({ ...services[1]!, annotations: { note: 'new' } });
+    expect(await r.sync('service')).toMatchObject({ result: 'ok', released: ['data/b'], quarantined: 1 });
+    expect(kernel.table!.elements.has('ip 10.96.9.2 6 5432')).toBe(true);
+    // Someone else changes the table: everything is tried again.
+    kernel.refuseElements(null);
+    const repaired = r.nextSync((x) => x.trigger === 'drift');
+    kernel.tamper((t) => {
+      t!.elements.delete('ip 10.96.9.1 6 5432');
+      return t;
+    });
+    expect(await repaired).toMatchObject({ result: 'ok', quarantined: 0 });
+    expect(kernel.table!.elements.has('ip 10.96.9.3 6 5432')).toBe(true);
+    expect(logger.lines.some((l) => l.msg.startsWith('quarantined Services released'))).toBe(true);
+  });
+
+  it('retries a quarantined Service after its backoff, silently while it fails the same way', async () => {
+    const { kernel, logger, r } = setup({ quarantineBackoff: { initialMs: 50, maxMs: 50, jitter: false } });
+    kernel.refuseElements((e) => e.address === '10.96.9.2');
+    await r.start();
+    // The retry writes nothing (the kernel refuses b again) and says nothing new.
+    const retried = r.nextSync((x) => x.triggers.includes('retry') && x.retried);
+    expect(await retried).toMatchObject({ writes: 0, quarantined: 1 });
+    expect(quarantineLines(logger), JSON.stringify(quarantineLines(logger))).toHaveLength(1);
+    kernel.refuseElements(null);
+    const released = await r.nextSync((x) => (x.released ?? []).includes('data/b'));
+    expect(released.quarantined).toBe(0);
+    expect(kernel.table!.elements.has('ip 10.96.9.2 6 5432')).toBe(true);
+  });
+
+  it('a Service whose rules cannot be computed is quarantined; the others are programmed', async () => {
+    const { kernel, r, services } = setup();
+    const broken = { ...services[1]! } as Service;
+    Object.defineProperty(broken, 'ports', {
+      get() {
+        throw new Error('ports unreadable');
+      },
+    });
+    r.update({ services: [services[0]!, broken, services[2]!] });
+    expect(await r.start()).toMatchObject({ result: 'ok', quarantined: 1 });
+    expect(kernel.table!.elements.size).toBe(2);
+    expect(r.quarantined[0]).toMatchObject({
+      key: 'data/b',
+      stage: 'compute',
+      reason: expect.stringContaining('ports unreadable'),
+    });
+  });
+
+  it('names invalid input once per change of the Service: ClusterIPs, families, annotations', async () => {
+    const { logger, r, services } = setup();
+    const bad: Service = {
+      ...services[0]!,
+      name: 'odd',
+      clusterIPs: ['999.1.1.1', 'fe80::1%eth0', '::ffff:10.1.2.3', 'fd00::9'],
+      ipFamilies: ['IPv4'],
+      annotations: { 'slipstream.dev/packet-threshold': 'soon' },
+    };
+    r.setService(bad);
+    await r.start();
+    await r.sync('resync');
+    await r.sync('service');
+    const named = logger.lines.filter((l) => l.msg === 'Service input ignored in part');
+    expect(named).toHaveLength(1);
+    const problems = String(named[0]!.fields?.problems);
+    expect(named[0]!.fields?.service).toBe('data/odd');
+    expect(problems).toMatch(/999\.1\.1\.1.*not an IPv4 or IPv6 address/);
+    expect(problems).toMatch(/zone index/);
+    expect(problems).toMatch(/IPv4-mapped/);
+    expect(problems).toMatch(/fd00::9.*spec\.ipFamilies is \[IPv4\]/);
+    expect(problems).toMatch(/slipstream\.dev\/packet-threshold/);
+    // A change of the Service names it again; its deletion forgets it.
+    r.setService({ ...bad, clusterIPs: ['999.1.1.2'] });
+    await r.sync('service');
+    expect(logger.lines.filter((l) => l.msg === 'Service input ignored in part')).toHaveLength(2);
   });
 });

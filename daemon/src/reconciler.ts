@@ -14,6 +14,7 @@
 //   await reconciler.start();                                // adopt the table, first sync now
 //   informer: reconciler.setService(s) / deleteService(ns, name); reconciler.request('service')
 
+import type { BackoffOptions } from '@slipstream/shared/adapters/backoff';
 import type { Logger } from '@slipstream/shared/adapters/log';
 import { stderrLogger } from '@slipstream/shared/adapters/log';
 import type { Policy } from '@slipstream/shared/core/policy';
@@ -43,6 +44,8 @@ export interface ReconcilerOptions {
   refreshDevices?: () => Promise<string[]>;
   /** Without kernel change events, read the table back this often (default 10 s). */
   driftPollMs?: number;
+  /** Retry of a quarantined Service: first delay, doubling up to the maximum (default 5 s … 5 min). */
+  quarantineBackoff?: BackoffOptions;
   logger?: Logger;
 }
 
@@ -50,7 +53,7 @@ export class Reconciler {
   readonly #kernel: Kernel;
   readonly #log: Logger;
   readonly #inputs: InputStore;
-  readonly #quarantine = new Quarantine();
+  readonly #quarantine: Quarantine;
   readonly #syncer: Syncer;
   readonly #scheduler: Scheduler;
   readonly #health: Health;
@@ -70,6 +73,7 @@ export class Reconciler {
     this.#kernel = options.kernel;
     this.#log = options.logger ?? stderrLogger;
     this.#inputs = new InputStore(options.policy);
+    this.#quarantine = new Quarantine(options.quarantineBackoff);
     this.#driftPollMs = options.driftPollMs ?? 10_000;
     const minSyncMs = options.minSyncIntervalMs ?? 1000;
     this.#health = new Health({ graceMs: Math.max(5_000, 3 * minSyncMs) });
@@ -235,6 +239,13 @@ export class Reconciler {
       this.request('drift');
       return;
     }
+    // The kernel changed under us: what it refused before may go in now.
+    const released = this.#quarantine.releaseAll();
+    if (released > 0)
+      this.#log.info('quarantined Services released for a retry', {
+        count: released,
+        why: 'the kernel table changed',
+      });
     if (event.type === 'foreign-change') {
       this.#health.diverged(Date.now());
       this.#log.warn('someone else changed the table; reading it back to repair it', {

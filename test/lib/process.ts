@@ -66,6 +66,8 @@ export interface ProcOptions {
   name?: string;
   /** The whole environment (default: this process's); undefined values are left out. */
   env?: Record<string, string | undefined>;
+  /** A command that execs node (e.g. `setpriv` dropping a capability): `wrap... node script args`. */
+  wrap?: string[];
 }
 
 /** A process running `node script args`, its output collected and its stderr parsed line by line. */
@@ -85,7 +87,10 @@ export class Proc {
     const env = Object.fromEntries(
       Object.entries(options.env ?? process.env).filter((e): e is [string, string] => e[1] !== undefined),
     );
-    this.child = spawn(NODE, [script, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const [command, ...prefix] = options.wrap ?? [];
+    this.child = command
+      ? spawn(command, [...prefix, NODE, script, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(NODE, [script, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     this.child.stdout!.setEncoding('utf8').on('data', (c: string) => (this.stdout += c));
     this.child.stderr!.setEncoding('utf8').on('data', (c: string) => this.#read(c));
     this.exited = new Promise((resolve) =>

@@ -122,6 +122,7 @@ export function target(
 
 export async function isolate(
   apply: (change: Change) => Promise<void>,
+  check: (change: Change) => Promise<void>,
   belief: Ruleset | null,
   desired: Ruleset,
   capabilities: Capabilities,
@@ -151,15 +152,15 @@ export async function isolate(
     return null;
   };
 
-  // The structure alone. When it needs no change, a canary transaction (`add table` of the table
-  // that exists: changes nothing) asks whether the kernel takes any transaction at all, so that
-  // a kernel refusing everything is the node's failure, not each Service's in turn.
+  // The structure alone. When it needs no change, a dry run of a canary transaction (`add table`
+  // of the table that exists) asks whether the kernel takes any transaction at all, so that a
+  // kernel refusing everything is the node's failure, not each Service's in turn.
   const structureError = await tryTarget(committed);
   if (structureError !== null) throw new StructureRefused(structureError);
   if (attempts === 0) {
     attempts++;
     try {
-      await apply(CANARY);
+      await check(CANARY);
     } catch (error) {
       throw new StructureRefused(error);
     }

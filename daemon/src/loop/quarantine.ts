@@ -76,15 +76,11 @@ export class Quarantine {
 
   /**
    * Whether a Service stays out of the next sync: held, the same object, and not due for a retry.
-   * A changed Service is released here.
+   * A changed Service is tried again at once (and released once it reached the kernel).
    */
   excludes(key: string, service: Service | undefined): boolean {
     const held = this.#held.get(key);
-    if (!held) return false;
-    if (held.service !== service) {
-      this.#held.delete(key);
-      return false;
-    }
+    if (!held || held.service !== service) return false;
     return held.retryAt > this.#now();
   }
 

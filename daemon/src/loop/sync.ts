@@ -40,6 +40,13 @@ function sameCapabilities(a: Capabilities, b: Capabilities): boolean {
   return a.flowtable === b.flowtable && a.flowtableCounter === b.flowtableCounter;
 }
 
+/** An element key (`ip 10.96.0.1 6 5432`) as a person reads it: `10.96.0.1 5432/TCP`. */
+function elementName(key: string): string {
+  const [, address, protocol, port] = key.split(' ');
+  const l4 = protocol === '6' ? 'TCP' : protocol === '17' ? 'UDP' : `proto ${protocol}`;
+  return `${address} ${port}/${l4}`;
+}
+
 /** One line naming what of a Service is wrong in its input (invalid ClusterIPs, ignored annotations). */
 function problemsOf(c: Contribution): string {
   const parts = [
@@ -182,6 +189,9 @@ export class Syncer {
         errorClass: errorClassOf(error),
       });
       result.retried = true;
+      // A patched desired ruleset IS the belief object, patched in place: what the kernel holds is
+      // now unknown, not different.
+      if (computed.patched) this.#belief = undefined;
       const retry = await this.#retry(trace, result, error, change, caps);
       again = retry.again || again;
       if (!retry.wrote) {
@@ -237,6 +247,7 @@ export class Syncer {
     let attempt = 2;
     const isolated = await isolate(
       (c) => this.#commit(trace, c, ++attempt),
+      (c) => this.#o.kernel.check(c),
       this.#belief ?? null,
       fresh,
       caps,
@@ -246,7 +257,9 @@ export class Syncer {
     let again = false;
     for (const culprit of isolated.culprits) {
       const service = inputs.services.get(culprit.key);
-      const what = culprit.elements.slice(0, 3).join(', ') + (culprit.elements.length > 3 ? ', ...' : '');
+      const what =
+        culprit.elements.slice(0, 3).map(elementName).join(', ') +
+        (culprit.elements.length > 3 ? ', ...' : '');
       again =
         this.#hold(trace, culprit.key, service, {
           stage: 'kernel',

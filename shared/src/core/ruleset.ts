@@ -399,8 +399,8 @@ export function contribution(
     skipped: [],
     candidates: [],
   };
-  if (decision.offload.length === 0) return out;
-
+  // Addresses are checked whatever the decision, so that bad input is named even when nothing of
+  // the Service is offloaded.
   const addresses: { family: Family; address: string }[] = [];
   for (const raw of service.clusterIPs) {
     const parsed = canonicalAddress(raw);
@@ -417,6 +417,7 @@ export function contribution(
     if (addresses.some((a) => a.address === parsed.address && a.family === parsed.family)) continue;
     addresses.push({ family: parsed.family, address: parsed.address });
   }
+  if (decision.offload.length === 0) return out;
   for (const { family, address } of addresses) {
     for (const port of decision.offload) {
       const protocol = port.protocol === 'TCP' ? L4_NUMBER.tcp : L4_NUMBER.udp;
