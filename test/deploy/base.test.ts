@@ -173,13 +173,12 @@ describe('daemon DaemonSet', () => {
     expect(listen).toBe('127.0.0.1:9469');
     const port = c.ports?.find((p) => p.name === 'health');
     expect(`127.0.0.1:${port?.containerPort}`).toBe(listen);
-    for (const probe of [c.livenessProbe, c.readinessProbe]) {
-      expect(probe?.httpGet).toMatchObject({
-        host: '127.0.0.1',
-        path: '/healthz',
-        port: 'health',
-        scheme: 'HTTP',
-      });
+    // Liveness: the process answers. Readiness: the node's kernel holds what is wanted.
+    for (const [probe, path] of [
+      [c.livenessProbe, '/healthz'],
+      [c.readinessProbe, '/readyz'],
+    ] as const) {
+      expect(probe?.httpGet).toMatchObject({ host: '127.0.0.1', path, port: 'health', scheme: 'HTTP' });
     }
   });
 
@@ -213,7 +212,8 @@ describe('both components', () => {
 
   it('run their entry points with node from /app', () => {
     expect(webhookContainer().command).toEqual(['node', 'webhook/src/main.ts']);
-    expect(daemonContainer().command).toEqual(['node', 'daemon/src/main.ts']);
+    // --disable-sigusr1: no inspector on SIGUSR1, in a root process on the host network.
+    expect(daemonContainer().command).toEqual(['node', '--disable-sigusr1', 'daemon/src/main.ts']);
     for (const [, , c] of both()) expect(c.workingDir).toBe('/app');
   });
 

@@ -247,7 +247,7 @@ describe('Dockerfile', () => {
     ]) {
       expect(c.workingDir).toBe(workdir);
       expect(c.command?.[0]).toBe('node');
-      const script = c.command?.[1] ?? '';
+      const script = c.command?.find((a) => !a.startsWith('-') && a !== 'node') ?? '';
       expect(
         copiedDirs.some((dir) => dir.endsWith('/') && script.startsWith(dir)),
         script,
