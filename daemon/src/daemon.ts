@@ -8,13 +8,13 @@ import type { Logger } from '@slipstream/shared/adapters/log';
 import { type PolicyWatch, watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import { effectiveDecision } from '@slipstream/shared/core/decide';
 import { rulesetText } from '@slipstream/shared/core/nft-text';
+import { AddressWatcher } from './addresses.ts';
 import type { DaemonOptions } from './cli.ts';
 import { serveEndpoints } from './http.ts';
 import { type Kernel, NapiKernel, netnsPath } from './kernel.ts';
 import { LinkWatcher } from './links.ts';
 import { Reconciler, type SyncResult } from './reconciler.ts';
 import { FileSource } from './sources/files.ts';
-import { KubernetesSource } from './sources/kubernetes.ts';
 import type { ServiceSource } from './sources/source.ts';
 import { type NodeStatus, portStatuses, readConntrack } from './status.ts';
 
@@ -37,13 +37,17 @@ export interface RunningDaemon {
   stop(): Promise<void>;
 }
 
-function makeSource(options: DaemonOptions, logger: Logger): ServiceSource {
-  return options.source.kind === 'files'
-    ? new FileSource({ dir: options.source.dir, log: logger })
-    : new KubernetesSource({
-        ...(options.source.kubeconfig ? { kubeconfig: options.source.kubeconfig } : {}),
-        log: logger,
-      });
+/**
+ * The Service source. client-node is loaded only for the Kubernetes source: in files mode (the
+ * embedded default, the VM scenarios, the demo) it would cost seconds of start-up and tens of MB.
+ */
+async function makeSource(options: DaemonOptions, logger: Logger): Promise<ServiceSource> {
+  if (options.source.kind === 'files') return new FileSource({ dir: options.source.dir, log: logger });
+  const { KubernetesSource } = await import('./sources/kubernetes.ts');
+  return new KubernetesSource({
+    ...(options.source.kubeconfig ? { kubeconfig: options.source.kubeconfig } : {}),
+    log: logger,
+  });
 }
 
 /** An operator error found while starting (missing namespace, unreadable source): one line, no stack. */
@@ -173,6 +177,15 @@ async function start(
     },
   });
   closers.push(() => links.stop());
+  const addresses = new AddressWatcher({
+    ...(options.netns ? { netns: options.netns } : {}),
+    logger,
+    onChange: (nodeAddresses) => {
+      reconciler.update({ nodeAddresses });
+      reconciler.request('link');
+    },
+  });
+  closers.push(() => addresses.stop());
   const reconciler = new Reconciler({
     kernel,
     policy: policyWatch.current(),
@@ -200,7 +213,7 @@ async function start(
     }
   });
 
-  const source = makeSource(options, logger);
+  const source = await makeSource(options, logger);
   closers.push(() => source.stop());
   try {
     await source.start();
@@ -211,6 +224,12 @@ async function start(
   for (const r of snapshot.rejected) logger.warn('Service not read', { ref: r.ref, error: r.error });
   reconciler.update(snapshot);
   reconciler.update({ devices: await links.start() });
+  try {
+    reconciler.update({ nodeAddresses: await addresses.start() });
+  } catch (error) {
+    // Without them nodePorts match nothing; everything else works.
+    logger.warn("cannot list this node's addresses; nodePorts are not accelerated", { error: String(error) });
+  }
   source.onChange((trigger) => {
     reconciler.update(source.snapshot());
     reconciler.request(trigger);

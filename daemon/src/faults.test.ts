@@ -64,6 +64,7 @@ describe.skipIf(!canUseNetns())('faults repaired by the loop, on the real kernel
       services,
       namespaces: new Map(NAMESPACES.map((n) => [n.name, n])),
       devices: [],
+      nodeAddresses: ['192.168.7.1', 'fd00:7::1'],
       capabilities: { flowtable: false },
       policy,
     });
@@ -83,7 +84,7 @@ describe.skipIf(!canUseNetns())('faults repaired by the loop, on the real kernel
     // Default timings: 1 s minimum sync interval, hourly resync.
     r = new Reconciler({ kernel, policy, logger });
     services = [svc('db', '10.96.1.1'), svc('cache', '10.96.1.2', [{ port: 6379, protocol: 'TCP' }])];
-    r.update({ services, namespaces: NAMESPACES, devices: [] });
+    r.update({ services, namespaces: NAMESPACES, devices: [], nodeAddresses: ['192.168.7.1', 'fd00:7::1'] });
     expect((await r.start()).result).toBe('ok');
     expect(equalsWanted()).toBe(true);
   });
@@ -161,6 +162,17 @@ describe.skipIf(!canUseNetns())('faults repaired by the loop, on the real kernel
     expect(r.desired?.services.get('shop/everything')?.decision.reason).toBeTruthy();
   });
 
+  it("checks its own commits against the kernel's events, and they agree (Services, node addresses)", async () => {
+    const before = logger.lines.length;
+    services = [...services, svc('queue2', '10.96.1.20', [{ port: 5672, protocol: 'TCP' }])];
+    r.update({ services, nodeAddresses: ['192.168.7.1', '192.168.7.2', 'fd00:7::1'] });
+    await r.sync('service');
+    await new Promise((res) => setTimeout(res, 500));
+    expect(logger.lines.slice(before).filter((l) => l.msg === 'reading the table back')).toEqual([]);
+    r.update({ nodeAddresses: ['192.168.7.1', 'fd00:7::1'] });
+    await r.sync('link');
+  });
+
   it('converges to what a fresh start programs, whatever Services and foreign edits came before (property)', async () => {
     const edits = [
       'flush map inet slipstream svc4',
@@ -206,7 +218,12 @@ describe.skipIf(!canUseNetns())('faults repaired by the loop, on the real kernel
         const k2 = await NapiKernel.open({ netns: fresh });
         const r2 = new Reconciler({ kernel: k2, policy, logger: memoryLogger(), resyncIntervalMs: 0 });
         try {
-          r2.update({ services, namespaces: NAMESPACES, devices: [] });
+          r2.update({
+            services,
+            namespaces: NAMESPACES,
+            devices: [],
+            nodeAddresses: ['192.168.7.1', 'fd00:7::1'],
+          });
           await r2.start();
           const other = parseTable(
             JSON.parse(

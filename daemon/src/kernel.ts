@@ -33,6 +33,21 @@ export function errorText(error: unknown): string {
   return firstErrorLine(text).trim().split('\n')[0]!.slice(0, 500);
 }
 
+/**
+ * The kernel's (or libnftables') words about a refused command: the `Error:` line and the command
+ * it echoes, bounded, for the log line that says a transaction was refused.
+ */
+export function errorDetail(error: unknown): string {
+  const raw = (error as { nftMessage?: unknown } | null)?.nftMessage;
+  if (typeof raw !== 'string') return errorText(error);
+  const lines = raw.split('\n');
+  const at = lines.findIndex((l) => /\bError:/.test(l));
+  return lines
+    .slice(Math.max(0, at), Math.max(0, at) + 2)
+    .map((l) => (l.length > 300 ? `${l.slice(0, 300)}…` : l))
+    .join('\n');
+}
+
 /** What the table's watcher reports. */
 export type KernelEvent =
   /** Someone else committed a transaction that touched the table. */
@@ -174,8 +189,13 @@ export class NapiKernel implements Kernel {
     const s = change.summary;
     let reason: string | null = null;
     if (!batch) reason = 'the kernel sent no change events for it';
-    else if (batch.added !== s.elementsAdded || batch.removed !== s.elementsRemoved) {
-      reason = `the kernel reported +${batch.added}/-${batch.removed} elements, the change had +${s.elementsAdded}/-${s.elementsRemoved}`;
+    else {
+      // Map elements and node address set elements alike are set elements to the kernel.
+      const added = s.elementsAdded + s.addressesAdded;
+      const removed = s.elementsRemoved + s.addressesRemoved;
+      if (batch.added !== added || batch.removed !== removed) {
+        reason = `the kernel reported +${batch.added}/-${batch.removed} elements, the change had +${added}/-${removed}`;
+      }
     }
     if (reason === null) return;
     const event: KernelEvent = { type: 'unverified', reason: `our commit is not confirmed: ${reason}` };

@@ -15,7 +15,11 @@ import {
   type Chain,
   type Element,
   elementKey,
+  FAMILIES,
   MAP_NAMES,
+  MAPS,
+  NODE_SET_NAMES,
+  type RuleSpec,
   type Ruleset,
   TABLE_NAME,
   thresholdChainName,
@@ -194,8 +198,9 @@ export class MemoryKernel implements Kernel {
         const name = MAP_NAMES[op.family];
         const present = table.maps.includes(op.family) || table.foreign.some((f) => f.name === name);
         if (!present) fail('no-such-object', `delete map ${name}`);
-        if (ruleUses((c) => c.rules.some((r) => r.kind === 'dispatch' && r.family === op.family)))
-          fail('busy', `delete map ${name}`);
+        const uses = (r: RuleSpec) =>
+          op.family === 'np' ? r.kind === 'nodeport' : r.kind === 'dispatch' && r.family === op.family;
+        if (ruleUses((c) => c.rules.some(uses))) fail('busy', `delete map ${name}`);
         table.maps = table.maps.filter((f) => f !== op.family);
         table.foreign = table.foreign.filter((f) => f.name !== name);
         for (const [key, e] of table.elements) if (e.family === op.family) table.elements.delete(key);
@@ -211,7 +216,14 @@ export class MemoryKernel implements Kernel {
         }
         const i = table.foreign.findIndex((f) => f.handle === handle && f.kind === kind);
         if (i < 0) fail('no-such-object', `delete ${kind} handle ${handle}`);
-        table.foreign.splice(i, 1);
+        const [gone] = table.foreign.splice(i, 1);
+        const set = FAMILIES.find((f) => NODE_SET_NAMES[f] === gone?.name);
+        if (
+          kind === 'set' &&
+          set &&
+          ruleUses((c) => c.rules.some((r) => r.kind === 'nodeport' && r.family === set))
+        )
+          fail('busy', `delete set ${gone?.name}`);
         return table;
       }
       case 'delete-flowtable':
@@ -242,8 +254,31 @@ export class MemoryKernel implements Kernel {
         return table;
       }
       case 'add-map':
-        if (!table.maps.includes(op.family)) table.maps = [...table.maps, op.family].sort();
+        if (!table.maps.includes(op.family))
+          table.maps = MAPS.filter((m) => m === op.family || table.maps.includes(m));
         return table;
+      case 'add-set':
+        if (!table.nodeSets.includes(op.family))
+          table.nodeSets = FAMILIES.filter((f) => f === op.family || table.nodeSets.includes(f));
+        return table;
+      case 'add-set-elements': {
+        if (!table.nodeSets.includes(op.family))
+          fail('no-such-object', `add element ${NODE_SET_NAMES[op.family]}`);
+        table.nodeAddresses[op.family] = [
+          ...new Set([...table.nodeAddresses[op.family], ...op.addresses]),
+        ].sort();
+        return table;
+      }
+      case 'delete-set-elements': {
+        if (!table.nodeSets.includes(op.family))
+          fail('no-such-object', `delete element ${NODE_SET_NAMES[op.family]}`);
+        for (const a of op.addresses)
+          if (!table.nodeAddresses[op.family].includes(a)) fail('no-such-object', `delete element ${a}`);
+        table.nodeAddresses[op.family] = table.nodeAddresses[op.family].filter(
+          (a) => !op.addresses.includes(a),
+        );
+        return table;
+      }
       case 'add-chain':
         if (!table.chains.has(op.chain))
           table.chains.set(op.chain, { name: op.chain, base: op.base, rules: [] });
@@ -280,6 +315,12 @@ export class MemoryKernel implements Kernel {
         if (!chain) fail('no-such-object', `add rule ${op.chain}`);
         if (op.rule.kind === 'dispatch' && !table.maps.includes(op.rule.family)) {
           fail('no-such-object', `add rule ${op.chain}: no map`);
+        }
+        if (
+          op.rule.kind === 'nodeport' &&
+          (!table.maps.includes('np') || !table.nodeSets.includes(op.rule.family))
+        ) {
+          fail('no-such-object', `add rule ${op.chain}: no nodeports map or node address set`);
         }
         if (op.rule.kind === 'threshold' && op.rule.offload) {
           if (!this.#flowtable) fail('not-supported', `add rule ${op.chain}: flow add`);

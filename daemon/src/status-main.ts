@@ -11,7 +11,6 @@ import { EXAMPLES_DIR } from './cli.ts';
 import { requireNetns, StartupError } from './daemon.ts';
 import { NapiKernel } from './kernel.ts';
 import { FileSource } from './sources/files.ts';
-import { KubernetesSource } from './sources/kubernetes.ts';
 import type { ServiceSource } from './sources/source.ts';
 import { formatStatus, type NodeStatus, portStatuses, readConntrack } from './status.ts';
 
@@ -70,15 +69,18 @@ async function main(argv: string[]): Promise<number> {
     print(daemon);
     return 0;
   }
-  const source: ServiceSource = values.kubeconfig
-    ? new KubernetesSource({ kubeconfig: values.kubeconfig as string, log: silentLogger })
-    : process.env.KUBERNETES_SERVICE_HOST && !values.services
-      ? new KubernetesSource({ log: silentLogger })
-      : new FileSource({
-          dir: (values.services as string | undefined) ?? EXAMPLES_DIR,
-          log: silentLogger,
-          rescanIntervalMs: 0,
-        });
+  const kube = values.kubeconfig !== undefined || (process.env.KUBERNETES_SERVICE_HOST && !values.services);
+  // client-node is loaded only when the Kubernetes source is used.
+  const source: ServiceSource = kube
+    ? new (await import('./sources/kubernetes.ts')).KubernetesSource({
+        ...(values.kubeconfig ? { kubeconfig: values.kubeconfig as string } : {}),
+        log: silentLogger,
+      })
+    : new FileSource({
+        dir: (values.services as string | undefined) ?? EXAMPLES_DIR,
+        log: silentLogger,
+        rescanIntervalMs: 0,
+      });
   const policyWatch = watchPolicy(values.policy as string | undefined, { pollMs: 0 });
   const netns = values.netns as string | undefined;
   // A namespace that is not there would otherwise read as "table ABSENT" and exit 0.

@@ -137,6 +137,7 @@ describe('portStatuses', () => {
       threshold: 20,
       reason: expect.stringMatching(/^datastore-port-name: /),
       inKernel: true,
+      vips: ['clusterIP'],
       offloaded: null,
     });
     expect(row(rows, 'shop/search', '9200/TCP')).toMatchObject({ decision: 'offload', threshold: 200 });
@@ -305,10 +306,14 @@ describe('formatStatus', () => {
       'node: DEGRADED (flowtable probe failed: Error: Could not process rule: No such file or directory): rules are kept, nothing is offloaded',
     );
     expect(lines[1]).toBe('table inet slipstream: present');
-    expect(lines[3]).toMatch(/^SERVICE\s+PORT\s+DECISION\s+THRESHOLD\s+IN KERNEL\s+OFFLOADED\s+REASON$/);
-    expect(lines[4]).toMatch(/^media\/iperf3\s+5201\/TCP \(iperf3\)\s+offload\s+20\s+yes\s+3\s+iperf3: /);
-    expect(lines[5]).toMatch(/^media\/iperf3\s+5201\/UDP \(iperf3-udp\)\s+offload\s+20\s+NO\s+-\s+iperf3: /);
-    expect(lines[6]).toMatch(/^platform\/dns\s+53\/UDP \(dns\)\s+keep\s+-\s+-\s+-\s+dns: /);
+    expect(lines[3]).toMatch(
+      /^SERVICE\s+PORT\s+DECISION\s+THRESHOLD\s+IN KERNEL\s+VIPS\s+OFFLOADED\s+REASON$/,
+    );
+    expect(lines[4]).toMatch(/^media\/iperf3\s+5201\/TCP \(iperf3\)\s+offload\s+20\s+yes\s+-\s+3\s+iperf3: /);
+    expect(lines[5]).toMatch(
+      /^media\/iperf3\s+5201\/UDP \(iperf3-udp\)\s+offload\s+20\s+NO\s+-\s+-\s+iperf3: /,
+    );
+    expect(lines[6]).toMatch(/^platform\/dns\s+53\/UDP \(dns\)\s+keep\s+-\s+-\s+-\s+-\s+dns: /);
     expect(lines).toHaveLength(7);
   });
 

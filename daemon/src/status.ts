@@ -6,8 +6,8 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Decision } from '@slipstream/shared/core/decide';
-import { elementKey, type Ruleset } from '@slipstream/shared/core/ruleset';
-import type { Service } from '@slipstream/shared/core/service';
+import { elementKey, type Ruleset, serviceVips, type VipKind } from '@slipstream/shared/core/ruleset';
+import type { Service, ServicePort } from '@slipstream/shared/core/service';
 
 const run = promisify(execFile);
 
@@ -30,6 +30,8 @@ export interface PortStatus {
   reason: string;
   /** Why part of this Service's input was ignored (an invalid ClusterIP, an ignored annotation). */
   problems?: string;
+  /** The kinds of address whose elements for this port are in the kernel (ClusterIP, external IP, load balancer IP, nodePort). */
+  vips?: VipKind[];
   /** Every element of this port is in the kernel with the right threshold (null: nothing to program). */
   inKernel: boolean | null;
   /** Connections to this port's ClusterIPs that conntrack marks [OFFLOAD] now (null: unknown). */
@@ -77,6 +79,27 @@ export function countOffloaded(conntrackText: string): Map<string, number> {
   return counts;
 }
 
+/** Which kinds of address reach this port through the kernel now. */
+function vipKinds(service: Service, port: ServicePort, kernel: Ruleset | null): VipKind[] {
+  if (!kernel || port.protocol === 'SCTP') return [];
+  const protocol = PROTO_NUMBER[port.protocol]!;
+  const kinds = new Set<VipKind>();
+  for (const vip of serviceVips(service).vips) {
+    if (
+      kernel.elements.has(elementKey({ family: vip.family, address: vip.address, protocol, port: port.port }))
+    ) {
+      kinds.add(vip.kind);
+    }
+  }
+  if (
+    port.nodePort !== undefined &&
+    kernel.elements.has(elementKey({ family: 'np', address: '', protocol, port: port.nodePort }))
+  ) {
+    kinds.add('nodePort');
+  }
+  return [...kinds];
+}
+
 /** The rows, one per Service port, from what is wanted, what the kernel holds and conntrack. */
 export function portStatuses(
   services: readonly Service[],
@@ -120,9 +143,16 @@ export function portStatuses(
     for (const p of ports) {
       const on = d.offload.find((o) => o.port === p.port && o.protocol === p.protocol);
       const proto = PROTO_NUMBER[p.protocol];
+      // The port's elements: one per address (ClusterIP, external, load balancer), and its nodePort.
       const elements = (entry?.elements ?? [])
         .map((k) => desired.elements.get(k))
-        .filter((e) => e !== undefined && e.port === p.port && e.protocol === proto);
+        .filter(
+          (e) =>
+            e !== undefined &&
+            e.protocol === proto &&
+            (e.family === 'np' ? e.port === p.nodePort : e.port === p.port),
+        );
+      const kinds = vipKinds(service, p, kernel);
       let inKernel: boolean | null = null;
       let count: number | null = null;
       if (on) {
@@ -153,6 +183,7 @@ export function portStatuses(
         reason: held ? `QUARANTINED: ${held.reason}` : portReason,
         ...(problems ? { problems } : {}),
         inKernel,
+        vips: on ? kinds : [],
         offloaded: count,
       });
     }
@@ -180,6 +211,13 @@ function cell(value: string, width: number): string {
   return value.length > width ? `${value.slice(0, width - 1)}…` : value.padEnd(width);
 }
 
+const VIP_TEXT: Record<VipKind, string> = {
+  clusterIP: 'cluster',
+  externalIP: 'external',
+  loadBalancer: 'lb',
+  nodePort: 'nodeport',
+};
+
 const STATE_TEXT: Record<PortState, string> = {
   programmed: 'yes',
   quarantined: 'QUARANTINED',
@@ -201,18 +239,19 @@ export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
   if (status.ready && !status.ready.ready) lines.push(`daemon: NOT READY: ${status.ready.reason}`);
   if (status.quarantined) lines.push(`quarantined Services: ${status.quarantined}`);
   lines.push('');
-  const header = ['SERVICE', 'PORT', 'DECISION', 'THRESHOLD', 'IN KERNEL', 'OFFLOADED', 'REASON'];
+  const header = ['SERVICE', 'PORT', 'DECISION', 'THRESHOLD', 'IN KERNEL', 'VIPS', 'OFFLOADED', 'REASON'];
   const rows = status.ports.map((r) => [
     r.service,
     r.port,
     r.decision,
     r.threshold === null ? '-' : String(r.threshold),
     STATE_TEXT[r.state],
+    r.vips && r.vips.length > 0 ? r.vips.map((k) => VIP_TEXT[k]).join(',') : '-',
     r.offloaded === null ? '-' : String(r.offloaded),
     r.reason,
   ]);
   const widths = header.map((h, i) =>
-    i === 6 ? reasonWidth : rows.reduce((w, row) => Math.max(w, Math.min(row[i]!.length, 40)), h.length),
+    i === 7 ? reasonWidth : rows.reduce((w, row) => Math.max(w, Math.min(row[i]!.length, 40)), h.length),
   );
   const render = (row: string[]) =>
     row

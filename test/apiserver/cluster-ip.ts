@@ -9,7 +9,21 @@ import { StatusError } from './status.ts';
 export class Ipam {
   #v4 = 10; // 10.96.0.10 onwards (10.96.0.1 is the kubernetes Service, .10 kube-dns in real clusters)
   #v6 = 0x10;
+  #nodePort = 30000;
   readonly used = new Set<string>();
+  readonly usedNodePorts = new Set<number>();
+
+  /** The next free nodePort of the default range (30000-32767). */
+  nextNodePort(): number {
+    for (;;) {
+      const port = this.#nodePort++;
+      if (this.#nodePort > 32767) this.#nodePort = 30000;
+      if (!this.usedNodePorts.has(port)) {
+        this.usedNodePorts.add(port);
+        return port;
+      }
+    }
+  }
 
   next(family: 'IPv4' | 'IPv6'): string {
     for (;;) {
@@ -26,8 +40,30 @@ export class Ipam {
 }
 
 /** Fills in spec.clusterIP(s), ipFamilies and ipFamilyPolicy (`old`: the stored Service, on update). */
+/**
+ * NodePorts, as the real server allocates them: for NodePort and LoadBalancer Services (unless
+ * allocateLoadBalancerNodePorts is false), each port without one gets the next free port, and an
+ * update keeps the ports it had.
+ */
+function allocateNodePorts(spec: Json, oldSpec: Json | undefined, ipam: Ipam): void {
+  const wants =
+    spec.type === 'NodePort' || (spec.type === 'LoadBalancer' && spec.allocateLoadBalancerNodePorts !== false);
+  if (!wants || !Array.isArray(spec.ports)) return;
+  const oldPorts = oldSpec && Array.isArray(oldSpec.ports) ? oldSpec.ports.filter(isRecord) : [];
+  for (const port of spec.ports) {
+    if (!isRecord(port)) continue;
+    if (typeof port.nodePort === 'number') {
+      ipam.usedNodePorts.add(port.nodePort);
+      continue;
+    }
+    const before = oldPorts.find((o) => o.port === port.port && (o.protocol ?? 'TCP') === (port.protocol ?? 'TCP'));
+    port.nodePort = typeof before?.nodePort === 'number' ? before.nodePort : ipam.nextNodePort();
+  }
+}
+
 export function allocate(object: Json, old: Json | undefined, ipam: Ipam): void {
   const spec = child(object, 'spec');
+  allocateNodePorts(spec, old && isRecord(old.spec) ? old.spec : undefined, ipam);
   if (spec.type === 'ExternalName') {
     delete spec.clusterIP;
     delete spec.clusterIPs;

@@ -231,6 +231,11 @@ export class FakeApiServer {
     return this.#store.update('services', namespaceOf(object), nameOf(object), clone(object));
   }
 
+  /** Writes a Service's status (as a cloud controller does when its load balancer is ready). */
+  setServiceStatus(namespace: string, name: string, status: Json): Json {
+    return this.#store.updateStatus('services', namespace, name, status);
+  }
+
   async deleteService(namespace: string, name: string): Promise<Json> {
     return this.#store.delete('services', namespace, name);
   }

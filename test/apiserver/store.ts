@@ -292,6 +292,15 @@ export class ObjectStore {
     return this.commit(resource, 'MODIFIED', namespace, name, object);
   }
 
+  /** The status subresource (what a cloud controller writes: a Service's load balancer ingress). */
+  updateStatus(resource: StoredResource, namespace: string | undefined, name: string, status: Json): Json {
+    const current = this.#objects[resource].get(keyOf(namespace, name));
+    if (!current) throw notFound(resource, name);
+    const object = clone(current);
+    object.status = clone(status);
+    return this.commit(resource, 'MODIFIED', namespace, name, object);
+  }
+
   /** DELETE. Deleting a Namespace deletes its Services and Secrets at once (no graceful termination). */
   delete(resource: StoredResource, namespace: string | undefined, name: string): Json {
     const current = this.#objects[resource].get(keyOf(namespace, name));

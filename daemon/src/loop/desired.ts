@@ -109,7 +109,7 @@ export class DesiredState {
         excluded.add(key);
       }
     }
-    const desired = assembleRuleset(contributions, inputs.devices, capabilities);
+    const desired = assembleRuleset(contributions, inputs.devices, capabilities, inputs.nodeAddresses);
     this.#desired = desired;
     this.#incremental = isConflictFree(desired, contributions.length)
       ? { capabilities, refs: thresholdRefs(desired), excluded }

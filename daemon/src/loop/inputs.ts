@@ -10,6 +10,8 @@ export interface InputSnapshot {
   services: ReadonlyMap<string, Service>;
   namespaces: ReadonlyMap<string, Namespace>;
   devices: readonly string[];
+  /** This node's own addresses (nodePort traffic is addressed to them). */
+  nodeAddresses: readonly string[];
   policy: Policy;
   /** Changes since the previous `take()`: Service keys, or `all` (policy, Namespaces or devices changed). */
   changed: ReadonlySet<string> | 'all';
@@ -22,6 +24,7 @@ export interface UpdateInputs {
   /** A Map by name (kept by reference while the source keeps it) or any iterable of Namespaces. */
   namespaces?: ReadonlyMap<string, Namespace> | Iterable<Namespace>;
   devices?: Iterable<string>;
+  nodeAddresses?: Iterable<string>;
 }
 
 export class InputStore {
@@ -30,6 +33,7 @@ export class InputStore {
   #namespaces: ReadonlyMap<string, Namespace> = new Map();
   #ownNamespaces = true;
   #devices: string[] = [];
+  #nodeAddresses: string[] = [];
   #policy: Policy;
   #changed = new Set<string>();
   #all = true;
@@ -66,6 +70,15 @@ export class InputStore {
       this.version++;
     }
     if (inputs.devices) this.setDevices(inputs.devices);
+    if (inputs.nodeAddresses) this.setNodeAddresses(inputs.nodeAddresses);
+  }
+
+  setNodeAddresses(addresses: Iterable<string>): void {
+    const list = [...addresses].sort();
+    if (list.join(' ') === this.#nodeAddresses.join(' ')) return;
+    this.#nodeAddresses = list;
+    this.#all = true;
+    this.version++;
   }
 
   setService(service: Service): void {
@@ -159,6 +172,7 @@ export class InputStore {
       services: this.#services,
       namespaces: this.#namespaces,
       devices: this.#devices,
+      nodeAddresses: this.#nodeAddresses,
       policy: this.#policy,
       changed,
       missing,

@@ -37,6 +37,8 @@ const CANARY: Change = {
     chainsRewritten: [],
     devicesAdded: [],
     devicesRemoved: [],
+    addressesAdded: 0,
+    addressesRemoved: 0,
     objectsReplaced: [],
     services: [],
   },

@@ -12,7 +12,7 @@ import { type Logger, LogOnce } from '@slipstream/shared/adapters/log';
 import { type Change, describeChange, diff, isEmpty } from '@slipstream/shared/core/diff';
 import type { Capabilities, Contribution, Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Service } from '@slipstream/shared/core/service';
-import { errorClassOf, errorText, type Kernel } from '../kernel.ts';
+import { errorClassOf, errorDetail, errorText, type Kernel } from '../kernel.ts';
 import { DesiredState } from './desired.ts';
 import type { InputStore } from './inputs.ts';
 import { isolate, StructureRefused } from './isolate.ts';
@@ -187,6 +187,7 @@ export class Syncer {
       logger.warn('transaction refused; re-reading links and the table, retrying once', {
         error: errorText(error),
         errorClass: errorClassOf(error),
+        detail: errorDetail(error),
       });
       result.retried = true;
       // A patched desired ruleset IS the belief object, patched in place: what the kernel holds is

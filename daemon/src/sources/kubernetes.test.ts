@@ -10,6 +10,7 @@ import { CoreV1Api, KubeConfig, type V1Service } from '@kubernetes/client-node';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FakeApiServer, type Json } from '../../../test/apiserver/fake-apiserver.ts';
 import { selfSignedCertificate } from '../../../test/apiserver/tls.ts';
+import { until } from '../../../test/lib/process.ts';
 import { KubernetesSource, type KubernetesSourceOptions } from './kubernetes.ts';
 import { LAST_APPLIED_ANNOTATION } from './slim.ts';
 import type { Trigger } from './source.ts';
@@ -112,6 +113,27 @@ describe('KubernetesSource', () => {
     expect(snapshot.rejected).toEqual([]);
     expect(source.snapshot()).toBe(snapshot); // cached until something changes
     expect(triggers).toEqual([]); // the initial load is start()'s, not a change
+  });
+
+  it("keeps a LoadBalancer's ingress IPs, and a status update (the load balancer getting an address) is a change", async () => {
+    await server.createService({
+      ...svc('edge', 'default', 443),
+      spec: { type: 'LoadBalancer', externalIPs: ['198.51.100.9'], ports: [{ name: 'https', port: 443 }] },
+    });
+    const { source, triggers } = makeSource();
+    await source.start();
+    const before = source.snapshot().services.find((x) => x.name === 'edge');
+    expect(before?.externalIPs).toEqual(['198.51.100.9']);
+    expect(before?.loadBalancerIPs).toBeUndefined();
+    expect(before?.ports[0]?.nodePort).toBeGreaterThan(0);
+    server.setServiceStatus('default', 'edge', { loadBalancer: { ingress: [{ ip: '203.0.113.9' }] } });
+    await until('the load balancer address', () =>
+      source
+        .snapshot()
+        .services.find((x) => x.name === 'edge')
+        ?.loadBalancerIPs?.includes('203.0.113.9'),
+    );
+    expect(triggers).toContain('service');
   });
 
   it('keeps only readService output: managedFields, status and last-applied are dropped', async () => {

@@ -3,7 +3,7 @@
 // ListWatch keeps its own cache of every object, so what it is given is made small first: the
 // list function (mirror.ts) and SlimWatch turn each object into a "slim" entry holding only
 // name/namespace/resourceVersion and the `readService`/`readNamespace` output, after dropping
-// managedFields, status and the kubectl last-applied-configuration annotation. The same entry
+// managedFields, status (but load balancer addresses) and the kubectl last-applied-configuration annotation. The same entry
 // objects are the source's store, so each Service is held once.
 //
 // SlimWatch also asks for bookmarks (allowWatchBookmarks=true), which keep the resourceVersion
@@ -17,13 +17,16 @@ import type { ReadResult } from '@slipstream/shared/core/service';
 export const LAST_APPLIED_ANNOTATION = 'kubectl.kubernetes.io/last-applied-configuration';
 
 /**
- * Drops what the daemon never reads: status, metadata.managedFields and the kubectl
- * last-applied-configuration annotation (a full copy of the object). Returns a shallow copy;
- * the input is not modified.
+ * Drops what the daemon never reads: status (but a Service's load balancer addresses),
+ * metadata.managedFields and the kubectl last-applied-configuration annotation (a full copy of
+ * the object). Returns a shallow copy; the input is not modified.
  */
 export function stripObject(object: unknown): unknown {
   if (!isRecord(object)) return object;
-  const { status: _status, ...rest } = object;
+  const { status, ...rest } = object;
+  const lb = isRecord(status) && isRecord(status.loadBalancer) ? status.loadBalancer : undefined;
+  if (lb && Array.isArray(lb.ingress) && lb.ingress.length > 0)
+    rest.status = { loadBalancer: { ingress: lb.ingress } };
   if (isRecord(rest.metadata)) {
     const { managedFields: _managedFields, ...metadata } = rest.metadata;
     if (isRecord(metadata.annotations) && LAST_APPLIED_ANNOTATION in metadata.annotations) {

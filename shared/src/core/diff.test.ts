@@ -15,12 +15,13 @@ function show(change: Change): string[] {
       case 'add-flowtable':
         return `add-flowtable ${op.devices.join(',')}`;
       case 'add-rule':
-        return `add-rule ${op.chain} ${op.rule.kind === 'threshold' ? `>${op.rule.threshold}${op.rule.offload ? ' offload' : ''}` : op.rule.kind === 'dispatch' ? `${op.rule.family}/${op.rule.protocol}` : 'foreign'}`;
+        return `add-rule ${op.chain} ${op.rule.kind === 'threshold' ? `>${op.rule.threshold}${op.rule.offload ? ' offload' : ''}` : op.rule.kind === 'dispatch' ? `${op.rule.family}/${op.rule.protocol}` : op.rule.kind === 'nodeport' ? `nodeport ${op.rule.family}/${op.rule.protocol}` : 'foreign'}`;
       case 'add-chain':
       case 'flush-chain':
       case 'delete-chain':
         return `${op.op} ${op.chain}`;
       case 'add-map':
+      case 'add-set':
       case 'flush-map':
       case 'delete-map':
         return `${op.op} ${op.family}`;
@@ -62,6 +63,9 @@ describe('diff', () => {
       'add-flowtable eth0,eth1',
       'add-map ip',
       'add-map ip6',
+      'add-map np',
+      'add-set ip',
+      'add-set ip6',
       'add-chain threshold-20',
       'add-chain forward',
       'add-elements ip 10.96.0.10/17/443>20 10.96.0.10/6/5432>20',
@@ -71,6 +75,10 @@ describe('diff', () => {
       'add-rule forward ip/udp',
       'add-rule forward ip6/tcp',
       'add-rule forward ip6/udp',
+      'add-rule forward nodeport ip/tcp',
+      'add-rule forward nodeport ip/udp',
+      'add-rule forward nodeport ip6/tcp',
+      'add-rule forward nodeport ip6/udp',
     ]);
     expect(change.summary).toMatchObject({
       tableCreated: true,
@@ -225,12 +233,16 @@ describe('diff', () => {
         'add-rule forward ip/udp',
         'add-rule forward ip6/tcp',
         'add-rule forward ip6/udp',
+        'add-rule forward nodeport ip/tcp',
+        'add-rule forward nodeport ip/udp',
+        'add-rule forward nodeport ip6/tcp',
+        'add-rule forward nodeport ip6/udp',
       ]);
     });
 
     it('re-creates a deleted map with its elements', () => {
       const kernel = clone(desired);
-      kernel.maps = ['ip'];
+      kernel.maps = ['ip', 'np'];
       for (const [k, e] of kernel.elements) if (e.family === 'ip6') kernel.elements.delete(k);
       kernel.chains.get('forward')!.rules = kernel.chains.get('forward')!.rules.slice(0, 2);
       expect(show(diff(kernel, desired))).toEqual([
@@ -241,6 +253,10 @@ describe('diff', () => {
         'add-rule forward ip/udp',
         'add-rule forward ip6/tcp',
         'add-rule forward ip6/udp',
+        'add-rule forward nodeport ip/tcp',
+        'add-rule forward nodeport ip/udp',
+        'add-rule forward nodeport ip6/tcp',
+        'add-rule forward nodeport ip6/udp',
       ]);
     });
 
@@ -273,12 +289,16 @@ describe('diff', () => {
         'add-rule forward ip/udp',
         'add-rule forward ip6/tcp',
         'add-rule forward ip6/udp',
+        'add-rule forward nodeport ip/tcp',
+        'add-rule forward nodeport ip/udp',
+        'add-rule forward nodeport ip6/tcp',
+        'add-rule forward nodeport ip6/udp',
       ]);
     });
 
     it('replaces a map of its name but another size, re-adding its elements and the rules that use it', () => {
       const kernel = clone(desired);
-      kernel.maps = ['ip6'];
+      kernel.maps = ['ip6', 'np'];
       for (const [k, e] of kernel.elements) if (e.family === 'ip') kernel.elements.delete(k);
       kernel.foreign = [{ kind: 'map', name: 'svc4', handle: 4, why: 'size 3' }];
       expect(show(diff(kernel, desired))).toEqual([
@@ -291,6 +311,10 @@ describe('diff', () => {
         'add-rule forward ip/udp',
         'add-rule forward ip6/tcp',
         'add-rule forward ip6/udp',
+        'add-rule forward nodeport ip/tcp',
+        'add-rule forward nodeport ip/udp',
+        'add-rule forward nodeport ip6/tcp',
+        'add-rule forward nodeport ip6/udp',
       ]);
     });
   });

@@ -8,14 +8,15 @@
 //      use an object that is deleted and re-created (the forward chain for a map of another size,
 //      the threshold chains for a flowtable with another hook)
 //   3. flush-map: maps of Slipstream's name but another definition (before they are deleted)
-//   4. delete-elements (before adds: an element whose verdict changed is deleted and re-added)
+//   4. delete-elements (before adds: an element whose verdict changed is deleted and re-added),
+//      delete-set-elements (node addresses no longer this node's)
 //   5. delete-map, delete-object (foreign objects, by handle), delete-flowtable (one with another
 //      hook), delete-flowtable-devices (devices no longer wanted, in place: same flowtable)
 //   6. delete-chain: chains no longer used (flushed in 2; their elements are gone by now)
 //   7. add-flowtable: created, devices added, or its flags set (each carries the wanted flags)
-//   8. add-map
+//   8. add-map, add-set
 //   9. add-chain (threshold chains exist before elements jump to them)
-//  10. add-elements
+//  10. add-elements, add-set-elements
 //  11. add-rule: rules of new and flushed chains (after maps and flowtable exist)
 //
 // Objects are never re-created to change them when the kernel can change them in place: an
@@ -31,6 +32,9 @@ import {
   type Family,
   type ForeignObject,
   MAP_NAMES,
+  MAPS,
+  type MapId,
+  NODE_SET_NAMES,
   parseThresholdChainName,
   type RuleSpec,
   type Ruleset,
@@ -42,17 +46,20 @@ export type Op =
   | { op: 'add-table' }
   | { op: 'delete-table' }
   | { op: 'flush-chain'; chain: string }
-  | { op: 'flush-map'; family: Family }
-  | { op: 'delete-elements'; family: Family; elements: Element[] }
-  | { op: 'delete-map'; family: Family }
+  | { op: 'flush-map'; family: MapId }
+  | { op: 'delete-elements'; family: MapId; elements: Element[] }
+  | { op: 'delete-set-elements'; family: Family; addresses: string[] }
+  | { op: 'delete-map'; family: MapId }
   | { op: 'delete-object'; object: ForeignObject & { handle: number } }
   | { op: 'delete-flowtable'; name: string }
   | { op: 'delete-flowtable-devices'; name: string; devices: string[] }
   | { op: 'delete-chain'; chain: string }
   | { op: 'add-flowtable'; name: string; devices: string[]; counter: boolean }
-  | { op: 'add-map'; family: Family }
+  | { op: 'add-map'; family: MapId }
+  | { op: 'add-set'; family: Family }
   | { op: 'add-chain'; chain: string; base: BaseChain | null }
-  | { op: 'add-elements'; family: Family; elements: Element[] }
+  | { op: 'add-elements'; family: MapId; elements: Element[] }
+  | { op: 'add-set-elements'; family: Family; addresses: string[] }
   | { op: 'add-rule'; chain: string; rule: RuleSpec; flowtable: string | null };
 
 export interface ChangeSummary {
@@ -67,6 +74,9 @@ export interface ChangeSummary {
   chainsRewritten: string[];
   devicesAdded: string[];
   devicesRemoved: string[];
+  /** Node addresses added to and removed from the node address sets. */
+  addressesAdded: number;
+  addressesRemoved: number;
   /** Objects deleted because they are not as Slipstream writes them (`map svc4: size 3`). */
   objectsReplaced: string[];
   /** Keys of the Services whose elements change (from the desired and current bookkeeping). */
@@ -93,6 +103,8 @@ function emptySummary(): ChangeSummary {
     chainsRewritten: [],
     devicesAdded: [],
     devicesRemoved: [],
+    addressesAdded: 0,
+    addressesRemoved: 0,
     objectsReplaced: [],
     services: [],
   };
@@ -109,8 +121,8 @@ function sortedElements(elements: Keyed[]): Element[] {
   return elements.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)).map((x) => x.e);
 }
 
-function byFamily(elements: Element[]): Map<Family, Element[]> {
-  const out = new Map<Family, Element[]>();
+function byFamily(elements: Element[]): Map<MapId, Element[]> {
+  const out = new Map<MapId, Element[]>();
   for (const e of elements) {
     const list = out.get(e.family);
     if (list) list.push(e);
@@ -129,8 +141,14 @@ function chainOrder(a: string, b: string): number {
 }
 
 /** Whether a chain's rules use map `family`'s map. */
-function usesMap(chain: Chain, family: Family): boolean {
+function usesMap(chain: Chain, family: MapId): boolean {
+  if (family === 'np') return chain.rules.some((r) => r.kind === 'nodeport');
   return chain.rules.some((r) => r.kind === 'dispatch' && r.family === family);
+}
+
+/** Whether a chain's rules use the node address set of `family`. */
+function usesSet(chain: Chain, family: Family): boolean {
+  return chain.rules.some((r) => r.kind === 'nodeport' && r.family === family);
 }
 
 function usesFlowtable(chain: Chain): boolean {
@@ -190,9 +208,13 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
   if (from) summary.objectsReplaced = curForeign.map((f) => `${f.kind} ${f.name}: ${f.why}`);
 
   // Objects of Slipstream's names that are deleted and re-created (another definition).
-  const replacedMaps = new Set<Family>(
-    FAMILIES.filter((f) => curForeign.some((o) => o.kind === 'map' && o.name === MAP_NAMES[f])),
+  const replacedMaps = new Set<MapId>(
+    MAPS.filter((f) => curForeign.some((o) => o.kind === 'map' && o.name === MAP_NAMES[f])),
   );
+  const replacedSets = new Set<Family>(
+    FAMILIES.filter((f) => curForeign.some((o) => o.kind === 'set' && o.name === NODE_SET_NAMES[f])),
+  );
+  const curSets = new Set(from?.nodeSets ?? []);
   const replacedFlowtable = curForeign.some(
     (o) => o.kind === 'flowtable' && o.name === desired.flowtable?.name,
   );
@@ -296,10 +318,26 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
   for (const [family, list] of byFamily(sortedElements(deletes))) {
     ops.push({ op: 'delete-elements', family, elements: list });
   }
+  // Node addresses no longer this node's (the sets that stay).
+  const addressChanges = FAMILIES.map((family) => {
+    const want = new Set(desired.nodeSets.includes(family) ? desired.nodeAddresses[family] : []);
+    const kept = curSets.has(family) && !replacedSets.has(family);
+    const have = new Set(kept ? (from?.nodeAddresses[family] ?? []) : []);
+    return {
+      family,
+      remove: [...have].filter((a) => !want.has(a)),
+      add: [...want].filter((a) => !have.has(a)),
+    };
+  });
+  for (const { family, remove, add } of addressChanges) {
+    if (remove.length > 0) ops.push({ op: 'delete-set-elements', family, addresses: remove });
+    summary.addressesRemoved += remove.length;
+    summary.addressesAdded += add.length;
+  }
   // 5. objects
   for (const family of replacedMaps) ops.push({ op: 'delete-map', family });
   for (const object of curForeign) {
-    if (object.kind === 'map' && replacedMaps.has(FAMILIES.find((f) => MAP_NAMES[f] === object.name)!))
+    if (object.kind === 'map' && MAPS.some((f) => replacedMaps.has(f) && MAP_NAMES[f] === object.name))
       continue;
     if (object.handle !== null)
       ops.push({ op: 'delete-object', object: { ...object, handle: object.handle } });
@@ -313,15 +351,23 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
   for (const object of deleteForeignChains) ops.push({ op: 'delete-object', object });
   // 7-9. flowtable, maps, chains
   if (addFlowtable) ops.push({ op: 'add-flowtable', ...addFlowtable });
-  for (const family of FAMILIES) {
+  for (const family of MAPS) {
     if (desired.maps.includes(family) && (!curMaps.has(family) || replacedMaps.has(family))) {
       ops.push({ op: 'add-map', family });
+    }
+  }
+  for (const family of FAMILIES) {
+    if (desired.nodeSets.includes(family) && (!curSets.has(family) || replacedSets.has(family))) {
+      ops.push({ op: 'add-set', family });
     }
   }
   for (const chain of addChains) ops.push({ op: 'add-chain', chain: chain.name, base: chain.base });
   // 10. element adds
   for (const [family, list] of byFamily(sortedElements(adds))) {
     ops.push({ op: 'add-elements', family, elements: list });
+  }
+  for (const { family, add } of addressChanges) {
+    if (add.length > 0) ops.push({ op: 'add-set-elements', family, addresses: add });
   }
   // 11. rules
   const flowtableName = desired.flowtable?.name ?? null;
@@ -405,5 +451,7 @@ export function describeChange(change: Change): string {
   if (s.chainsRewritten.length) parts.push(`rewrite ${s.chainsRewritten.join(',')}`);
   if (s.devicesAdded.length) parts.push(`+devices ${s.devicesAdded.join(',')}`);
   if (s.devicesRemoved.length) parts.push(`-devices ${s.devicesRemoved.join(',')}`);
+  if (s.addressesAdded) parts.push(`+${s.addressesAdded} node addresses`);
+  if (s.addressesRemoved) parts.push(`-${s.addressesRemoved} node addresses`);
   return parts.join('; ') || 'no change';
 }

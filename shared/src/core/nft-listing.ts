@@ -21,6 +21,9 @@ import {
   FLOWTABLE_PRIORITY,
   FORWARD_CHAIN,
   MAP_NAMES,
+  MAPS,
+  type MapId,
+  NODE_SET_NAMES,
   parseThresholdChainName,
   type RuleSpec,
   type Ruleset,
@@ -30,10 +33,12 @@ import {
 } from './ruleset.ts';
 
 /** The key type of each map, as the JSON listing prints it. */
-const KEY_TYPES: Readonly<Record<Family, string[]>> = {
+const KEY_TYPES: Readonly<Record<MapId, string[]>> = {
   ip: ['ipv4_addr', 'inet_proto', 'inet_service'],
   ip6: ['ipv6_addr', 'inet_proto', 'inet_service'],
+  np: ['inet_proto', 'inet_service'],
 };
+const SET_TYPES: Readonly<Record<Family, string>> = { ip: 'ipv4_addr', ip6: 'ipv6_addr' };
 
 /** Names the kernel listing may print for inet_proto values (protocols Slipstream itself writes are tcp and udp). */
 const PROTOCOL_NUMBERS: Readonly<Record<string, number>> = {
@@ -113,6 +118,37 @@ export function parseRule(expr: unknown, flowtable: string | null): RuleSpec {
     return foreign;
   }
 
+  // nodeport
+  if (
+    expr.length === 3 &&
+    match.op === '==' &&
+    isObject(match.left) &&
+    isObject(match.left.meta) &&
+    match.left.meta.key === 'l4proto' &&
+    (match.right === 'tcp' || match.right === 'udp') &&
+    isObject(second) &&
+    isObject(second.match) &&
+    isObject(third) &&
+    isObject(third.vmap)
+  ) {
+    const set = second.match;
+    const vmap = third.vmap;
+    const concat = isObject(vmap.key) ? vmap.key.concat : undefined;
+    if (set.op !== '==' || !Array.isArray(concat) || concat.length !== 2) return foreign;
+    for (const family of FAMILIES) {
+      if (
+        ctKey(set.left, `${family} daddr`, 'original') &&
+        set.right === `@${NODE_SET_NAMES[family]}` &&
+        ctKey(concat[0], 'protocol', null) &&
+        ctKey(concat[1], 'proto-dst', 'original') &&
+        vmap.data === `@${MAP_NAMES.np}`
+      ) {
+        return { kind: 'nodeport', family, protocol: match.right };
+      }
+    }
+    return foreign;
+  }
+
   // threshold
   if (
     match.op === '>' &&
@@ -141,18 +177,36 @@ export function parseRule(expr: unknown, flowtable: string | null): RuleSpec {
   return foreign;
 }
 
-function parseElement(family: Family, raw: unknown): Element | string {
-  let entry = raw;
+function verdictThreshold(verdict: unknown): number | null {
+  if (isObject(verdict) && isObject(verdict.jump) && typeof verdict.jump.target === 'string') {
+    const m = /^threshold-(0|[1-9][0-9]{0,6})$/.exec(verdict.jump.target);
+    if (m) return Number(m[1]);
+  }
+  return null;
+}
+
+function protocolNumber(proto: unknown): number | undefined {
+  return typeof proto === 'number' ? proto : typeof proto === 'string' ? PROTOCOL_NUMBERS[proto] : undefined;
+}
+
+function parseElement(family: MapId, raw: unknown): Element | string {
   // `{"elem": {"val": ..., "counter": ...}}` wraps elements that carry extra data.
-  if (Array.isArray(entry) && entry.length === 2) {
-    let [key, verdict] = entry as [unknown, unknown];
+  if (Array.isArray(raw) && raw.length === 2) {
+    let [key, verdict] = raw as [unknown, unknown];
     if (isObject(key) && isObject(key.elem)) key = key.elem.val;
     const concat = isObject(key) ? key.concat : undefined;
-    if (Array.isArray(concat) && concat.length === 3) {
+    const threshold = verdictThreshold(verdict);
+    if (family === 'np' && Array.isArray(concat) && concat.length === 2) {
+      const [proto, port] = concat as [unknown, unknown];
+      const protocol = protocolNumber(proto);
+      if (protocol !== undefined && typeof port === 'number' && Number.isInteger(port)) {
+        return { family, address: '', protocol, port, threshold };
+      }
+    }
+    if (family !== 'np' && Array.isArray(concat) && concat.length === 3) {
       const [addr, proto, port] = concat as [unknown, unknown, unknown];
       const parsed = typeof addr === 'string' ? canonicalAddress(addr) : null;
-      const protocol =
-        typeof proto === 'number' ? proto : typeof proto === 'string' ? PROTOCOL_NUMBERS[proto] : undefined;
+      const protocol = protocolNumber(proto);
       if (
         parsed?.ok &&
         parsed.family === family &&
@@ -160,17 +214,11 @@ function parseElement(family: Family, raw: unknown): Element | string {
         typeof port === 'number' &&
         Number.isInteger(port)
       ) {
-        let threshold: number | null = null;
-        if (isObject(verdict) && isObject(verdict.jump) && typeof verdict.jump.target === 'string') {
-          const m = /^threshold-(0|[1-9][0-9]{0,6})$/.exec(verdict.jump.target);
-          if (m) threshold = Number(m[1]);
-        }
         return { family, address: parsed.address, protocol, port, threshold };
       }
     }
-    entry = raw;
   }
-  return `element ${canonicalJson(entry).slice(0, 200)} in ${MAP_NAMES[family]}`;
+  return `element ${canonicalJson(raw).slice(0, 200)} in ${MAP_NAMES[family]}`;
 }
 
 function listItems(output: unknown): Json[] {
@@ -188,6 +236,9 @@ function devicesOf(dev: unknown): string[] {
   return [];
 }
 
+/** The keys a set Slipstream writes has in the listing. */
+const SET_KEYS: ReadonlySet<string> = new Set(['family', 'name', 'table', 'type', 'handle', 'elem']);
+
 /** The keys a map Slipstream writes has in the listing; any other (flags, size, timeout, ...) makes it foreign. */
 const MAP_KEYS: ReadonlySet<string> = new Set(['family', 'name', 'table', 'type', 'handle', 'map', 'elem']);
 
@@ -196,7 +247,7 @@ function handleOf(body: Json): number | null {
 }
 
 /** Why a map of Slipstream's name is not as Slipstream writes it, or null when it is. */
-function mapMismatch(family: Family, body: Json): string | null {
+function mapMismatch(family: MapId, body: Json): string | null {
   if (!Array.isArray(body.type) || canonicalJson(body.type) !== canonicalJson(KEY_TYPES[family])) {
     return `type ${canonicalJson(body.type)}`;
   }
@@ -240,8 +291,36 @@ export function parseTable(output: unknown): Ruleset | null {
         }
         break;
       }
+      case 'set': {
+        const family = FAMILIES.find((f) => NODE_SET_NAMES[f] === name);
+        const extra = Object.keys(body).filter((k) => !SET_KEYS.has(k));
+        const why =
+          family === undefined
+            ? 'not a Slipstream set'
+            : body.type !== SET_TYPES[family]
+              ? `type ${canonicalJson(body.type)}`
+              : extra.length > 0
+                ? extra.map((k) => `${k} ${canonicalJson(body[k])}`).join(', ')
+                : null;
+        const addresses = (Array.isArray(body.elem) ? body.elem : []).map((a) =>
+          typeof a === 'string' ? canonicalAddress(a) : null,
+        );
+        const good = addresses.every((a) => a?.ok && a.family === family);
+        if (!family || why !== null || !good) {
+          ruleset.foreign.push({
+            kind: 'set',
+            name,
+            handle,
+            why: why ?? 'an element that is not an address',
+          });
+          break;
+        }
+        ruleset.nodeSets.push(family);
+        ruleset.nodeAddresses[family] = addresses.map((a) => (a as { address: string }).address).sort();
+        break;
+      }
       case 'map': {
-        const family = FAMILIES.find((f) => MAP_NAMES[f] === name);
+        const family = MAPS.find((f) => MAP_NAMES[f] === name);
         const why = family === undefined ? 'not a Slipstream map' : mapMismatch(family, body);
         if (!family || why !== null) {
           ruleset.foreign.push({ kind: 'map', name, handle, why: why ?? 'not a Slipstream map' });
@@ -297,7 +376,8 @@ export function parseTable(output: unknown): Ruleset | null {
   for (const { chain, expr } of rules) {
     ruleset.chains.get(chain)?.rules.push(parseRule(expr, flowtable));
   }
-  ruleset.maps.sort((a, b) => FAMILIES.indexOf(a) - FAMILIES.indexOf(b));
+  ruleset.maps.sort((a, b) => MAPS.indexOf(a) - MAPS.indexOf(b));
+  ruleset.nodeSets.sort((a, b) => FAMILIES.indexOf(a) - FAMILIES.indexOf(b));
   ruleset.thresholds = thresholdsOf(ruleset.chains);
   return ruleset;
 }

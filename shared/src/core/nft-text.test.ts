@@ -59,7 +59,7 @@ describe('changeText', () => {
   it('replaces a map of its name but another definition, with its dependants, in one buffer', () => {
     const current = {
       ...dual,
-      maps: ['ip6' as const],
+      maps: ['ip6' as const, 'np' as const],
       elements: new Map([...dual.elements].filter(([, e]) => e.family === 'ip6')),
       foreign: [{ kind: 'map', name: 'svc4', handle: 7, why: 'size 3' }],
     };
@@ -73,6 +73,10 @@ describe('changeText', () => {
       'add rule inet slipstream forward meta l4proto udp ct original ip daddr . ct protocol . ct original proto-dst vmap @svc4',
       'add rule inet slipstream forward meta l4proto tcp ct original ip6 daddr . ct protocol . ct original proto-dst vmap @svc6',
       'add rule inet slipstream forward meta l4proto udp ct original ip6 daddr . ct protocol . ct original proto-dst vmap @svc6',
+      'add rule inet slipstream forward meta l4proto tcp ct original ip daddr @node4 ct protocol . ct original proto-dst vmap @nodeports',
+      'add rule inet slipstream forward meta l4proto udp ct original ip daddr @node4 ct protocol . ct original proto-dst vmap @nodeports',
+      'add rule inet slipstream forward meta l4proto tcp ct original ip6 daddr @node6 ct protocol . ct original proto-dst vmap @nodeports',
+      'add rule inet slipstream forward meta l4proto udp ct original ip6 daddr @node6 ct protocol . ct original proto-dst vmap @nodeports',
       '',
     ]);
   });

@@ -24,6 +24,8 @@ import {
   FLOWTABLE_PRIORITY,
   FORWARD_CHAIN,
   MAP_NAMES,
+  type MapId,
+  NODE_SET_NAMES,
   parseThresholdChainName,
   type RuleSpec,
   type Ruleset,
@@ -41,10 +43,12 @@ function refuse(what: string): never {
   throw new UnwritableError(`refusing to write ${what} as nft text`);
 }
 
-export const KEY_TYPES: Readonly<Record<Family, string>> = {
+export const KEY_TYPES: Readonly<Record<MapId, string>> = {
   ip: 'ipv4_addr . inet_proto . inet_service',
   ip6: 'ipv6_addr . inet_proto . inet_service',
+  np: 'inet_proto . inet_service',
 };
+const SET_TYPES: Readonly<Record<Family, string>> = { ip: 'ipv4_addr', ip6: 'ipv6_addr' };
 
 const PROTOCOL_NAMES: Readonly<Record<number, string>> = { 6: 'tcp', 17: 'udp' };
 const TABLE = `${TABLE_FAMILY} ${TABLE_NAME}`;
@@ -54,10 +58,25 @@ function int(n: unknown, max: number, what: string): number {
   return n;
 }
 
-function mapName(family: Family): string {
+function mapName(family: MapId): string {
   const name = MAP_NAMES[family];
   if (name === undefined) refuse(`map family ${String(family)}`);
   return name;
+}
+
+function setName(family: Family): string {
+  const name = NODE_SET_NAMES[family];
+  if (name === undefined) refuse(`set family ${String(family)}`);
+  return name;
+}
+
+function addressText(family: Family, address: string): string {
+  const ok =
+    family === 'ip'
+      ? isIPv4(address)
+      : family === 'ip6' && /^[0-9a-f:.]{2,45}$/.test(address) && isIPv6(address);
+  if (!ok) refuse(`address ${JSON.stringify(address)}`);
+  return address;
 }
 
 function chainName(name: string): string {
@@ -77,12 +96,8 @@ function word(w: string): string {
 }
 
 function address(e: Element): string {
-  const ok =
-    e.family === 'ip'
-      ? isIPv4(e.address)
-      : e.family === 'ip6' && /^[0-9a-f:.]{2,45}$/.test(e.address) && isIPv6(e.address);
-  if (!ok) refuse(`address ${JSON.stringify(e.address)}`);
-  return e.address;
+  if (e.family === 'np') refuse('an address in the nodeports map');
+  return addressText(e.family, e.address);
 }
 
 function devices(list: readonly string[]): string {
@@ -90,13 +105,19 @@ function devices(list: readonly string[]): string {
   return list.map((d) => `"${d}"`).join(', ');
 }
 
-function elementKeyText(family: Family, e: Element): string {
+function elementKeyText(family: MapId, e: Element): string {
   if (e.family !== family) refuse(`an ${e.family} element in map ${mapName(family)}`);
   const protocol = int(e.protocol, 255, 'protocol');
-  return `${address(e)} . ${PROTOCOL_NAMES[protocol] ?? protocol} . ${int(e.port, 65535, 'port')}`;
+  const l4 = PROTOCOL_NAMES[protocol] ?? protocol;
+  const port = int(e.port, 65535, 'port');
+  if (family === 'np') {
+    if (e.address !== '') refuse('a nodeport element with an address');
+    return `${l4} . ${port}`;
+  }
+  return `${address(e)} . ${l4} . ${port}`;
 }
 
-function elementText(family: Family, e: Element): string {
+function elementText(family: MapId, e: Element): string {
   if (e.threshold === null) refuse(`element ${elementKeyText(family, e)} without a verdict`);
   return `${elementKeyText(family, e)} : jump threshold-${int(e.threshold, 9_999_999, 'threshold')}`;
 }
@@ -108,6 +129,11 @@ export function ruleText(rule: RuleSpec, flowtable: string | null): string {
       const family = rule.family === 'ip' || rule.family === 'ip6' ? rule.family : refuse('rule family');
       const l4 = rule.protocol === 'tcp' || rule.protocol === 'udp' ? rule.protocol : refuse('rule protocol');
       return `meta l4proto ${l4} ct original ${family} daddr . ct protocol . ct original proto-dst vmap @${mapName(family)}`;
+    }
+    case 'nodeport': {
+      const family = rule.family === 'ip' || rule.family === 'ip6' ? rule.family : refuse('rule family');
+      const l4 = rule.protocol === 'tcp' || rule.protocol === 'udp' ? rule.protocol : refuse('rule protocol');
+      return `meta l4proto ${l4} ct original ${family} daddr @${setName(family)} ct protocol . ct original proto-dst vmap @${mapName('np')}`;
     }
     case 'threshold': {
       const base = `ct packets > ${int(rule.threshold, 9_999_999, 'threshold')} counter`;
@@ -161,6 +187,12 @@ export function opText(op: Op): string {
     }
     case 'add-map':
       return `add map ${TABLE} ${mapName(op.family)} { type ${KEY_TYPES[op.family]} : verdict; }`;
+    case 'add-set':
+      return `add set ${TABLE} ${setName(op.family)} { type ${SET_TYPES[op.family]}; }`;
+    case 'add-set-elements':
+      return `add element ${TABLE} ${setName(op.family)} { ${op.addresses.map((a) => addressText(op.family, a)).join(', ')} }`;
+    case 'delete-set-elements':
+      return `delete element ${TABLE} ${setName(op.family)} { ${op.addresses.map((a) => addressText(op.family, a)).join(', ')} }`;
     case 'add-chain':
       return op.base
         ? `add chain ${TABLE} ${chainName(op.chain)} ${baseChainText(op.base)}`

@@ -45,7 +45,7 @@ describe('desiredRuleset on the Service fixtures', () => {
   it('builds the flowtable from the devices, and threshold chains that offload', () => {
     const r = desiredRuleset(scenarioInput(loadScenario('dual-stack')));
     expect(r.flowtable).toEqual({ name: 'ft', devices: ['eth0', 'eth1'], counter: true });
-    expect(r.maps).toEqual(['ip', 'ip6']);
+    expect(r.maps).toEqual(['ip', 'ip6', 'np']);
     expect(r.chains.get('threshold-20')).toEqual({
       name: 'threshold-20',
       base: null,
@@ -62,6 +62,10 @@ describe('desiredRuleset on the Service fixtures', () => {
       { kind: 'dispatch', family: 'ip', protocol: 'udp' },
       { kind: 'dispatch', family: 'ip6', protocol: 'tcp' },
       { kind: 'dispatch', family: 'ip6', protocol: 'udp' },
+      { kind: 'nodeport', family: 'ip', protocol: 'tcp' },
+      { kind: 'nodeport', family: 'ip', protocol: 'udp' },
+      { kind: 'nodeport', family: 'ip6', protocol: 'tcp' },
+      { kind: 'nodeport', family: 'ip6', protocol: 'udp' },
     ]);
   });
 

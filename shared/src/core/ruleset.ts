@@ -1,16 +1,19 @@
 // The desired state of Slipstream's own nftables table, computed from Services, as typed
 // plain data. Pure: no I/O, no nft syntax. Everything that reaches the kernel later is built
 // from the typed values here (validated addresses, port numbers, protocol numbers), never from
-// annotation text. `nft-json.ts` turns a Ruleset (or a Change from `diff.ts`) into libnftables
-// JSON and parses the kernel's listing back into a Ruleset.
+// annotation text. `diff.ts` turns two Rulesets into typed operations, `nft-text.ts` writes them
+// as nft text, and `nft-listing.ts` parses the kernel's listing back into a Ruleset.
 //
 //   table inet slipstream {
-//     flowtable ft { hook ingress priority filter; devices = { <UP non-loopback links> }; }
-//     map svc4 { type ipv4_addr . inet_proto . inet_service : verdict; }
-//     map svc6 { type ipv6_addr . inet_proto . inet_service : verdict; }
+//     flowtable ft { hook ingress priority filter; devices = { <UP non-loopback links> }; counter; }
+//     map svc4 { type ipv4_addr . inet_proto . inet_service : verdict; }   # ClusterIPs, external
+//     map svc6 { type ipv6_addr . inet_proto . inet_service : verdict; }   # and load balancer IPs
+//     map nodeports { type inet_proto . inet_service : verdict; }          # nodePorts
+//     set node4 { type ipv4_addr; }   set node6 { type ipv6_addr; }        # this node's addresses
 //     chain forward { type filter hook forward priority filter + 10; policy accept;
 //       meta l4proto tcp ct original ip daddr . ct protocol . ct original proto-dst vmap @svc4
-//       (the same for udp, and for ip6 with @svc6) }
+//       meta l4proto tcp ct original ip daddr @node4 ct protocol . ct original proto-dst vmap @nodeports
+//       (the same for udp, and for ip6 with @svc6 and @node6) }
 //     chain threshold-20 { ct packets > 20 counter flow add @ft }   # one per threshold in use
 //   }
 
@@ -31,7 +34,12 @@ export const FLOWTABLE_PRIORITY = 0;
 
 export type { Family } from './address.ts';
 export const FAMILIES: readonly Family[] = ['ip', 'ip6'];
-export const MAP_NAMES: Readonly<Record<Family, string>> = { ip: 'svc4', ip6: 'svc6' };
+/** The verdict maps elements live in: svc4 and svc6 by address family, nodeports (`np`) by port. */
+export type MapId = Family | 'np';
+export const MAPS: readonly MapId[] = ['ip', 'ip6', 'np'];
+export const MAP_NAMES: Readonly<Record<MapId, string>> = { ip: 'svc4', ip6: 'svc6', np: 'nodeports' };
+/** The sets of this node's own addresses, by family (nodePort traffic is addressed to them). */
+export const NODE_SET_NAMES: Readonly<Record<Family, string>> = { ip: 'node4', ip6: 'node6' };
 
 export type L4 = 'tcp' | 'udp';
 export const L4S: readonly L4[] = ['tcp', 'udp'];
@@ -48,10 +56,11 @@ export function parseThresholdChainName(name: string): number | null {
   return m ? Number(m[1]) : null;
 }
 
-/** One map element: `address . protocol . port : jump threshold-N`. */
+/** One map element: `address . protocol . port : jump threshold-N` (nodeports: `protocol . port`). */
 export interface Element {
-  family: Family;
-  /** Canonical text form (IPv4 dotted quad; IPv6 compressed lowercase, as inet_ntop prints it). */
+  /** The map it lives in: `ip` (svc4), `ip6` (svc6) or `np` (nodeports). */
+  family: MapId;
+  /** Canonical text form (IPv4 dotted quad; IPv6 compressed lowercase, as inet_ntop prints it); '' for nodeports. */
   address: string;
   /** IANA protocol number: 6 (tcp) or 17 (udp) for elements Slipstream writes. */
   protocol: number;
@@ -68,6 +77,8 @@ export function elementKey(e: Pick<Element, 'family' | 'address' | 'protocol' | 
 export type RuleSpec =
   /** `meta l4proto P ct original <family> daddr . ct protocol . ct original proto-dst vmap @svcN` */
   | { kind: 'dispatch'; family: Family; protocol: L4 }
+  /** `meta l4proto P ct original <family> daddr @nodeN ct protocol . ct original proto-dst vmap @nodeports` */
+  | { kind: 'nodeport'; family: Family; protocol: L4 }
   /** `ct packets > N counter [flow add @ft]` (without `flow add` in degraded mode). */
   | { kind: 'threshold'; threshold: number; offload: boolean }
   /** Any other rule found in the kernel; `text` is a canonical rendering of its expressions. */
@@ -77,6 +88,8 @@ export function ruleKey(rule: RuleSpec): string {
   switch (rule.kind) {
     case 'dispatch':
       return `dispatch ${rule.family} ${rule.protocol}`;
+    case 'nodeport':
+      return `nodeport ${rule.family} ${rule.protocol}`;
     case 'threshold':
       return `threshold ${rule.threshold}${rule.offload ? ' offload' : ''}`;
     case 'foreign':
@@ -174,8 +187,12 @@ export interface Ruleset {
   table: string;
   /** The flowtable and its devices; null in degraded mode (no flowtable support). */
   flowtable: Flowtable | null;
-  /** The verdict maps present (sorted: ip before ip6). */
-  maps: Family[];
+  /** The verdict maps present (in MAPS order). */
+  maps: MapId[];
+  /** The node address sets present (ip before ip6). */
+  nodeSets: Family[];
+  /** This node's addresses in those sets (canonical, sorted). */
+  nodeAddresses: Record<Family, string[]>;
   /** Chains by name. */
   chains: Map<string, Chain>;
   /** Elements by `elementKey`. */
@@ -203,6 +220,8 @@ export interface DesiredInput {
   services: Iterable<Service>;
   namespaces: ReadonlyMap<string, Namespace>;
   devices: Iterable<string>;
+  /** This node's own addresses (nodePorts are matched on them); none: nodePorts match nothing. */
+  nodeAddresses?: Iterable<string>;
   capabilities: Capabilities;
   policy: Policy;
 }
@@ -223,7 +242,19 @@ function dispatchRules(): RuleSpec[] {
   const rules: RuleSpec[] = [];
   for (const family of FAMILIES)
     for (const protocol of L4S) rules.push({ kind: 'dispatch', family, protocol });
+  for (const family of FAMILIES)
+    for (const protocol of L4S) rules.push({ kind: 'nodeport', family, protocol });
   return rules;
+}
+
+/** Node addresses by family, canonical and sorted; what is not an address is left out. */
+export function nodeAddressSets(addresses: Iterable<string>): Record<Family, string[]> {
+  const out: Record<Family, Set<string>> = { ip: new Set(), ip6: new Set() };
+  for (const raw of addresses) {
+    const parsed = canonicalAddress(raw);
+    if (parsed.ok) out[parsed.family].add(parsed.address);
+  }
+  return { ip: [...out.ip].sort(), ip6: [...out.ip6].sort() };
 }
 
 export function forwardChain(): Chain {
@@ -245,6 +276,8 @@ export function bareTable(): Ruleset {
     table: TABLE_NAME,
     flowtable: null,
     maps: [],
+    nodeSets: [],
+    nodeAddresses: { ip: [], ip6: [] },
     chains: new Map(),
     elements: new Map(),
     thresholds: [],
@@ -255,14 +288,20 @@ export function bareTable(): Ruleset {
 }
 
 /** An empty ruleset skeleton (table, maps, forward chain) with the given flowtable devices. */
-export function emptyRuleset(flowtableDevices: string[] | null, counter = false): Ruleset {
+export function emptyRuleset(
+  flowtableDevices: string[] | null,
+  counter = false,
+  nodeAddresses: Iterable<string> = [],
+): Ruleset {
   return {
     family: 'inet',
     table: TABLE_NAME,
     flowtable: flowtableDevices
       ? { name: FLOWTABLE_NAME, devices: normalizeDevices(flowtableDevices), counter }
       : null,
-    maps: [...FAMILIES],
+    maps: [...MAPS],
+    nodeSets: [...FAMILIES],
+    nodeAddresses: nodeAddressSets(nodeAddresses),
     chains: new Map([[FORWARD_CHAIN, forwardChain()]]),
     elements: new Map(),
     thresholds: [],
@@ -288,9 +327,10 @@ export interface Contribution {
   candidates: { key: string; element: Element }[];
 }
 
-/** How a skipped element is named in `skipped` (e.g. `10.96.0.10 5432/TCP`). */
+/** How a skipped element is named in `skipped` (e.g. `10.96.0.10 5432/TCP`, `nodePort 30080/TCP`). */
 function candidateWhat(e: Element): string {
-  return `${e.address} ${e.port}/${e.protocol === L4_NUMBER.tcp ? 'TCP' : e.protocol === L4_NUMBER.udp ? 'UDP' : e.protocol}`;
+  const port = `${e.port}/${e.protocol === L4_NUMBER.tcp ? 'TCP' : e.protocol === L4_NUMBER.udp ? 'UDP' : e.protocol}`;
+  return e.family === 'np' ? `nodePort ${port}` : `${e.address} ${port}`;
 }
 
 type EntryDecision = Contribution['entry']['decision'];
@@ -356,11 +396,12 @@ export function newContributionCache(): ContributionCache {
 }
 
 /** Why an address cannot carry the Service's traffic for its family, or null. */
-function familyMismatch(service: Service, family: Family, address: string): string | null {
+function familyMismatch(service: Service, family: Family, address: string, clusterIP = true): string | null {
   if (family === 'ip6' && /^::ffff:[0-9.]+$/.test(address)) {
     return 'an IPv4-mapped IPv6 address: its traffic arrives as IPv4, never to this address';
   }
-  const families = service.ipFamilies;
+  // spec.ipFamilies speaks of the ClusterIPs only.
+  const families = clusterIP ? service.ipFamilies : undefined;
   const want = family === 'ip' ? 'IPv4' : 'IPv6';
   if (families && families.length > 0 && !families.includes(want)) {
     return `an ${want} address, but spec.ipFamilies is [${families.join(', ')}]`;
@@ -401,24 +442,10 @@ export function contribution(
   };
   // Addresses are checked whatever the decision, so that bad input is named even when nothing of
   // the Service is offloaded.
-  const addresses: { family: Family; address: string }[] = [];
-  for (const raw of service.clusterIPs) {
-    const parsed = canonicalAddress(raw);
-    const what = `ClusterIP ${JSON.stringify(raw.slice(0, 64))}`;
-    if (!parsed.ok) {
-      out.skipped.push({ what, reason: parsed.reason });
-      continue;
-    }
-    const mismatch = familyMismatch(service, parsed.family, parsed.address);
-    if (mismatch) {
-      out.skipped.push({ what, reason: mismatch });
-      continue;
-    }
-    if (addresses.some((a) => a.address === parsed.address && a.family === parsed.family)) continue;
-    addresses.push({ family: parsed.family, address: parsed.address });
-  }
+  const { vips, skipped } = serviceVips(service);
+  out.skipped.push(...skipped);
   if (decision.offload.length === 0) return out;
-  for (const { family, address } of addresses) {
+  for (const { family, address } of vips) {
     for (const port of decision.offload) {
       const protocol = port.protocol === 'TCP' ? L4_NUMBER.tcp : L4_NUMBER.udp;
       // Each element jumps to its own port's threshold chain.
@@ -426,7 +453,65 @@ export function contribution(
       out.candidates.push({ key: elementKey(element), element });
     }
   }
+  // NodePorts: on every address of this node (the node4/node6 sets), keyed by protocol and port.
+  for (const port of decision.offload) {
+    const nodePort = service.ports.find(
+      (p) => p.port === port.port && p.protocol === port.protocol,
+    )?.nodePort;
+    if (nodePort === undefined) continue;
+    const protocol = port.protocol === 'TCP' ? L4_NUMBER.tcp : L4_NUMBER.udp;
+    const element: Element = {
+      family: 'np',
+      address: '',
+      protocol,
+      port: nodePort,
+      threshold: port.threshold,
+    };
+    out.candidates.push({ key: elementKey(element), element });
+  }
   return out;
+}
+
+/** The kinds of address traffic reaches a Service by (kube-proxy DNATs each of them). */
+export type VipKind = 'clusterIP' | 'externalIP' | 'loadBalancer' | 'nodePort';
+
+export interface Vip {
+  kind: Exclude<VipKind, 'nodePort'>;
+  family: Family;
+  address: string;
+}
+
+/**
+ * Every address of a Service that this node forwards to it: ClusterIPs (of the families
+ * spec.ipFamilies allows), spec.externalIPs and the load balancer's ingress IPs; canonical and
+ * unique. What cannot be used is named in `skipped`.
+ */
+export function serviceVips(service: Service): { vips: Vip[]; skipped: Skipped[] } {
+  const vips: Vip[] = [];
+  const skipped: Skipped[] = [];
+  const lists: [Vip['kind'], string, readonly string[]][] = [
+    ['clusterIP', 'ClusterIP', service.clusterIPs],
+    ['externalIP', 'externalIP', service.externalIPs ?? []],
+    ['loadBalancer', 'load balancer IP', service.loadBalancerIPs ?? []],
+  ];
+  for (const [kind, label, list] of lists) {
+    for (const raw of list) {
+      const parsed = canonicalAddress(raw);
+      const what = `${label} ${JSON.stringify(raw.slice(0, 64))}`;
+      if (!parsed.ok) {
+        skipped.push({ what, reason: parsed.reason });
+        continue;
+      }
+      const mismatch = familyMismatch(service, parsed.family, parsed.address, kind === 'clusterIP');
+      if (mismatch) {
+        skipped.push({ what, reason: mismatch });
+        continue;
+      }
+      if (vips.some((v) => v.address === parsed.address && v.family === parsed.family)) continue;
+      vips.push({ kind, family: parsed.family, address: parsed.address });
+    }
+  }
+  return { vips, skipped };
 }
 
 /** `contribution`, memoized by Service identity (and the Namespace and policy it was computed with). */
@@ -479,7 +564,7 @@ export function desiredRuleset(input: DesiredInput, cache?: ContributionCache): 
       cachedContribution(service, policy, input.namespaces.get(service.namespace), cache, decisions),
     );
   }
-  return assembleRuleset(contributions, input.devices, capabilities);
+  return assembleRuleset(contributions, input.devices, capabilities, input.nodeAddresses ?? []);
 }
 
 /**
@@ -490,10 +575,12 @@ export function assembleRuleset(
   contributions: Contribution[],
   devices: Iterable<string>,
   capabilities: Capabilities,
+  nodeAddresses: Iterable<string> = [],
 ): Ruleset {
   const ruleset = emptyRuleset(
     capabilities.flowtable ? [...devices] : null,
     capabilities.flowtableCounter === true,
+    nodeAddresses,
   );
   const thresholds = new Set<number>();
   const sorted = [...contributions].sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
@@ -532,16 +619,4 @@ export function thresholdsOf(chains: ReadonlyMap<string, Chain>): number[] {
     if (t !== null) out.push(t);
   }
   return out.sort((a, b) => a - b);
-}
-
-/** Elements grouped by family, in key order (deterministic output for serialization). */
-export function elementsByFamily(elements: Iterable<Element>): Record<Family, Element[]> {
-  const out: Record<Family, Element[]> = { ip: [], ip6: [] };
-  for (const e of elements) out[e.family].push(e);
-  for (const f of FAMILIES) out[f].sort((a, b) => compareKeys(elementKey(a), elementKey(b)));
-  return out;
-}
-
-function compareKeys(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -11,6 +11,8 @@ export interface ServicePort {
   port: number;
   protocol: Protocol;
   appProtocol?: string;
+  /** spec.ports[].nodePort (NodePort and LoadBalancer Services): the port on every node address. */
+  nodePort?: number;
 }
 
 export interface Service {
@@ -25,6 +27,12 @@ export interface Service {
   noClusterIPReason?: string;
   /** spec.ipFamilies, when set (an address of another family is refused, naming it). */
   ipFamilies?: ('IPv4' | 'IPv6')[];
+  /** spec.externalIPs: addresses this node forwards to the Service (kube-proxy DNATs them). */
+  externalIPs?: string[];
+  /** status.loadBalancer.ingress[].ip: the load balancer's addresses (hostnames have none). */
+  loadBalancerIPs?: string[];
+  /** spec.externalTrafficPolicy (NodePort and LoadBalancer traffic). */
+  externalTrafficPolicy?: 'Cluster' | 'Local';
   ports: ServicePort[];
 }
 
@@ -72,6 +80,14 @@ export function readService(object: unknown): ReadResult<Service> {
       return { ok: false, error: `spec.ports[${i}].protocol must be TCP, UDP or SCTP` };
     }
     const entry: ServicePort = { port, protocol: protocol as Protocol };
+    if (
+      typeof raw.nodePort === 'number' &&
+      Number.isInteger(raw.nodePort) &&
+      raw.nodePort >= 1 &&
+      raw.nodePort <= 65535
+    ) {
+      entry.nodePort = raw.nodePort;
+    }
     if (typeof raw.name === 'string' && raw.name !== '') entry.name = raw.name;
     if (typeof raw.appProtocol === 'string' && raw.appProtocol !== '') entry.appProtocol = raw.appProtocol;
     ports.push(entry);
@@ -86,6 +102,22 @@ export function readService(object: unknown): ReadResult<Service> {
     ports,
   };
   if (typeof metadata.uid === 'string') service.uid = metadata.uid;
+  const strings = (v: unknown) =>
+    Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && x !== '') : [];
+  const externalIPs = strings(spec.externalIPs);
+  if (externalIPs.length > 0) service.externalIPs = externalIPs;
+  const status = isRecord(object.status) ? object.status : {};
+  const lb = isRecord(status.loadBalancer) ? status.loadBalancer : {};
+  const ingress = Array.isArray(lb.ingress) ? lb.ingress : [];
+  // An ingress with ipMode Proxy delivers to the nodes (their nodePort), not to this address.
+  const lbIPs = ingress
+    .filter((i): i is Record<string, unknown> => isRecord(i) && i.ipMode !== 'Proxy')
+    .map((i) => i.ip)
+    .filter((ip): ip is string => typeof ip === 'string' && ip !== '');
+  if (lbIPs.length > 0) service.loadBalancerIPs = lbIPs;
+  if (spec.externalTrafficPolicy === 'Local' || spec.externalTrafficPolicy === 'Cluster') {
+    service.externalTrafficPolicy = spec.externalTrafficPolicy;
+  }
   if (Array.isArray(spec.ipFamilies)) {
     const families = spec.ipFamilies.filter((f): f is 'IPv4' | 'IPv6' => f === 'IPv4' || f === 'IPv6');
     if (families.length > 0) service.ipFamilies = families;

@@ -1,0 +1,83 @@
+// This node's own addresses: the destinations that nodePort traffic is addressed to (kube-proxy
+// DNATs `<node address>:<nodePort>` to a pod). Listed with `ip -json address show` and followed
+// with `ip monitor address`. Chosen: every address of an UP link but loopback ones and link-local
+// ones (169.254.0.0/16, fe80::/10): the addresses kube-proxy answers nodePorts on by default
+// (`--nodeport-addresses` unset), less those no client off the node can reach.
+
+import type { Logger } from '@slipstream/shared/adapters/log';
+import { canonicalAddress } from '@slipstream/shared/core/address';
+import { isRecord } from '@slipstream/shared/core/record';
+import { IpMonitor, ipJson } from './ip-monitor.ts';
+
+/** Parses `ip -json address show`: the node addresses, canonical, unique, sorted. Unknown shapes are skipped. */
+export function parseAddresses(output: string): string[] {
+  let data: unknown;
+  try {
+    data = JSON.parse(output);
+  } catch {
+    return [];
+  }
+  if (!Array.isArray(data)) return [];
+  const out = new Set<string>();
+  for (const link of data) {
+    if (!isRecord(link)) continue;
+    const flags = Array.isArray(link.flags) ? link.flags : [];
+    if (!flags.includes('UP') || flags.includes('LOOPBACK') || link.link_type === 'loopback') continue;
+    const infos = Array.isArray(link.addr_info) ? link.addr_info : [];
+    for (const info of infos) {
+      if (!isRecord(info) || typeof info.local !== 'string' || info.scope === 'link' || info.scope === 'host')
+        continue;
+      const parsed = canonicalAddress(info.local);
+      if (!parsed.ok) continue;
+      if (parsed.family === 'ip' && parsed.address.startsWith('169.254.')) continue;
+      if (parsed.family === 'ip6' && /^fe[89ab]/.test(parsed.address)) continue;
+      out.add(parsed.address);
+    }
+  }
+  return [...out].sort();
+}
+
+export function listAddresses(netns?: string): Promise<string[]> {
+  return ipJson(netns, ['address', 'show']).then(parseAddresses);
+}
+
+export interface AddressWatcherOptions {
+  netns?: string;
+  onChange: (addresses: string[]) => void;
+  logger: Logger;
+  debounceMs?: number;
+  pollMs?: number;
+  /** Lists addresses (tests may stub it); `listAddresses` by default. */
+  list?: (netns?: string) => Promise<string[]>;
+}
+
+/** Follows this node's addresses; `start()` resolves with the first list. */
+export class AddressWatcher {
+  readonly #monitor: IpMonitor<string[]>;
+
+  constructor(options: AddressWatcherOptions) {
+    const list = options.list ?? listAddresses;
+    this.#monitor = new IpMonitor<string[]>({
+      ...(options.netns ? { netns: options.netns } : {}),
+      object: 'address',
+      list: () => list(options.netns),
+      same: (a, b) => a.join(' ') === b.join(' '),
+      onChange: (addresses) => options.onChange([...addresses]),
+      logger: options.logger,
+      ...(options.debounceMs !== undefined ? { debounceMs: options.debounceMs } : {}),
+      ...(options.pollMs !== undefined ? { pollMs: options.pollMs } : {}),
+    });
+  }
+
+  start(): Promise<string[]> {
+    return this.#monitor.start();
+  }
+
+  refresh(): Promise<string[]> {
+    return this.#monitor.refresh();
+  }
+
+  stop(): void {
+    this.#monitor.stop();
+  }
+}
