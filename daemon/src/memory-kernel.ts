@@ -206,6 +206,19 @@ export class MemoryKernel implements Kernel {
         for (const [key, e] of table.elements) if (e.family === op.family) table.elements.delete(key);
         return table;
       }
+      case 'delete-set': {
+        const name = NODE_SET_NAMES[op.family];
+        const present =
+          table.nodeSets.includes(op.family) ||
+          table.foreign.some((f) => f.kind === 'set' && f.name === name);
+        if (!present) fail('no-such-object', `delete set ${name}`);
+        if (ruleUses((c) => c.rules.some((r) => r.kind === 'nodeport' && r.family === op.family)))
+          fail('busy', `delete set ${name}`);
+        table.nodeSets = table.nodeSets.filter((f) => f !== op.family);
+        table.foreign = table.foreign.filter((f) => !(f.kind === 'set' && f.name === name));
+        table.nodeAddresses[op.family] = [];
+        return table;
+      }
       case 'delete-object': {
         const { handle, kind } = op.object;
         if (kind === 'chain') {

@@ -47,7 +47,8 @@ export class Ipam {
  */
 function allocateNodePorts(spec: Json, oldSpec: Json | undefined, ipam: Ipam): void {
   const wants =
-    spec.type === 'NodePort' || (spec.type === 'LoadBalancer' && spec.allocateLoadBalancerNodePorts !== false);
+    spec.type === 'NodePort' ||
+    (spec.type === 'LoadBalancer' && spec.allocateLoadBalancerNodePorts !== false);
   if (!wants || !Array.isArray(spec.ports)) return;
   const oldPorts = oldSpec && Array.isArray(oldSpec.ports) ? oldSpec.ports.filter(isRecord) : [];
   for (const port of spec.ports) {
@@ -56,7 +57,9 @@ function allocateNodePorts(spec: Json, oldSpec: Json | undefined, ipam: Ipam): v
       ipam.usedNodePorts.add(port.nodePort);
       continue;
     }
-    const before = oldPorts.find((o) => o.port === port.port && (o.protocol ?? 'TCP') === (port.protocol ?? 'TCP'));
+    const before = oldPorts.find(
+      (o) => o.port === port.port && (o.protocol ?? 'TCP') === (port.protocol ?? 'TCP'),
+    );
     port.nodePort = typeof before?.nodePort === 'number' ? before.nodePort : ipam.nextNodePort();
   }
 }

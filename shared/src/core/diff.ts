@@ -50,6 +50,7 @@ export type Op =
   | { op: 'delete-elements'; family: MapId; elements: Element[] }
   | { op: 'delete-set-elements'; family: Family; addresses: string[] }
   | { op: 'delete-map'; family: MapId }
+  | { op: 'delete-set'; family: Family }
   | { op: 'delete-object'; object: ForeignObject & { handle: number } }
   | { op: 'delete-flowtable'; name: string }
   | { op: 'delete-flowtable-devices'; name: string; devices: string[] }
@@ -266,7 +267,10 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
       addChains.push(chain);
       continue;
     }
-    const uses = [...replacedMaps].some((f) => usesMap(now, f)) || (flowtableGoes && usesFlowtable(now));
+    const uses =
+      [...replacedMaps].some((f) => usesMap(now, f)) ||
+      [...replacedSets].some((f) => usesSet(now, f)) ||
+      (flowtableGoes && usesFlowtable(now));
     if (!rulesEqual(now.rules, chain.rules) || uses) rewrite.push(chain);
   }
   for (const [name, chain] of curChains) {
@@ -336,8 +340,16 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
   }
   // 5. objects
   for (const family of replacedMaps) ops.push({ op: 'delete-map', family });
+  // Objects of Slipstream's names are deleted by name (libnftables then forgets them before they
+  // are added again in the same transaction); any other by handle.
+  for (const family of replacedSets) ops.push({ op: 'delete-set', family });
   for (const object of curForeign) {
     if (object.kind === 'map' && MAPS.some((f) => replacedMaps.has(f) && MAP_NAMES[f] === object.name))
+      continue;
+    if (
+      object.kind === 'set' &&
+      FAMILIES.some((f) => replacedSets.has(f) && NODE_SET_NAMES[f] === object.name)
+    )
       continue;
     if (object.handle !== null)
       ops.push({ op: 'delete-object', object: { ...object, handle: object.handle } });

@@ -219,6 +219,21 @@ describe.skipIf(!canUseNetns())('round trip through nft in a private network nam
     expect(kernelView(list()!)).toEqual(kernelView(desired));
   });
 
+  it('replaces a node address set of another type, with the nodePort rules that use it', () => {
+    const desired = desiredRuleset({ ...scenarioInput(loadScenario('vips'), false) });
+    nft('flush', 'ruleset');
+    load(rulesetText(desired));
+    nft('flush', 'chain', 'inet', 'slipstream', 'forward');
+    nft('delete', 'set', 'inet', 'slipstream', 'node4');
+    nft('add', 'set', 'inet', 'slipstream', 'node4', '{ type ipv4_addr; flags interval; }');
+    const back = list()!;
+    expect(back.foreign).toEqual([
+      expect.objectContaining({ kind: 'set', name: 'node4', why: 'flags ["interval"]' }),
+    ]);
+    load(changeText(diff(back, desired)));
+    expect(kernelView(list()!)).toEqual(kernelView(desired));
+  });
+
   function handleOfFirstRule(): string {
     const doc = JSON.parse(nft('-j', '-a', 'list', 'chain', 'inet', 'slipstream', 'forward')) as {
       nftables: { rule?: { handle: number } }[];

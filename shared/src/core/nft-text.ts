@@ -171,6 +171,8 @@ export function opText(op: Op): string {
       return `delete element ${TABLE} ${mapName(op.family)} { ${op.elements.map((e) => elementKeyText(op.family, e)).join(', ')} }`;
     case 'delete-map':
       return `delete map ${TABLE} ${mapName(op.family)}`;
+    case 'delete-set':
+      return `delete set ${TABLE} ${setName(op.family)}`;
     case 'delete-object':
       return `delete ${objectKind(op.object.kind)} ${TABLE} handle ${int(op.object.handle, 2 ** 53, 'handle')}`;
     case 'delete-flowtable':
