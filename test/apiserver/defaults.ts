@@ -22,6 +22,8 @@ export function defaulted(resource: StoredResource, object: Json): Json {
       return defaultNamespace(object);
     case 'secrets':
       return defaultSecret(object);
+    case 'pods':
+      return defaultPod(object);
     case 'mutatingwebhookconfigurations':
       return defaultWebhookConfiguration(object);
   }
@@ -32,6 +34,15 @@ export function validate(resource: StoredResource, object: Json, old: Json | und
   if (resource === 'services') validateService(object);
   else if (resource === 'secrets') validateSecret(object, old);
   else if (resource === 'mutatingwebhookconfigurations') validateWebhookConfiguration(object);
+}
+
+/** Pods are written by the tests only (as the scheduler and kubelet would): kind and a phase. */
+export function defaultPod(object: Json): Json {
+  object.apiVersion = 'v1';
+  object.kind = 'Pod';
+  const status = child(object, 'status');
+  if (!str(status.phase)) status.phase = 'Pending';
+  return object;
 }
 
 export function defaultSecret(object: Json): Json {

@@ -15,6 +15,7 @@
 //   admission.ts   the `onAdmit` hook, AdmissionReview bodies
 //   routing.ts     paths to resources and verbs, auth, bodies, Status errors (status.ts)
 //   faults.ts      the listener that goes down and comes back
+//   port-forward.ts  pods/{name}/portforward over WebSocket, to an address the test registered
 //   kubeconfig.ts  a kubeconfig for it
 //
 // This file puts them together and keeps the test controls: direct reads and writes (no HTTP,
@@ -28,7 +29,8 @@ import { defaultNamespace } from './defaults.ts';
 import { Listener } from './faults.ts';
 import { kubeconfigYaml } from './kubeconfig.ts';
 import { Lister } from './list.ts';
-import { clone, type Json, type StoredResource, str } from './resources.ts';
+import { type PodPorts, portForwardUpgrade } from './port-forward.ts';
+import { clone, type Json, keyOf, type StoredResource, str } from './resources.ts';
 import { createHandler, type RequestRecord } from './routing.ts';
 import { ObjectStore } from './store.ts';
 import { WatchHub } from './watch.ts';
@@ -69,6 +71,7 @@ export class FakeApiServer {
   readonly #watches: WatchHub;
   readonly #lister: Lister;
   readonly #listener: Listener;
+  readonly #podPorts: PodPorts = new Map();
   #bookmarkTimer: NodeJS.Timeout | undefined;
 
   private constructor(options: FakeApiServerOptions) {
@@ -79,6 +82,10 @@ export class FakeApiServer {
     this.#store.onCommit = (event) => this.#watches.publish(event);
     this.#lister = new Lister(this.#store);
     const onAdmit = options.onAdmit;
+    const record = (r: RequestRecord) => {
+      this.requests.push(r);
+      if (this.requests.length > MAX_RECORDS) this.requests.splice(0, this.requests.length - MAX_RECORDS);
+    };
     this.#listener = new Listener({
       handler: createHandler({
         token: this.token,
@@ -86,11 +93,15 @@ export class FakeApiServer {
         lister: this.#lister,
         watches: this.#watches,
         admit: (request) => admit(onAdmit, request),
-        record: (record) => {
-          this.requests.push(record);
-          if (this.requests.length > MAX_RECORDS) this.requests.splice(0, this.requests.length - MAX_RECORDS);
-        },
+        record,
         beforeHandle: () => this.beforeHandle,
+      }),
+      onUpgrade: portForwardUpgrade({
+        token: this.token,
+        store: this.#store,
+        podPorts: this.#podPorts,
+        record: (path, query, status) =>
+          record({ method: 'GET', path, query, verb: 'other', resource: 'pods', status }),
       }),
       tls: options.tls,
       port: options.port,
@@ -280,6 +291,33 @@ export class FakeApiServer {
 
   async deleteSecret(namespace: string, name: string): Promise<Json> {
     return this.#store.delete('secrets', namespace, name);
+  }
+
+  /**
+   * Creates a Pod as the scheduler and kubelet would have it (give `spec.nodeName` and
+   * `status.phase`). `ports` maps a container port to where it listens on this host: what a
+   * port-forward to the pod reaches (several "nodes" share one host in a test).
+   */
+  createPod(
+    object: Json,
+    ports: Record<number, number | { host: string; port: number }> = {},
+  ): Promise<Json> {
+    const namespace = namespaceOf(object);
+    this.#podPorts.set(
+      keyOf(namespace, nameOf(object)),
+      new Map(
+        Object.entries(ports).map(([podPort, at]) => [
+          Number(podPort),
+          typeof at === 'number' ? { host: '127.0.0.1', port: at } : at,
+        ]),
+      ),
+    );
+    return this.#store.create('pods', namespace, clone(object));
+  }
+
+  async deletePod(namespace: string, name: string): Promise<Json> {
+    this.#podPorts.delete(keyOf(namespace, name));
+    return this.#store.delete('pods', namespace, name);
   }
 
   getMutatingWebhookConfiguration(name: string): Json | undefined {

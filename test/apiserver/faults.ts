@@ -7,13 +7,16 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
+type UpgradeHandler = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void;
 
 export class Listener {
   /** TCP connections accepted so far. */
   connections = 0;
   readonly #handler: Handler;
+  readonly #onUpgrade: UpgradeHandler | undefined;
   readonly #tls: { key: string; cert: string } | undefined;
   readonly #sockets = new Set<Socket>();
   #port: number;
@@ -23,11 +26,14 @@ export class Listener {
 
   constructor(options: {
     handler: Handler;
+    /** Requests that ask for a protocol upgrade (WebSocket). */
+    onUpgrade?: UpgradeHandler;
     tls?: { key: string; cert: string } | undefined;
     port?: number | undefined;
     onDown?: () => void;
   }) {
     this.#handler = options.handler;
+    this.#onUpgrade = options.onUpgrade;
     this.#tls = options.tls;
     this.#port = options.port ?? 0;
     this.#onDown = options.onDown ?? (() => {});
@@ -59,6 +65,7 @@ export class Listener {
       ? https.createServer({ key: this.#tls.key, cert: this.#tls.cert }, this.#handler)
       : http.createServer(this.#handler);
     server.keepAliveTimeout = 30_000;
+    if (this.#onUpgrade) server.on('upgrade', this.#onUpgrade);
     server.on('connection', (socket: Socket) => {
       this.connections++;
       this.#sockets.add(socket);

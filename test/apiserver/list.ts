@@ -2,8 +2,11 @@
 // with items stripped of kind and apiVersion (as the real server sends them), and limit/continue
 // paging over a consistent snapshot: the pages of one list all show the store as it was at its
 // first page. A continue token expires with compaction (410 Expired), as in kube-apiserver.
+// `labelSelector` filters the items (field selectors are not modelled).
 
 import { randomBytes } from 'node:crypto';
+import { isRecord } from '@slipstream/shared/core/record';
+import { type LabelSelector, parseLabelSelector, selectorMatches } from '../lib/label-selector.ts';
 import { type Json, RESOURCES, type StoredResource } from './resources.ts';
 import { StatusError } from './status.ts';
 import type { ObjectStore } from './store.ts';
@@ -32,7 +35,7 @@ export class Lister {
     this.#continues.clear();
   }
 
-  /** The list answer to `?limit=&continue=`. */
+  /** The list answer to `?limit=&continue=&labelSelector=`. */
   list(resource: StoredResource, namespace: string | undefined, query: URLSearchParams): Json {
     const info = RESOURCES[resource];
     const limit = Number(query.get('limit') ?? '0');
@@ -55,7 +58,10 @@ export class Lister {
       }
       snapshot = { ...found, limit: limit > 0 ? limit : found.limit };
     } else {
-      const items = this.#store.items(resource, namespace);
+      const selector = labelSelector(query.get('labelSelector'));
+      const items = this.#store
+        .items(resource, namespace)
+        .filter((item) => selectorMatches(selector, labelsOf(item)));
       snapshot = { rv: this.#store.resourceVersion, resource, namespace, items, limit };
     }
     const page = snapshot.limit > 0 ? snapshot.items.slice(0, snapshot.limit) : snapshot.items;
@@ -80,4 +86,18 @@ export class Lister {
       items: page.map(({ kind: _kind, apiVersion: _apiVersion, ...rest }) => rest),
     };
   }
+}
+
+function labelSelector(text: string | null): LabelSelector | undefined {
+  if (!text) return undefined;
+  try {
+    return parseLabelSelector(text);
+  } catch (error) {
+    throw new StatusError(400, 'BadRequest', `unable to parse requirement: ${(error as Error).message}`);
+  }
+}
+
+function labelsOf(object: Json): Record<string, string> {
+  const labels = isRecord(object.metadata) ? object.metadata.labels : undefined;
+  return isRecord(labels) ? (labels as Record<string, string>) : {};
 }

@@ -7,7 +7,7 @@ export type Json = Record<string, unknown>;
 /** The resources that go through admission (`onAdmit`). */
 export type ResourceName = 'services' | 'namespaces';
 /** Every resource the server stores. */
-export type StoredResource = ResourceName | 'secrets' | 'mutatingwebhookconfigurations';
+export type StoredResource = ResourceName | 'secrets' | 'pods' | 'mutatingwebhookconfigurations';
 export type WatchEventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
 
 export interface ResourceInfo {
@@ -37,6 +37,13 @@ export const RESOURCES: Record<StoredResource, ResourceInfo> = {
     resource: 'secrets',
     kind: 'Secret',
     listKind: 'SecretList',
+    apiVersion: 'v1',
+    namespaced: true,
+  },
+  pods: {
+    resource: 'pods',
+    kind: 'Pod',
+    listKind: 'PodList',
     apiVersion: 'v1',
     namespaced: true,
   },

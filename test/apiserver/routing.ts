@@ -67,7 +67,15 @@ export function route(method: string, pathname: string, query: URLSearchParams):
     name = rest[1];
   } else if (
     rest[0] === 'namespaces' &&
-    (rest[2] === 'services' || rest[2] === 'secrets') &&
+    rest[2] === 'pods' &&
+    rest[4] === 'portforward' &&
+    rest.length === 5
+  ) {
+    // Served as a WebSocket upgrade (port-forward.ts); a plain request gets what the real server says.
+    throw new StatusError(400, 'BadRequest', 'Upgrade request required');
+  } else if (
+    rest[0] === 'namespaces' &&
+    (rest[2] === 'services' || rest[2] === 'secrets' || rest[2] === 'pods') &&
     rest.length <= 4
   ) {
     resource = rest[2];

@@ -46,6 +46,7 @@ export class ObjectStore {
     services: new Map(),
     namespaces: new Map(),
     secrets: new Map(),
+    pods: new Map(),
     mutatingwebhookconfigurations: new Map(),
   };
   #history: StoreEvent[] = [];
@@ -166,7 +167,8 @@ export class ObjectStore {
         'Invalid',
         `${info.kind} "" is invalid: metadata.name: Required value: name or generateName is required`,
       );
-    const subdomain = resource === 'secrets' || resource === 'mutatingwebhookconfigurations';
+    const subdomain =
+      resource === 'secrets' || resource === 'pods' || resource === 'mutatingwebhookconfigurations';
     if (subdomain ? !SUBDOMAIN.test(name) || name.length > 253 : !NAME.test(name) || name.length > 63) {
       throw new StatusError(
         422,
@@ -301,12 +303,12 @@ export class ObjectStore {
     return this.commit(resource, 'MODIFIED', namespace, name, object);
   }
 
-  /** DELETE. Deleting a Namespace deletes its Services and Secrets at once (no graceful termination). */
+  /** DELETE. Deleting a Namespace deletes its Services, Secrets and Pods at once (no graceful termination). */
   delete(resource: StoredResource, namespace: string | undefined, name: string): Json {
     const current = this.#objects[resource].get(keyOf(namespace, name));
     if (!current) throw notFound(resource, name);
     if (resource === 'namespaces') {
-      for (const kind of ['services', 'secrets'] as const) {
+      for (const kind of ['services', 'secrets', 'pods'] as const) {
         for (const [key, object] of [...this.#objects[kind]]) {
           if (key.startsWith(`${name}/`))
             this.commit(kind, 'DELETED', name, key.slice(name.length + 1), object);

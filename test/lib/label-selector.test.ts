@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type LabelSelector, selectorMatches } from './label-selector.ts';
+import { type LabelSelector, parseLabelSelector, selectorMatches } from './label-selector.ts';
 
 describe('label selectors (metav1.LabelSelector)', () => {
   const labels = { team: 'shop', 'kubernetes.io/metadata.name': 'shop' };
@@ -36,5 +36,35 @@ describe('label selectors: bad input', () => {
     expect(() => selectorMatches({ matchExpressions: [{ key: 'a', operator: 'Maybe' }] }, {})).toThrow(
       'unknown label selector operator "Maybe"',
     );
+  });
+});
+
+describe('label selectors: the query-string form', () => {
+  const labels = {
+    'app.kubernetes.io/name': 'slipstream',
+    'app.kubernetes.io/component': 'daemon',
+    tier: 'node',
+  };
+  const matches = (text: string) => selectorMatches(parseLabelSelector(text), labels);
+
+  it('equality, inequality and both joined by commas', () => {
+    expect(matches('app.kubernetes.io/name=slipstream,app.kubernetes.io/component=daemon')).toBe(true);
+    expect(matches('app.kubernetes.io/component==daemon')).toBe(true);
+    expect(matches('app.kubernetes.io/name=slipstream,app.kubernetes.io/component=webhook')).toBe(false);
+    expect(matches('tier!=node')).toBe(false);
+    expect(matches('missing!=x'), 'a missing label satisfies !=').toBe(true);
+  });
+
+  it('sets (commas inside parentheses stay in the set), existence and absence', () => {
+    expect(matches('tier in (edge, node),app.kubernetes.io/name')).toBe(true);
+    expect(matches('tier notin (edge,node)')).toBe(false);
+    expect(matches('!tier')).toBe(false);
+    expect(matches('!gone,tier')).toBe(true);
+    expect(matches('')).toBe(true);
+  });
+
+  it('a malformed requirement is an error', () => {
+    expect(() => parseLabelSelector('a=b=c')).toThrow(/unable to parse requirement/);
+    expect(() => parseLabelSelector('tier in edge')).toThrow(/unable to parse requirement/);
   });
 });

@@ -45,3 +45,39 @@ export function selectorMatches(
   }
   return true;
 }
+
+/**
+ * The query-string form (`labelSelector=`): `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`,
+ * `k` and `!k`, joined by commas, as the API server parses it (labels.Parse). An error for
+ * anything else, which the server answers with 400.
+ */
+export function parseLabelSelector(text: string): LabelSelector {
+  const requirements: LabelSelectorRequirement[] = [];
+  // Commas separate requirements except inside a set's parentheses.
+  const terms = text.match(/[^,(]+(?:\([^)]*\))?/g) ?? [];
+  for (const raw of terms) {
+    const term = raw.trim();
+    if (term === '') continue;
+    const equality = /^([^\s!=()]+)\s*(==?|!=)\s*([^\s!=(),]*)$/.exec(term);
+    const set = /^([^\s!=()]+)\s+(in|notin)\s*\(([^)]*)\)$/.exec(term);
+    const exists = /^(!?)([^\s!=(),]+)$/.exec(term);
+    if (equality) {
+      requirements.push({
+        key: equality[1]!,
+        operator: equality[2] === '!=' ? 'NotIn' : 'In',
+        values: [equality[3]!],
+      });
+    } else if (set) {
+      const values = set[3]!
+        .split(',')
+        .map((v) => v.trim())
+        .filter((v) => v !== '');
+      requirements.push({ key: set[1]!, operator: set[2] === 'in' ? 'In' : 'NotIn', values });
+    } else if (exists) {
+      requirements.push({ key: exists[2]!, operator: exists[1] ? 'DoesNotExist' : 'Exists' });
+    } else {
+      throw new Error(`unable to parse requirement: ${JSON.stringify(term)}`);
+    }
+  }
+  return { matchExpressions: requirements };
+}
