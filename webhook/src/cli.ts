@@ -2,9 +2,12 @@
 // [--policy F]`: parses the command line, starts the server with a watched policy (and, with
 // --tls-secret, the TLS bootstrap), and shuts down cleanly on SIGTERM/SIGINT.
 
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { MAX_TIMER_MS, parseDuration, parseHostPort, UsageError } from '@slipstream/shared/adapters/cli-args';
 import { createLogger, type Logger } from '@slipstream/shared/adapters/log';
+import { createMetricsRegistry, PolicyMetrics, serveMetrics } from '@slipstream/shared/adapters/metrics';
 import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import type { Telemetry } from '@slipstream/shared/adapters/telemetry';
 import {
@@ -13,6 +16,7 @@ import {
   DEFAULT_DURATIONS,
   type TlsDurations,
 } from './bootstrap-plan.ts';
+import { WebhookMetrics } from './metrics.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';
 
 export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--policy FILE]
@@ -20,6 +24,7 @@ export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--policy F
 
   --listen HOST:PORT   address to serve HTTPS on (default 0.0.0.0:8443; [::]:8443 for IPv6; port 0 picks one)
   --policy FILE        policy (YAML or JSON); default: the shipped default policy; reloaded when it changes
+  --metrics-listen HOST:PORT  serve GET /metrics (Prometheus) over plain HTTP there (default: not served)
 
  Certificate, one of:
   --tls-cert FILE      PEM certificate (chain); reloaded when the file changes
@@ -47,6 +52,8 @@ Tracing: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP), OTEL_TRACES_EXPORTER=none, OTE
 export interface CliOptions {
   host: string;
   port: number;
+  /** --metrics-listen: plain HTTP, GET /metrics only. */
+  metricsListen?: { host: string; port: number };
   tlsCert?: string;
   tlsKey?: string;
   policy?: string;
@@ -81,6 +88,7 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
       allowPositionals: false,
       options: {
         listen: { type: 'string' },
+        'metrics-listen': { type: 'string' },
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
         policy: { type: 'string' },
@@ -114,9 +122,11 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
       '--tls-cert and --tls-key go together: give both, or neither for a self-signed certificate',
     );
   }
+  const metrics = string('metrics-listen');
   const options: CliOptions = {
     host,
     port,
+    ...(metrics !== undefined ? { metricsListen: parseHostPort('--metrics-listen', metrics) } : {}),
     ...(cert !== undefined ? { tlsCert: cert } : {}),
     ...(key !== undefined ? { tlsKey: key } : {}),
     ...(policy !== undefined ? { policy } : {}),
@@ -181,6 +191,13 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
   };
 }
 
+/** `http://host:port/metrics` as bound (port 0 resolved). */
+function listenUrl(server: Server): string {
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return `http://${host}:${address.port}/metrics`;
+}
+
 export interface RunOptions {
   telemetry: Telemetry;
   log?: Logger;
@@ -203,18 +220,26 @@ export async function runCli(
     return 0;
   }
 
+  const registry = createMetricsRegistry('webhook');
+  const metrics = new WebhookMetrics(registry);
+  let policyMetrics: PolicyMetrics | undefined;
   let policy: ReturnType<typeof watchPolicy>;
   try {
     policy = watchPolicy(options.policy, {
-      onReload: (next, previous) =>
-        log.info('policy reloaded', { file: options.policy, policy: next.id, previous: previous.id }),
-      onError: (error, kept) =>
+      onReload: (next, previous) => {
+        policyMetrics?.reloaded(next.id);
+        log.info('policy reloaded', { file: options.policy, policy: next.id, previous: previous.id });
+      },
+      onError: (error, kept) => {
+        policyMetrics?.failed();
         log.error('policy file changed but does not load; keeping the last good policy', {
           file: options.policy,
           kept: kept.id,
           error: error.message,
-        }),
+        });
+      },
     });
+    policyMetrics = new PolicyMetrics(registry, policy.current().id);
   } catch (error) {
     log.error('cannot start: the policy does not load', { error: (error as Error).message });
     await telemetry.shutdown();
@@ -263,6 +288,7 @@ export async function runCli(
       policy: policy.current,
       log,
       tracer: telemetry.tracer,
+      metrics,
     });
   } catch (error) {
     log.error('cannot start the server', { error: (error as Error).message });
@@ -270,9 +296,26 @@ export async function runCli(
     await telemetry.shutdown();
     return 1;
   }
+  let metricsServer: Server | undefined;
+  if (options.metricsListen) {
+    try {
+      metricsServer = await serveMetrics(options.metricsListen, registry, log);
+    } catch (error) {
+      const { host, port } = options.metricsListen;
+      log.error('cannot start: --metrics-listen', {
+        address: `${host}:${port}`,
+        error: (error as Error).message,
+      });
+      await server.close();
+      policy.close();
+      await telemetry.shutdown();
+      return 1;
+    }
+  }
   bootstrap?.start();
   log.info('slipstream webhook listening', {
     url: server.url,
+    ...(metricsServer ? { metricsUrl: listenUrl(metricsServer) } : {}),
     policy: policy.current().id,
     policyFile: policy.path ?? '(shipped default)',
     tracing: telemetry.exportTarget,
@@ -297,6 +340,7 @@ export async function runCli(
   process.once('SIGINT', force);
   await bootstrap?.stop();
   await server.close();
+  metricsServer?.close();
   policy.close();
   await telemetry.shutdown();
   log.info('stopped');

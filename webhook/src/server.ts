@@ -11,6 +11,7 @@ import type { FileWatch } from '@slipstream/shared/adapters/file-watch';
 import type { Logger } from '@slipstream/shared/adapters/log';
 import type { Policy } from '@slipstream/shared/core/policy';
 import { createRequestListener } from './app.ts';
+import type { WebhookMetrics } from './metrics.ts';
 import {
   checkTlsMaterial,
   describeCertificate,
@@ -34,6 +35,7 @@ export interface WebhookServerOptions {
   policy: () => Policy;
   log: Logger;
   tracer?: Tracer;
+  metrics?: WebhookMetrics;
   /** File watching for the certificate (tests shorten it). */
   watch?: { debounceMs?: number; pollMs?: number };
 }
@@ -101,7 +103,9 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     log,
     ready: () => accepting && certificateSet,
     ...(options.tracer ? { tracer: options.tracer } : {}),
+    ...(options.metrics ? { metrics: options.metrics } : {}),
   });
+  options.metrics?.certificate(material.cert);
   const server = createServer({ cert: material.cert, key: material.key, minVersion: 'TLSv1.2' }, listener);
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.headersTimeout = Math.min(server.headersTimeout, REQUEST_TIMEOUT_MS);
@@ -116,7 +120,10 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
 
   let certWatch: FileWatch | undefined;
-  if (options.tls) certWatch = watchTlsFiles(server, options.tls, material, log, options.watch);
+  if (options.tls) {
+    const onLoaded = (cert: string) => options.metrics?.certificate(cert);
+    certWatch = watchTlsFiles(server, options.tls, material, log, { ...options.watch, onLoaded });
+  }
 
   let closing: Promise<void> | undefined;
   return {
@@ -128,6 +135,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       checkTlsMaterial(next);
       server.setSecureContext({ cert: next.cert, key: next.key, minVersion: 'TLSv1.2' });
       certificateSet = true;
+      options.metrics?.certificate(next.cert);
     },
     get ready() {
       return accepting && certificateSet;
