@@ -143,6 +143,18 @@ export function one<T>(objects: KubeObject[], kind: string, name: string): T {
   return found[0] as T;
 }
 
+/** The alert rules of deploy/overlays/prometheus: its PrometheusRule's spec, which is a rules file (`groups`). */
+export function alertRules(withAnnotations = true): { groups: { rules: Record<string, unknown>[] }[] } {
+  const rule = one<{ spec: { groups: { rules: Record<string, unknown>[] }[] } }>(
+    render(TARGETS.prometheus),
+    'PrometheusRule',
+    'slipstream',
+  );
+  const spec = structuredClone(rule.spec);
+  if (!withAnnotations) for (const g of spec.groups) for (const r of g.rules) delete r.annotations;
+  return spec;
+}
+
 export function has(objects: KubeObject[], kind: string, name: string): boolean {
   return objects.some((o) => o.kind === kind && o.metadata.name === name);
 }

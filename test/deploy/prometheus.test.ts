@@ -3,7 +3,6 @@
 // PrometheusRule; the PodMonitors select exactly their component's pods; the rules pass
 // `promtool check rules` and their alerts fire (and stay quiet) as `promtool test rules` cases say.
 
-import { spawnSync } from 'node:child_process';
 import { copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { IPodMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor';
@@ -13,30 +12,17 @@ import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { selectorMatches } from '../lib/label-selector.ts';
+import { promtool } from '../lib/prometheus.ts';
 import { tempDir } from '../lib/temp-dir.ts';
-import { describe as id, NAMESPACE, one, render, TARGETS } from './manifests.ts';
+import { alertRules, describe as id, NAMESPACE, one, render, TARGETS } from './manifests.ts';
 import { container, daemonSet, envOf, flag, webhookDeployment } from './workloads.ts';
 
 const TEST_CASES = join(import.meta.dirname, 'alerts.promtool.yaml');
 
-function promtool(args: string[], cwd?: string): { code: number | null; output: string } {
-  const r = spawnSync('promtool', args, { encoding: 'utf8', cwd, timeout: 60_000 });
-  if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') {
-    throw new Error(
-      "promtool is not installed: it comes with Debian's prometheus package (scripts/setup.sh)",
-    );
-  }
-  return { code: r.status, output: `${r.stdout}${r.stderr}` };
-}
-
-/** The PrometheusRule's spec as a Prometheus rules file (it is one: `groups`). */
-export function rulesFile(dir: string, withAnnotations = true): string {
-  const rule = one<IPrometheusRule>(render(TARGETS.prometheus), 'PrometheusRule', 'slipstream');
-  const spec = structuredClone(rule.spec);
-  if (!withAnnotations)
-    for (const g of spec.groups ?? []) for (const r of g.rules ?? []) delete r.annotations;
+/** The PrometheusRule's spec written as a Prometheus rules file (it is one: `groups`). */
+function rulesFile(dir: string, withAnnotations = true): string {
   const path = join(dir, 'rules.yaml');
-  writeFileSync(path, stringify(spec));
+  writeFileSync(path, stringify(alertRules(withAnnotations)));
   return path;
 }
 
@@ -146,7 +132,7 @@ describe('deploy/overlays/prometheus', () => {
     const dir = tempDir();
     rulesFile(dir, false);
     copyFileSync(TEST_CASES, join(dir, 'alerts.promtool.yaml'));
-    const r = promtool(['test', 'rules', 'alerts.promtool.yaml'], dir);
+    const r = promtool(['test', 'rules', 'alerts.promtool.yaml'], { cwd: dir });
     expect(r.code, r.output).toBe(0);
     expect(r.output).toContain('SUCCESS');
   });
