@@ -5,7 +5,7 @@
 // `promtool check metrics`. No timing assertions: every wait polls a condition, bounded.
 
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
@@ -14,7 +14,7 @@ import { stringify } from 'yaml';
 import { alertRules } from '../deploy/manifests.ts';
 import { loadFixtures } from '../lib/admission-fixtures.ts';
 import { canUseNetns, netnsName } from '../lib/netns.ts';
-import { DAEMON_MAIN, freePort, Proc } from '../lib/process.ts';
+import { DAEMON_MAIN, freePort, Proc, ROOT } from '../lib/process.ts';
 import { hasPrometheus, PrometheusServer, promtool } from '../lib/prometheus.ts';
 import { postReview } from '../lib/webhook-client.ts';
 import { type SpawnedWebhook, spawnWebhook } from '../lib/webhook-process.ts';
@@ -39,9 +39,13 @@ function serviceYaml(name: string, ip: string, port: number, portName: string): 
   });
 }
 
-/** The README's answer to "is node X programming Services?" (1: yes, 0: no, nothing: not scraped). */
-const PROGRAMMING_QUERY = (node: string) =>
-  `slipstream_sync_last_timestamp_seconds{node="${node}"} - slipstream_sync_last_queued_timestamp_seconds{node="${node}"} > bool -60`;
+/** The README's answer to "is node X programming Services?" (1: yes, 0: no, nothing: not scraped), for `node`. */
+function programmingQuery(node: string): string {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const query = /\*\*Is node X programming Services\?\*\*[\s\S]*?```promql\n([^\n]+)\n```/.exec(readme)?.[1];
+  if (!query) throw new Error('README.md has no "Is node X programming Services?" query');
+  return query.replaceAll('node="X"', `node="${node}"`);
+}
 
 describe.skipIf(!canUseNetns())('a real Prometheus scrapes the daemon and the webhook', () => {
   const ns = netnsName('prom');
@@ -137,9 +141,9 @@ describe.skipIf(!canUseNetns())('a real Prometheus scrapes the daemon and the we
     const offload = await prometheus.query('slipstream_services{decision="offload"}');
     expect(offload.reduce((n, s) => n + s.value, 0)).toBe(2);
 
-    const answer = await prometheus.waitFor(PROGRAMMING_QUERY(NODE), () => true);
+    const answer = await prometheus.waitFor(programmingQuery(NODE), () => true);
     expect(answer.value).toBe(1);
-    expect(await prometheus.query(PROGRAMMING_QUERY('node-b'))).toEqual([]);
+    expect(await prometheus.query(programmingQuery('node-b'))).toEqual([]);
   });
 
   it('a review: the webhook counts it by operation and outcome, and times it', async () => {
