@@ -14,7 +14,7 @@ import { stringify } from 'yaml';
 import { alertRules } from '../deploy/manifests.ts';
 import { loadFixtures } from '../lib/admission-fixtures.ts';
 import { canUseNetns, netnsName } from '../lib/netns.ts';
-import { DAEMON_MAIN, freePort, Proc, ROOT } from '../lib/process.ts';
+import { DAEMON_MAIN, freePort, Proc, ROOT, until } from '../lib/process.ts';
 import { hasPrometheus, PrometheusServer, promtool } from '../lib/prometheus.ts';
 import { postReview } from '../lib/webhook-client.ts';
 import { type SpawnedWebhook, spawnWebhook } from '../lib/webhook-process.ts';
@@ -86,7 +86,11 @@ describe.skipIf(!canUseNetns())('a real Prometheus scrapes the daemon and the we
     daemonMetrics = `http://127.0.0.1:${daemonPort}/metrics`;
 
     webhook = await spawnWebhook(['--metrics-listen', '127.0.0.1:0']);
-    webhookMetrics = String(webhook.logs.find((l) => l.msg === 'slipstream webhook listening')?.metricsUrl);
+    // The review port answers first; the metrics listener follows.
+    const listening = await until('the webhook metrics listener', () =>
+      webhook.logs.find((l) => l.msg === 'metrics listening'),
+    );
+    webhookMetrics = `http://127.0.0.1:${(listening.address as { port: number }).port}/metrics`;
 
     prometheus = await PrometheusServer.start({
       dir: join(dir, 'prometheus'),

@@ -3,11 +3,10 @@
 // --tls-secret, the TLS bootstrap), and shuts down cleanly on SIGTERM/SIGINT.
 
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { MAX_TIMER_MS, parseDuration, parseHostPort, UsageError } from '@slipstream/shared/adapters/cli-args';
 import { createLogger, type Logger } from '@slipstream/shared/adapters/log';
-import { createMetricsRegistry, PolicyMetrics, serveMetrics } from '@slipstream/shared/adapters/metrics';
+import type { PolicyMetrics } from '@slipstream/shared/adapters/metrics';
 import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import type { Telemetry } from '@slipstream/shared/adapters/telemetry';
 import {
@@ -16,7 +15,6 @@ import {
   DEFAULT_DURATIONS,
   type TlsDurations,
 } from './bootstrap-plan.ts';
-import { WebhookMetrics } from './metrics.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';
 
 export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--policy FILE]
@@ -191,13 +189,6 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
   };
 }
 
-/** `http://host:port/metrics` as bound (port 0 resolved). */
-function listenUrl(server: Server): string {
-  const address = server.address() as AddressInfo;
-  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  return `http://${host}:${address.port}/metrics`;
-}
-
 export interface RunOptions {
   telemetry: Telemetry;
   log?: Logger;
@@ -220,8 +211,6 @@ export async function runCli(
     return 0;
   }
 
-  const registry = createMetricsRegistry('webhook');
-  const metrics = new WebhookMetrics(registry);
   let policyMetrics: PolicyMetrics | undefined;
   let policy: ReturnType<typeof watchPolicy>;
   try {
@@ -239,7 +228,6 @@ export async function runCli(
         });
       },
     });
-    policyMetrics = new PolicyMetrics(registry, policy.current().id);
   } catch (error) {
     log.error('cannot start: the policy does not load', { error: (error as Error).message });
     await telemetry.shutdown();
@@ -288,7 +276,6 @@ export async function runCli(
       policy: policy.current,
       log,
       tracer: telemetry.tracer,
-      metrics,
     });
   } catch (error) {
     log.error('cannot start the server', { error: (error as Error).message });
@@ -296,26 +283,9 @@ export async function runCli(
     await telemetry.shutdown();
     return 1;
   }
-  let metricsServer: Server | undefined;
-  if (options.metricsListen) {
-    try {
-      metricsServer = await serveMetrics(options.metricsListen, registry, log);
-    } catch (error) {
-      const { host, port } = options.metricsListen;
-      log.error('cannot start: --metrics-listen', {
-        address: `${host}:${port}`,
-        error: (error as Error).message,
-      });
-      await server.close();
-      policy.close();
-      await telemetry.shutdown();
-      return 1;
-    }
-  }
   bootstrap?.start();
   log.info('slipstream webhook listening', {
     url: server.url,
-    ...(metricsServer ? { metricsUrl: listenUrl(metricsServer) } : {}),
     policy: policy.current().id,
     policyFile: policy.path ?? '(shipped default)',
     tracing: telemetry.exportTarget,
@@ -328,6 +298,33 @@ export async function runCli(
       : {}),
     pid: process.pid,
   });
+
+  // Metrics after the review port answers: prom-client and its collectors load in tens of ms,
+  // which the first review does not wait for (and without --metrics-listen they never load).
+  let metricsServer: Server | undefined;
+  if (options.metricsListen) {
+    try {
+      const { createMetricsRegistry, PolicyMetrics, serveMetrics } = await import(
+        '@slipstream/shared/adapters/metrics'
+      );
+      const { WebhookMetrics } = await import('./metrics.ts');
+      const registry = createMetricsRegistry('webhook');
+      server.setMetrics(new WebhookMetrics(registry));
+      policyMetrics = new PolicyMetrics(registry, policy.current().id);
+      metricsServer = await serveMetrics(options.metricsListen, registry, log);
+    } catch (error) {
+      const { host, port } = options.metricsListen;
+      log.error('cannot start: --metrics-listen', {
+        address: `${host}:${port}`,
+        error: (error as Error).message,
+      });
+      await bootstrap?.stop();
+      await server.close();
+      policy.close();
+      await telemetry.shutdown();
+      return 1;
+    }
+  }
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));

@@ -118,6 +118,28 @@ describe('WebhookMetrics through the HTTPS server', () => {
   });
 });
 
+describe('metrics attached to a running server (after the review port answers)', () => {
+  it('count the reviews from then on, and take the certificate being served', async () => {
+    const server = await startWebhookServer({
+      host: '127.0.0.1',
+      port: 0,
+      policy: () => policy,
+      log: memoryLogger(),
+    });
+    servers.push(server);
+    expect((await postReview(server.url, review('postgres-create'))).status).toBe(200);
+    const registry = createMetricsRegistry('webhook');
+    server.setMetrics(new WebhookMetrics(registry));
+    const expiry = new X509Certificate(server.certificate).validToDate.getTime() / 1000;
+    expect((await series(registry)).get('slipstream_webhook_certificate_expiry_timestamp_seconds')).toBe(
+      expiry,
+    );
+    expect((await postReview(server.url, review('postgres-create'))).status).toBe(200);
+    const s = await series(registry);
+    expect(s.get('slipstream_webhook_reviews_total{operation="CREATE",outcome="patched"}')).toBe(1);
+  });
+});
+
 describe('rejectionClass', () => {
   it.each([
     [400, 'malformed'],

@@ -10,7 +10,7 @@ import type { Tracer } from '@opentelemetry/api';
 import type { FileWatch } from '@slipstream/shared/adapters/file-watch';
 import type { Logger } from '@slipstream/shared/adapters/log';
 import type { Policy } from '@slipstream/shared/core/policy';
-import { createRequestListener } from './app.ts';
+import { type AppOptions, createRequestListener } from './app.ts';
 import type { WebhookMetrics } from './metrics.ts';
 import {
   checkTlsMaterial,
@@ -53,6 +53,8 @@ export interface WebhookServer {
    * makes the server ready.
    */
   setCertificate(material: TlsMaterial): void;
+  /** Counts reviews (and the certificate served) from now on (the metrics are loaded after listening). */
+  setMetrics(metrics: WebhookMetrics): void;
   /** What /readyz answers: listening, not closing, and (with `deferCertificate`) a certificate set. */
   readonly ready: boolean;
   /** Stops accepting, waits up to `graceMs` for open requests, then closes every connection. */
@@ -98,14 +100,21 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
 
   let accepting = false;
   let certificateSet = !options.deferCertificate;
-  const listener = createRequestListener({
+  // Kept by reference: setMetrics fills in `metrics` for the reviews that come after it.
+  const app: AppOptions = {
     policy: options.policy,
     log,
     ready: () => accepting && certificateSet,
     ...(options.tracer ? { tracer: options.tracer } : {}),
     ...(options.metrics ? { metrics: options.metrics } : {}),
-  });
-  options.metrics?.certificate(material.cert);
+  };
+  const listener = createRequestListener(app);
+  let served = material.cert;
+  const certificateServed = (cert: string) => {
+    served = cert;
+    app.metrics?.certificate(cert);
+  };
+  certificateServed(material.cert);
   const server = createServer({ cert: material.cert, key: material.key, minVersion: 'TLSv1.2' }, listener);
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.headersTimeout = Math.min(server.headersTimeout, REQUEST_TIMEOUT_MS);
@@ -121,8 +130,10 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
 
   let certWatch: FileWatch | undefined;
   if (options.tls) {
-    const onLoaded = (cert: string) => options.metrics?.certificate(cert);
-    certWatch = watchTlsFiles(server, options.tls, material, log, { ...options.watch, onLoaded });
+    certWatch = watchTlsFiles(server, options.tls, material, log, {
+      ...options.watch,
+      onLoaded: certificateServed,
+    });
   }
 
   let closing: Promise<void> | undefined;
@@ -135,7 +146,11 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       checkTlsMaterial(next);
       server.setSecureContext({ cert: next.cert, key: next.key, minVersion: 'TLSv1.2' });
       certificateSet = true;
-      options.metrics?.certificate(next.cert);
+      certificateServed(next.cert);
+    },
+    setMetrics(metrics: WebhookMetrics) {
+      app.metrics = metrics;
+      metrics.certificate(served);
     },
     get ready() {
       return accepting && certificateSet;
