@@ -18,6 +18,7 @@ packages=(
   qemu-system-x86   # the VM for the kernel suite (TCG: no KVM needed)
   busybox-static    # the VM's initramfs
   xz-utils kmod     # unpack the kernel image; modinfo finds the modules for the initramfs
+  prometheus        # a real Prometheus scrapes both components in test/e2e; promtool checks metrics and alert rules
 )
 command -v npm >/dev/null || packages+=(nodejs npm)
 

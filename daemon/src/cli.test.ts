@@ -30,6 +30,7 @@ describe('parseDaemonArgs: defaults and where Services come from', () => {
       cleanup: false,
       resyncPeriodMs: 3_600_000,
       minSyncPeriodMs: 1000,
+      conntrackSamplePeriodMs: 30_000,
     });
     expect(EXAMPLES_DIR).toMatch(/\/deploy\/examples$/);
   });
@@ -149,6 +150,27 @@ describe('--health-listen', () => {
     'h:123456',
   ])('refuses %j', (text) => {
     expect(usageError(['--health-listen', text]).message).toContain('is not HOST:PORT');
+  });
+});
+
+describe('--metrics-listen and --conntrack-sample-period', () => {
+  it('takes a HOST:PORT of its own, apart from the health listener', () => {
+    const options = parse(['--health-listen', '127.0.0.1:9469', '--metrics-listen', '10.0.0.5:9470']);
+    expect(options.healthListen).toEqual({ host: '127.0.0.1', port: 9469 });
+    expect(options.metricsListen).toEqual({ host: '10.0.0.5', port: 9470 });
+    expect(parse([]).metricsListen).toBeUndefined();
+  });
+
+  it('refuses a bad address, naming the flag', () => {
+    expect(usageError(['--metrics-listen', '10.0.0.5']).message).toMatch(
+      /^--metrics-listen .* is not HOST:PORT/,
+    );
+  });
+
+  it('takes a sampling period, 0 turning it off', () => {
+    expect(parse(['--conntrack-sample-period', '5s']).conntrackSamplePeriodMs).toBe(5000);
+    expect(parse(['--conntrack-sample-period', '0']).conntrackSamplePeriodMs).toBe(0);
+    expect(usageError(['--conntrack-sample-period', 'often']).message).toContain('--conntrack-sample-period');
   });
 });
 

@@ -20,7 +20,9 @@ Options:
   --resync-period D       full resync that reads the table back and repairs drift (default 1h; 0 disables)
   --min-sync-period D     coalesce changes: at most one sync per period (default 1s)
   --netns NAME            program the named network namespace (/run/netns/NAME) instead of this one
-  --health-listen H:P     serve GET /healthz and /readyz over HTTP (e.g. 127.0.0.1:9469)
+  --health-listen H:P     serve GET /healthz, /readyz, /status and /metrics over HTTP (e.g. 127.0.0.1:9469)
+  --metrics-listen H:P    serve only GET /metrics over HTTP, for Prometheus (e.g. the node's address:9470)
+  --conntrack-sample-period D  how often offloaded connections are counted from conntrack (default 30s; 0 disables)
 Durations: 500ms, 30s, 5m, 1h.
 Tracing: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP), OTEL_TRACES_EXPORTER=none, OTEL_SERVICE_NAME, ...
 `;
@@ -36,6 +38,8 @@ export interface DaemonOptions {
   minSyncPeriodMs: number;
   netns?: string;
   healthListen?: { host: string; port: number };
+  metricsListen?: { host: string; port: number };
+  conntrackSamplePeriodMs: number;
 }
 
 /** Periods become timers; 0 turns them off. */
@@ -62,6 +66,8 @@ export function parseDaemonArgs(
         'min-sync-period': { type: 'string' },
         netns: { type: 'string' },
         'health-listen': { type: 'string' },
+        'metrics-listen': { type: 'string' },
+        'conntrack-sample-period': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -103,11 +109,19 @@ export function parseDaemonArgs(
       (values['min-sync-period'] as string | undefined) ?? '1s',
       PERIOD,
     ),
+    conntrackSamplePeriodMs: parseDuration(
+      '--conntrack-sample-period',
+      (values['conntrack-sample-period'] as string | undefined) ?? '30s',
+      PERIOD,
+    ),
   };
   if (values.policy !== undefined) options.policy = values.policy as string;
   if (netns !== undefined) options.netns = netns;
   if (values['health-listen'] !== undefined) {
     options.healthListen = parseHostPort('--health-listen', values['health-listen'] as string);
+  }
+  if (values['metrics-listen'] !== undefined) {
+    options.metricsListen = parseHostPort('--metrics-listen', values['metrics-listen'] as string);
   }
   return options;
 }

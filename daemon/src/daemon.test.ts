@@ -75,6 +75,7 @@ describe.skipIf(!isRoot)('startDaemon / runOnce / cleanup (MemoryKernel, private
     cleanup: false,
     resyncPeriodMs: 0,
     minSyncPeriodMs: 10,
+    conntrackSamplePeriodMs: 0,
     netns: ns,
     ...extra,
   });
@@ -172,7 +173,7 @@ describe.skipIf(!isRoot)('startDaemon / runOnce / cleanup (MemoryKernel, private
     expect(kernel.closed).toBe(1);
   });
 
-  it('serves /healthz and /readyz; unknown paths are 404', async () => {
+  it('serves /healthz, /readyz, /status and /metrics; unknown paths are 404', async () => {
     const kernel = new MemoryKernel({ flowtable: false });
     const { daemon } = await start(kernel, recorder(), { healthListen: { host: '127.0.0.1', port: 0 } });
     const address = daemon.health?.address();
@@ -192,7 +193,26 @@ describe.skipIf(!isRoot)('startDaemon / runOnce / cleanup (MemoryKernel, private
     const status = (await (await fetch(`${base}/status`)).json()) as { source: string; ports: unknown[] };
     expect(status.source).toBe('daemon');
     expect(status.ports.length).toBeGreaterThan(0);
-    expect((await fetch(`${base}/metrics`)).status).toBe(404);
+    const metrics = await fetch(`${base}/metrics`);
+    expect(metrics.status).toBe(200);
+    const text = await metrics.text();
+    expect(text).toContain('slipstream_degraded 1');
+    expect(text).toMatch(/^slipstream_sync_duration_seconds_count\{mode="full"\} [1-9]/m);
+    expect((await fetch(`${base}/nowhere`)).status).toBe(404);
+  });
+
+  it('--metrics-listen serves the metrics and nothing else (no /status with Service names)', async () => {
+    const kernel = new MemoryKernel({ flowtable: false });
+    const { daemon } = await start(kernel, recorder(), { metricsListen: { host: '127.0.0.1', port: 0 } });
+    const address = daemon.metricsListener?.address();
+    if (!address || typeof address === 'string') throw new Error('no address');
+    const base = `http://127.0.0.1:${address.port}`;
+    const text = await (await fetch(`${base}/metrics`)).text();
+    expect(text).toMatch(/^slipstream_elements\{map="svc4"\} [1-9]/m);
+    expect(text).toContain('slipstream_policy_info{policy="default@');
+    for (const path of ['/status', '/healthz', '/readyz'])
+      expect((await fetch(`${base}${path}`)).status).toBe(404);
+    expect(daemon.health).toBeUndefined();
   });
 
   it('a start-up that fails closes what it opened (kernel, link monitor) and says what is wrong', async () => {

@@ -4,15 +4,18 @@
 
 import { stat } from 'node:fs/promises';
 import type { Server } from 'node:http';
-import type { Logger } from '@slipstream/shared/adapters/log';
+import { type Logger, LogOnce } from '@slipstream/shared/adapters/log';
+import { createMetricsRegistry, PolicyMetrics, serveMetrics } from '@slipstream/shared/adapters/metrics';
 import { type PolicyWatch, watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import { effectiveDecision } from '@slipstream/shared/core/decide';
 import { rulesetText } from '@slipstream/shared/core/nft-text';
 import { AddressWatcher } from './addresses.ts';
 import type { DaemonOptions } from './cli.ts';
+import { sampleOffloaded } from './conntrack.ts';
 import { serveEndpoints } from './http.ts';
 import { type Kernel, NapiKernel, netnsPath } from './kernel.ts';
 import { LinkWatcher } from './links.ts';
+import { DaemonMetrics } from './metrics.ts';
 import { Reconciler, type SyncResult } from './reconciler.ts';
 import { FileSource } from './sources/files.ts';
 import type { ServiceSource } from './sources/source.ts';
@@ -31,6 +34,10 @@ export interface RunningDaemon {
   source: ServiceSource;
   links: LinkWatcher;
   health: Server | undefined;
+  /** The metrics (the eviction counter is incremented through it). */
+  metrics: DaemonMetrics;
+  /** The --metrics-listen listener. */
+  metricsListener: Server | undefined;
   /** SIGHUP: re-reads the policy file and the manifests directory, and reads the table back. */
   reload(): Promise<void>;
   /** Stops watchers and timers; leaves the kernel table in place. */
@@ -156,13 +163,18 @@ async function start(
   const policyWatch: PolicyWatch = watchPolicy(options.policy, {
     onReload: (policy, previous) => {
       logger.info('policy reloaded', { policy: policy.id, previous: previous.id });
+      policyMetrics.reloaded(policy.id);
       reconciler.setPolicy(policy);
       reconciler.request('service');
     },
-    onError: (error, kept) =>
-      logger.error('policy not reloaded; keeping the last good one', { error: error.message, kept: kept.id }),
+    onError: (error, kept) => {
+      policyMetrics.failed();
+      logger.error('policy not reloaded; keeping the last good one', { error: error.message, kept: kept.id });
+    },
   });
   closers.push(() => policyWatch.close());
+  const registry = createMetricsRegistry('daemon');
+  const policyMetrics = new PolicyMetrics(registry, policyWatch.current().id);
   const onStray = (text: string) => logger.warn('libnftables printed', { text });
   const kernel = await (
     deps.openKernel ?? ((netns) => NapiKernel.open({ ...(netns ? { netns } : {}), onStray }))
@@ -195,6 +207,7 @@ async function start(
     logger,
   });
   closers.push(() => reconciler.stop());
+  const metrics = new DaemonMetrics(registry, reconciler);
   // The reconciler logs every sync that writes or fails; here only the start-up state an operator
   // must see: degraded mode, and a start-up that found the kernel already right (which the
   // reconciler does not log, being a noop).
@@ -235,6 +248,26 @@ async function start(
     reconciler.request(trigger);
   });
   await reconciler.start();
+  if (options.conntrackSamplePeriodMs > 0 && !options.once) {
+    const failures = new LogOnce();
+    const stopSampling = sampleOffloaded({
+      periodMs: options.conntrackSamplePeriodMs,
+      ...(options.netns ? { netns: options.netns } : {}),
+      // A degraded kernel offloads nothing: no need to list conntrack.
+      idle: () => reconciler.capabilities?.flowtable !== true,
+      onReading: (reading) => {
+        failures.clear('conntrack');
+        metrics.sampled(reading);
+      },
+      onFailure: (error) => {
+        metrics.sampleFailed(error.reason);
+        failures.report('conntrack', error.reason, () =>
+          logger.warn('cannot count offloaded connections from conntrack', { error: error.message }),
+        );
+      },
+    });
+    closers.push(stopSampling);
+  }
   let health: Server | undefined;
   if (options.healthListen) {
     try {
@@ -245,6 +278,7 @@ async function start(
           lastSuccessAt: () => reconciler.lastSuccessAt?.toISOString() ?? null,
           readiness: () => reconciler.readiness(),
           status: async () => nodeStatus(reconciler, await readConntrack(options.netns)),
+          metrics: registry,
         },
         logger,
       );
@@ -258,11 +292,24 @@ async function start(
     const server = health;
     closers.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
   }
+  let metricsListener: Server | undefined;
+  if (options.metricsListen) {
+    try {
+      metricsListener = await serveMetrics(options.metricsListen, registry, logger);
+    } catch (error) {
+      const { host, port } = options.metricsListen;
+      throw new StartupError(`--metrics-listen ${host}:${port}: ${(error as Error).message}`);
+    }
+    const server = metricsListener;
+    closers.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  }
   return {
     reconciler,
     source,
     links,
     health,
+    metrics,
+    metricsListener,
     reload: async () => {
       policyWatch.check();
       if (source instanceof FileSource) await source.rescan();

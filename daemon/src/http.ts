@@ -4,11 +4,14 @@
 //   GET /readyz   readiness: the node's kernel holds what is wanted, or differs for less than a
 //                 few sync periods (loop/health.ts); 503 with the reason otherwise
 //   GET /status   the node's status as `slipstream status --output json` prints it
+//   GET /metrics  the Prometheus metrics (also on --metrics-listen, which serves nothing else)
 // Two questions, two endpoints (kube-proxy's shape), so a rollout of a broken daemon stops.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { HostPort } from '@slipstream/shared/adapters/cli-args';
 import type { Logger } from '@slipstream/shared/adapters/log';
+import { writeMetrics } from '@slipstream/shared/adapters/metrics';
+import type { Registry } from 'prom-client';
 import type { NodeStatus } from './status.ts';
 
 export interface Endpoints {
@@ -18,6 +21,7 @@ export interface Endpoints {
   lastSuccessAt(): string | null;
   readiness(): { ready: boolean; reason: string };
   status(): Promise<NodeStatus>;
+  metrics?: Registry;
 }
 
 function send(res: ServerResponse, code: number, body: unknown): void {
@@ -41,6 +45,9 @@ async function route(req: IncomingMessage, res: ServerResponse, endpoints: Endpo
     }
     case '/status':
       return send(res, 200, await endpoints.status());
+    case '/metrics':
+      if (!endpoints.metrics) return send(res, 404, { error: 'not found' });
+      return writeMetrics(endpoints.metrics, res, req.method === 'HEAD');
     default:
       return send(res, 404, { error: 'not found' });
   }

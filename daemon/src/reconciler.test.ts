@@ -780,3 +780,38 @@ describe('isolation: one bad Service never holds back the others', () => {
     expect(logger.lines.filter((l) => l.msg === 'Service input ignored in part')).toHaveLength(2);
   });
 });
+
+describe('Reconciler: what it reports for metrics', () => {
+  it('reports, per Service change that reached the kernel, the time since it was first seen; the initial state is none', async () => {
+    const s = loadScenario('thresholds-shared');
+    const r = make(new MemoryKernel(), s);
+    const reported: number[][] = [];
+    r.onProgrammed((latencies) => reported.push([...latencies]));
+    await r.start();
+    expect(reported).toEqual([]);
+    // A whole new list (files-source style): the Service that went away is one change.
+    const seen = Date.now();
+    r.update({ services: s.services.slice(1) });
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    r.update({ services: s.services.slice(1) });
+    const before = Date.now();
+    await r.sync('service');
+    expect(reported).toHaveLength(1);
+    expect(reported[0]).toHaveLength(1);
+    // Stamped when the first list arrived, not when the sync took it.
+    expect(reported[0]![0]!).toBeGreaterThanOrEqual(before - seen - 5);
+    expect(r.lastQueuedAt!.getTime()).toBeGreaterThanOrEqual(before);
+  });
+
+  it("passes on the kernel watch's events", async () => {
+    const s = loadScenario('dual-stack');
+    const kernel = new MemoryKernel();
+    const r = make(kernel, s);
+    const events: string[] = [];
+    r.onKernelEvent((e) => events.push(e));
+    await r.start();
+    kernel.overrun();
+    kernel.tamper((t) => t);
+    expect(events).toEqual(['overrun', 'foreign-change']);
+  });
+});

@@ -63,6 +63,8 @@ export class Reconciler {
   #started = false;
   #stopped = false;
   #listeners = new Set<(r: SyncResult) => void>();
+  #programmedListeners = new Set<(latenciesMs: readonly number[]) => void>();
+  #kernelListeners = new Set<(event: KernelEvent['type']) => void>();
   #lastError: string | null = null;
 
   lastResult: SyncResult | null = null;
@@ -83,6 +85,7 @@ export class Reconciler {
       quarantine: this.#quarantine,
       logger: this.#log,
       ...(options.refreshDevices ? { refreshDevices: options.refreshDevices } : {}),
+      onProgrammed: (latencies) => this.#emit(this.#programmedListeners, latencies),
     });
     this.#scheduler = new Scheduler({
       run: async (triggers) => {
@@ -167,6 +170,32 @@ export class Reconciler {
     return this.#health.readiness(now);
   }
 
+  /** The flowtable devices the link watcher last reported. */
+  get devices(): readonly string[] {
+    return this.#inputs.devices;
+  }
+
+  /** When a sync was last asked for (a change, the resync, a retry), or null. */
+  get lastQueuedAt(): Date | null {
+    const at = this.#scheduler.queuedAt;
+    return at === null ? null : new Date(at);
+  }
+
+  /**
+   * Calls `listener` after each sync that brought the kernel to what is wanted, with the time from
+   * when each Service change it took in was seen to that moment (ms); quarantined Services are left out.
+   */
+  onProgrammed(listener: (latenciesMs: readonly number[]) => void): () => void {
+    this.#programmedListeners.add(listener);
+    return () => this.#programmedListeners.delete(listener);
+  }
+
+  /** Calls `listener` for each event of the kernel's table watch (someone else's change, lost events, ...). */
+  onKernelEvent(listener: (event: KernelEvent['type']) => void): () => void {
+    this.#kernelListeners.add(listener);
+    return () => this.#kernelListeners.delete(listener);
+  }
+
   /** Calls `listener` after every sync; returns the unsubscribe function. */
   onSync(listener: (r: SyncResult) => void): () => void {
     this.#listeners.add(listener);
@@ -223,6 +252,7 @@ export class Reconciler {
 
   #onKernel(event: KernelEvent): void {
     if (this.#stopped) return;
+    this.#emit(this.#kernelListeners, event.type);
     if (event.type === 'unavailable') {
       this.#log.warn('cannot watch the kernel table for changes; reading it back periodically instead', {
         reason: event.reason,
@@ -285,9 +315,13 @@ export class Reconciler {
       this.#lastError = null;
       if (result.result !== 'noop' || result.drift) this.#log.info('sync', { ...summary(result) });
     }
-    for (const listener of [...this.#listeners]) {
+    this.#emit(this.#listeners, result);
+  }
+
+  #emit<T>(listeners: ReadonlySet<(value: T) => void>, value: T): void {
+    for (const listener of [...listeners]) {
       try {
-        listener(result);
+        listener(value);
       } catch (error) {
         this.#log.error('sync listener failed', { error: String(error) });
       }

@@ -3,13 +3,10 @@
 // computed by a pure function from (desired ruleset, kernel ruleset, conntrack counts); reading
 // the kernel and conntrack happens at the edges (statusMain).
 
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import type { Decision } from '@slipstream/shared/core/decide';
 import { elementKey, type Ruleset, serviceVips, type VipKind } from '@slipstream/shared/core/ruleset';
 import type { Service, ServicePort } from '@slipstream/shared/core/service';
-
-const run = promisify(execFile);
+import { flowKey, parseConntrackLine, readOffloaded } from './conntrack.ts';
 
 export type PortState =
   /** Offloaded: every element of this port is in the kernel with its threshold. */
@@ -59,22 +56,14 @@ export interface QuarantineView {
 
 const PROTO_NUMBER: Record<string, number> = { TCP: 6, UDP: 17 };
 
-/** Key under which conntrack counts are kept: `<address> <protocol number> <port>`. */
-export function flowKey(address: string, protocol: number, port: number): string {
-  return `${address} ${protocol} ${port}`;
-}
+export { flowKey };
 
 /** Counts [OFFLOAD] entries by original destination, from `conntrack -L` text. */
 export function countOffloaded(conntrackText: string): Map<string, number> {
   const counts = new Map<string, number>();
   for (const line of conntrackText.split('\n')) {
-    if (!line.includes('[OFFLOAD]') && !line.includes('[HW_OFFLOAD]')) continue;
-    const proto = /^\s*\S+\s+(\d+)\s/.exec(line)?.[1];
-    const dst = /\bdst=(\S+)/.exec(line)?.[1];
-    const dport = /\bdport=(\d+)/.exec(line)?.[1];
-    if (!proto || !dst || !dport) continue;
-    const key = flowKey(dst, Number(proto), Number(dport));
-    counts.set(key, (counts.get(key) ?? 0) + 1);
+    const entry = parseConntrackLine(line);
+    if (entry?.offloaded) counts.set(entry.key, (counts.get(entry.key) ?? 0) + 1);
   }
   return counts;
 }
@@ -191,20 +180,14 @@ export function portStatuses(
   return rows;
 }
 
-/** Reads `conntrack -L` for both families (in a netns when given); null when conntrack cannot be read. */
+/** Offloaded connections by original destination (in a netns when given); null when conntrack cannot be read. */
 export async function readConntrack(netns?: string): Promise<Map<string, number> | null> {
-  const prefix = netns ? ['ip', 'netns', 'exec', netns] : [];
-  let text = '';
   try {
-    for (const family of ['ipv4', 'ipv6']) {
-      const [cmd, ...args] = [...prefix, 'conntrack', '-L', '-f', family];
-      const { stdout } = await run(cmd!, args, { maxBuffer: 512 * 1024 * 1024 });
-      text += stdout;
-    }
+    const { flows } = await readOffloaded(netns ? { netns } : {});
+    return new Map([...flows].map(([key, count]) => [key, count.connections]));
   } catch {
     return null;
   }
-  return countOffloaded(text);
 }
 
 function cell(value: string, width: number): string {

@@ -117,7 +117,8 @@ export async function run(): Promise<Figures> {
     writeFileSync(files.cert, tls.cert);
     writeFileSync(files.key, tls.key);
     writeFileSync(files.response, JSON.stringify(expected.review));
-    const webhookArgs = ['--tls-cert', files.cert, '--tls-key', files.key];
+    // As the manifests run it: metrics on (counted on every review, served on a port of their own).
+    const webhookArgs = ['--tls-cert', files.cert, '--tls-key', files.key, '--metrics-listen', '127.0.0.1:0'];
     const env = { OTEL_TRACES_EXPORTER: undefined, OTEL_EXPORTER_OTLP_ENDPOINT: undefined };
     note(`request ${body.length} bytes, answer ${readFileSync(files.response).length} bytes`);
 

@@ -1,7 +1,8 @@
 // Renders deploy/ with `kubectl kustomize` and checks rendered objects against the Kubernetes API
 // schemas shipped by kubernetes-models (tommy351/kubernetes-models-ts): per-kind classes whose
 // validate() runs ajv validators generated from the upstream OpenAPI (and, in
-// @kubernetes-models/cert-manager, from cert-manager's CRDs), plus the TypeScript interfaces generated
+// @kubernetes-models/cert-manager and @kubernetes-models/prometheus-operator, from cert-manager's and
+// the Prometheus Operator's CRDs), plus the TypeScript interfaces generated
 // from the same schemas, used here to find fields the API does not know.
 
 import { spawnSync } from 'node:child_process';
@@ -11,6 +12,8 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Certificate } from '@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate';
 import { Issuer } from '@kubernetes-models/cert-manager/cert-manager.io/v1/Issuer';
+import { PodMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor';
+import { PrometheusRule } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule';
 import { MutatingWebhookConfiguration } from 'kubernetes-models/admissionregistration.k8s.io/v1/MutatingWebhookConfiguration';
 import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
@@ -34,6 +37,7 @@ export const TARGETS = {
   base: 'deploy',
   jaeger: 'deploy/overlays/jaeger',
   certManager: 'deploy/overlays/cert-manager',
+  prometheus: 'deploy/overlays/prometheus',
 } as const;
 
 export interface KubeObject {
@@ -139,6 +143,18 @@ export function one<T>(objects: KubeObject[], kind: string, name: string): T {
   return found[0] as T;
 }
 
+/** The alert rules of deploy/overlays/prometheus: its PrometheusRule's spec, which is a rules file (`groups`). */
+export function alertRules(withAnnotations = true): { groups: { rules: Record<string, unknown>[] }[] } {
+  const rule = one<{ spec: { groups: { rules: Record<string, unknown>[] }[] } }>(
+    render(TARGETS.prometheus),
+    'PrometheusRule',
+    'slipstream',
+  );
+  const spec = structuredClone(rule.spec);
+  if (!withAnnotations) for (const g of spec.groups) for (const r of g.rules) delete r.annotations;
+  return spec;
+}
+
 export function has(objects: KubeObject[], kind: string, name: string): boolean {
   return objects.some((o) => o.kind === kind && o.metadata.name === name);
 }
@@ -163,7 +179,8 @@ function entry(model: ModelClass, typeModule: string, kind: string): SchemaEntry
 /**
  * Every kind the manifests may contain, keyed "apiVersion/kind". A kind missing here fails the schema
  * test rather than being skipped: nothing in deploy/ goes unvalidated (cert-manager's Issuer and
- * Certificate are CRDs, covered by @kubernetes-models/cert-manager).
+ * Certificate are CRDs, covered by @kubernetes-models/cert-manager; PodMonitor and PrometheusRule by
+ * @kubernetes-models/prometheus-operator).
  */
 export const SCHEMAS: Record<string, SchemaEntry> = {
   'v1/Namespace': entry(Namespace, 'kubernetes-models/v1/Namespace', 'Namespace'),
@@ -211,6 +228,16 @@ export const SCHEMAS: Record<string, SchemaEntry> = {
     Certificate,
     '@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate',
     'Certificate',
+  ),
+  'monitoring.coreos.com/v1/PodMonitor': entry(
+    PodMonitor,
+    '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor',
+    'PodMonitor',
+  ),
+  'monitoring.coreos.com/v1/PrometheusRule': entry(
+    PrometheusRule,
+    '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule',
+    'PrometheusRule',
   ),
 };
 

@@ -26,12 +26,17 @@ const renderings: [string, () => KubeObject[]][] = [
   ['deploy (base)', () => render(TARGETS.base)],
   ['deploy/overlays/jaeger', () => render(TARGETS.jaeger)],
   ['deploy/overlays/cert-manager', () => render(TARGETS.certManager)],
+  ['deploy/overlays/prometheus', () => render(TARGETS.prometheus)],
   [
-    'base + both components',
+    'base + every component',
     () =>
       renderComposed({
         resources: ['deploy/base'],
-        components: ['deploy/components/cert-manager', 'deploy/components/jaeger'],
+        components: [
+          'deploy/components/cert-manager',
+          'deploy/components/jaeger',
+          'deploy/components/prometheus',
+        ],
       }),
   ],
 ];

@@ -10,6 +10,7 @@ import { contextFromHeaders, traceparentOf } from '@slipstream/shared/adapters/t
 import type { Policy } from '@slipstream/shared/core/policy';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { checkContentType, HttpError, parseJsonBody, readBody } from './body.ts';
+import type { WebhookMetrics } from './metrics.ts';
 import { type ReviewOutcome, review } from './review.ts';
 
 export interface AppOptions {
@@ -19,6 +20,7 @@ export interface AppOptions {
   /** False while starting or shutting down: /readyz answers 503. */
   ready?: () => boolean;
   tracer?: Tracer;
+  metrics?: WebhookMetrics;
 }
 
 export const SPAN_NAME = 'admission.review';
@@ -70,6 +72,7 @@ export function reviewHandler(
 ): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   const tracer = options.tracer ?? trace.getTracer('slipstream-webhook');
   return async (req, res) => {
+    const started = performance.now();
     const span = tracer.startSpan(
       SPAN_NAME,
       { kind: SpanKind.SERVER, attributes: { 'http.request.method': 'POST', 'url.path': '/mutate' } },
@@ -84,8 +87,10 @@ export function reviewHandler(
       span.setAttributes(outcomeAttributes(result.outcome));
       span.setAttribute('http.response.status_code', 200);
       sendJson(res, 200, result.review);
+      options.metrics?.reviewed(result.outcome, (performance.now() - started) / 1000);
     } catch (error) {
       const status = errorStatus(error);
+      options.metrics?.rejected(status, (performance.now() - started) / 1000);
       const message = error instanceof Error ? error.message : String(error);
       span.setAttribute('http.response.status_code', status);
       span.setStatus({ code: SpanStatusCode.ERROR, message });

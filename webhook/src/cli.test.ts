@@ -114,6 +114,15 @@ describe('command line', () => {
     expect(() => parseCli(argv)).toThrow(message);
   });
 
+  it('reads --metrics-listen as its own plain-HTTP address, apart from the review port', () => {
+    expect(parseCli(['--listen', '0.0.0.0:8443', '--metrics-listen', '0.0.0.0:9470'])).toEqual({
+      host: '0.0.0.0',
+      port: 8443,
+      metricsListen: { host: '0.0.0.0', port: 9470 },
+    });
+    expect(() => parseCli(['--metrics-listen', '9470'])).toThrow(/--metrics-listen "9470" is not HOST:PORT/);
+  });
+
   it('refuses a certificate without its key, and unknown options', () => {
     expect(() => parseCli(['--tls-cert', 'c.pem'])).toThrow(/go together/);
     expect(() => parseCli(['--port', '1'])).toThrow(UsageError);

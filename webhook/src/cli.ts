@@ -2,9 +2,11 @@
 // [--policy F]`: parses the command line, starts the server with a watched policy (and, with
 // --tls-secret, the TLS bootstrap), and shuts down cleanly on SIGTERM/SIGINT.
 
+import type { Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { MAX_TIMER_MS, parseDuration, parseHostPort, UsageError } from '@slipstream/shared/adapters/cli-args';
 import { createLogger, type Logger } from '@slipstream/shared/adapters/log';
+import type { PolicyMetrics } from '@slipstream/shared/adapters/metrics';
 import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import type { Telemetry } from '@slipstream/shared/adapters/telemetry';
 import {
@@ -20,6 +22,7 @@ export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--policy F
 
   --listen HOST:PORT   address to serve HTTPS on (default 0.0.0.0:8443; [::]:8443 for IPv6; port 0 picks one)
   --policy FILE        policy (YAML or JSON); default: the shipped default policy; reloaded when it changes
+  --metrics-listen HOST:PORT  serve GET /metrics (Prometheus) over plain HTTP there (default: not served)
 
  Certificate, one of:
   --tls-cert FILE      PEM certificate (chain); reloaded when the file changes
@@ -47,6 +50,8 @@ Tracing: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP), OTEL_TRACES_EXPORTER=none, OTE
 export interface CliOptions {
   host: string;
   port: number;
+  /** --metrics-listen: plain HTTP, GET /metrics only. */
+  metricsListen?: { host: string; port: number };
   tlsCert?: string;
   tlsKey?: string;
   policy?: string;
@@ -81,6 +86,7 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
       allowPositionals: false,
       options: {
         listen: { type: 'string' },
+        'metrics-listen': { type: 'string' },
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
         policy: { type: 'string' },
@@ -114,9 +120,11 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
       '--tls-cert and --tls-key go together: give both, or neither for a self-signed certificate',
     );
   }
+  const metrics = string('metrics-listen');
   const options: CliOptions = {
     host,
     port,
+    ...(metrics !== undefined ? { metricsListen: parseHostPort('--metrics-listen', metrics) } : {}),
     ...(cert !== undefined ? { tlsCert: cert } : {}),
     ...(key !== undefined ? { tlsKey: key } : {}),
     ...(policy !== undefined ? { policy } : {}),
@@ -203,17 +211,22 @@ export async function runCli(
     return 0;
   }
 
+  let policyMetrics: PolicyMetrics | undefined;
   let policy: ReturnType<typeof watchPolicy>;
   try {
     policy = watchPolicy(options.policy, {
-      onReload: (next, previous) =>
-        log.info('policy reloaded', { file: options.policy, policy: next.id, previous: previous.id }),
-      onError: (error, kept) =>
+      onReload: (next, previous) => {
+        policyMetrics?.reloaded(next.id);
+        log.info('policy reloaded', { file: options.policy, policy: next.id, previous: previous.id });
+      },
+      onError: (error, kept) => {
+        policyMetrics?.failed();
         log.error('policy file changed but does not load; keeping the last good policy', {
           file: options.policy,
           kept: kept.id,
           error: error.message,
-        }),
+        });
+      },
     });
   } catch (error) {
     log.error('cannot start: the policy does not load', { error: (error as Error).message });
@@ -286,6 +299,33 @@ export async function runCli(
     pid: process.pid,
   });
 
+  // Metrics after the review port answers: prom-client and its collectors load in tens of ms,
+  // which the first review does not wait for (and without --metrics-listen they never load).
+  let metricsServer: Server | undefined;
+  if (options.metricsListen) {
+    try {
+      const { createMetricsRegistry, PolicyMetrics, serveMetrics } = await import(
+        '@slipstream/shared/adapters/metrics'
+      );
+      const { WebhookMetrics } = await import('./metrics.ts');
+      const registry = createMetricsRegistry('webhook');
+      server.setMetrics(new WebhookMetrics(registry));
+      policyMetrics = new PolicyMetrics(registry, policy.current().id);
+      metricsServer = await serveMetrics(options.metricsListen, registry, log);
+    } catch (error) {
+      const { host, port } = options.metricsListen;
+      log.error('cannot start: --metrics-listen', {
+        address: `${host}:${port}`,
+        error: (error as Error).message,
+      });
+      await bootstrap?.stop();
+      await server.close();
+      policy.close();
+      await telemetry.shutdown();
+      return 1;
+    }
+  }
+
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
@@ -297,6 +337,7 @@ export async function runCli(
   process.once('SIGINT', force);
   await bootstrap?.stop();
   await server.close();
+  metricsServer?.close();
   policy.close();
   await telemetry.shutdown();
   log.info('stopped');

@@ -3,7 +3,7 @@
 // `outcome` for the caller's span. Every reviewable request is allowed: Service creation must
 // never depend on Slipstream, so the worst answer is "allowed, unchanged, with a warning".
 
-import { decide } from '@slipstream/shared/core/decide';
+import { type Decision, decide } from '@slipstream/shared/core/decide';
 import { formatOffload } from '@slipstream/shared/core/hints';
 import type { Policy } from '@slipstream/shared/core/policy';
 import { isRecord } from '@slipstream/shared/core/record';
@@ -39,6 +39,10 @@ export interface ReviewOutcome {
   /** The decision's offload (ports and thresholds) differs from the hints the object carried. */
   decisionChanged: boolean;
   warnings: number;
+  /** The key each warning names (for metrics). */
+  warningKeys: string[];
+  /** The full decision, per port (for metrics). */
+  decided?: Decision;
   decision?: {
     /** The offload hint: `5432/TCP=20,8080/TCP=100` or `none`. */
     offload: string;
@@ -81,6 +85,7 @@ export function review(body: unknown, ctx: ReviewContext): ReviewResult {
     patched: false,
     decisionChanged: false,
     warnings: 0,
+    warningKeys: [],
   };
   const allow = (skipped: string | undefined, warnings: string[] = []): ReviewResult => {
     if (skipped !== undefined) outcome.skipped = skipped;
@@ -99,6 +104,7 @@ export function review(body: unknown, ctx: ReviewContext): ReviewResult {
   }
   const service = readService(request.object);
   if (!service.ok) {
+    outcome.warningKeys = ['slipstream'];
     return allow('unreadable Service', [
       warning('slipstream', `Service not evaluated, no hints written: ${service.error}`),
     ]);
@@ -108,6 +114,8 @@ export function review(body: unknown, ctx: ReviewContext): ReviewResult {
   const decision = decide(service.value, ctx.policy);
   // Any invalid user key fails closed; the warning says so first, before a long message is cut.
   const warnings = decision.warnings.map((p) => warning(p.key, `nothing offloaded: ${p.message}`));
+  outcome.warningKeys = decision.warnings.map((p) => p.key);
+  outcome.decided = decision;
   outcome.decision = {
     offload: formatOffload(decision.offload),
     rule: decision.rule,

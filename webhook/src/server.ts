@@ -10,7 +10,8 @@ import type { Tracer } from '@opentelemetry/api';
 import type { FileWatch } from '@slipstream/shared/adapters/file-watch';
 import type { Logger } from '@slipstream/shared/adapters/log';
 import type { Policy } from '@slipstream/shared/core/policy';
-import { createRequestListener } from './app.ts';
+import { type AppOptions, createRequestListener } from './app.ts';
+import type { WebhookMetrics } from './metrics.ts';
 import {
   checkTlsMaterial,
   describeCertificate,
@@ -34,6 +35,7 @@ export interface WebhookServerOptions {
   policy: () => Policy;
   log: Logger;
   tracer?: Tracer;
+  metrics?: WebhookMetrics;
   /** File watching for the certificate (tests shorten it). */
   watch?: { debounceMs?: number; pollMs?: number };
 }
@@ -51,6 +53,8 @@ export interface WebhookServer {
    * makes the server ready.
    */
   setCertificate(material: TlsMaterial): void;
+  /** Counts reviews (and the certificate served) from now on (the metrics are loaded after listening). */
+  setMetrics(metrics: WebhookMetrics): void;
   /** What /readyz answers: listening, not closing, and (with `deferCertificate`) a certificate set. */
   readonly ready: boolean;
   /** Stops accepting, waits up to `graceMs` for open requests, then closes every connection. */
@@ -96,12 +100,21 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
 
   let accepting = false;
   let certificateSet = !options.deferCertificate;
-  const listener = createRequestListener({
+  // Kept by reference: setMetrics fills in `metrics` for the reviews that come after it.
+  const app: AppOptions = {
     policy: options.policy,
     log,
     ready: () => accepting && certificateSet,
     ...(options.tracer ? { tracer: options.tracer } : {}),
-  });
+    ...(options.metrics ? { metrics: options.metrics } : {}),
+  };
+  const listener = createRequestListener(app);
+  let served = material.cert;
+  const certificateServed = (cert: string) => {
+    served = cert;
+    app.metrics?.certificate(cert);
+  };
+  certificateServed(material.cert);
   const server = createServer({ cert: material.cert, key: material.key, minVersion: 'TLSv1.2' }, listener);
   server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.headersTimeout = Math.min(server.headersTimeout, REQUEST_TIMEOUT_MS);
@@ -116,7 +129,12 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
 
   let certWatch: FileWatch | undefined;
-  if (options.tls) certWatch = watchTlsFiles(server, options.tls, material, log, options.watch);
+  if (options.tls) {
+    certWatch = watchTlsFiles(server, options.tls, material, log, {
+      ...options.watch,
+      onLoaded: certificateServed,
+    });
+  }
 
   let closing: Promise<void> | undefined;
   return {
@@ -128,6 +146,11 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       checkTlsMaterial(next);
       server.setSecureContext({ cert: next.cert, key: next.key, minVersion: 'TLSv1.2' });
       certificateSet = true;
+      certificateServed(next.cert);
+    },
+    setMetrics(metrics: WebhookMetrics) {
+      app.metrics = metrics;
+      metrics.certificate(served);
     },
     get ready() {
       return accepting && certificateSet;

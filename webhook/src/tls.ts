@@ -76,8 +76,9 @@ export function watchTlsFiles(
   files: TlsFiles,
   initial: TlsMaterial,
   log: Logger,
-  options: { debounceMs?: number; pollMs?: number } = {},
+  options: { debounceMs?: number; pollMs?: number; onLoaded?: (cert: string) => void } = {},
 ): FileWatch {
+  const { onLoaded, ...watch } = options;
   return watchFiles(
     [files.certFile, files.keyFile],
     [initial.cert, initial.key],
@@ -85,6 +86,7 @@ export function watchTlsFiles(
       try {
         checkTlsMaterial({ cert, key });
         server.setSecureContext({ cert, key });
+        onLoaded?.(cert);
         log.info('TLS certificate reloaded', {
           certFile: files.certFile,
           ...describeCertificate(cert),
@@ -98,7 +100,7 @@ export function watchTlsFiles(
       }
     },
     {
-      ...options,
+      ...watch,
       onError: (error) =>
         log.warn('cannot read the TLS certificate files; keeping the current certificate', {
           error: error.message,

@@ -2,6 +2,8 @@
 // last reported them, and what changed since a sync last took them. Sources either hand over whole
 // snapshots (`update`, compared by object identity: sources replace a Service that changes, never
 // mutate it) or single objects (`setService`, informer style). Nothing here touches the kernel.
+// Each Service change is stamped with when it was first seen, for the network-programming latency
+// (seen -> committed); the initial state (everything before the first complete take) is not a change.
 
 import type { Policy } from '@slipstream/shared/core/policy';
 import { type Namespace, type Service, serviceKey } from '@slipstream/shared/core/service';
@@ -17,6 +19,8 @@ export interface InputSnapshot {
   changed: ReadonlySet<string> | 'all';
   /** Inputs not reported yet (nothing is written until every source has reported once). */
   missing: string[];
+  /** When each Service change since the previous `take()` was first seen (epoch ms), by Service key. */
+  seen: ReadonlyMap<string, number>;
 }
 
 export interface UpdateInputs {
@@ -36,19 +40,28 @@ export class InputStore {
   #nodeAddresses: string[] = [];
   #policy: Policy;
   #changed = new Set<string>();
+  #seen = new Map<string, number>();
+  /** When the pending Service list first arrived: the changes found in it are stamped with this. */
+  #pendingSince = 0;
+  /** Changes are stamped once the initial state has been taken. */
+  #stamping = false;
+  readonly #now: () => number;
   #all = true;
   readonly #primed = { services: false, namespaces: false, devices: false };
   /** Counts every change: a sync compares it to know whether inputs moved while it ran. */
   version = 0;
 
-  constructor(policy: Policy) {
+  constructor(policy: Policy, now: () => number = Date.now) {
     this.#policy = policy;
+    this.#now = now;
   }
 
   /** Replaces whole inputs; each one given marks that source as reported. */
   update(inputs: UpdateInputs): void {
     if (inputs.services) {
       // Kept by reference and compared at the next take: a burst of source events costs one pass.
+      // Its changes are stamped with the first list's arrival: an upper bound, never an understatement.
+      if (this.#pendingList === null) this.#pendingSince = this.#now();
       this.#pendingList = inputs.services;
       this.#primed.services = true;
       this.version++;
@@ -86,7 +99,7 @@ export class InputStore {
     const key = serviceKey(service);
     if (this.#services.get(key) === service) return;
     this.#services.set(key, service);
-    this.#changed.add(key);
+    this.#change(key, this.#now());
     this.version++;
   }
 
@@ -94,7 +107,7 @@ export class InputStore {
     this.#applyPendingList();
     const key = serviceKey({ namespace, name });
     if (!this.#services.delete(key)) return;
-    this.#changed.add(key);
+    this.#change(key, this.#now());
     this.version++;
   }
 
@@ -140,6 +153,10 @@ export class InputStore {
     return this.#namespaces;
   }
 
+  get devices(): readonly string[] {
+    return this.#devices;
+  }
+
   get services(): ReadonlyMap<string, Service> {
     this.#applyPendingList();
     return this.#services;
@@ -151,9 +168,15 @@ export class InputStore {
     this.#pendingList = null;
     const next = new Map<string, Service>();
     for (const s of list) next.set(serviceKey(s), s);
-    for (const [key, s] of next) if (this.#services.get(key) !== s) this.#changed.add(key);
-    for (const key of this.#services.keys()) if (!next.has(key)) this.#changed.add(key);
+    const at = this.#pendingSince;
+    for (const [key, s] of next) if (this.#services.get(key) !== s) this.#change(key, at);
+    for (const key of this.#services.keys()) if (!next.has(key)) this.#change(key, at);
     this.#services = next;
+  }
+
+  #change(key: string, at: number): void {
+    this.#changed.add(key);
+    if (this.#stamping && !this.#seen.has(key)) this.#seen.set(key, at);
   }
 
   /** The current inputs and what changed since the last take; the change set starts over. */
@@ -164,9 +187,12 @@ export class InputStore {
     if (!this.#primed.namespaces) missing.push('namespaces');
     if (needDevices && !this.#primed.devices) missing.push('devices');
     const changed: ReadonlySet<string> | 'all' = this.#all ? 'all' : this.#changed;
+    const seen = this.#seen;
     if (missing.length === 0) {
       this.#changed = new Set();
+      this.#seen = new Map();
       this.#all = false;
+      this.#stamping = true;
     }
     return {
       services: this.#services,
@@ -176,6 +202,7 @@ export class InputStore {
       policy: this.#policy,
       changed,
       missing,
+      seen,
     };
   }
 

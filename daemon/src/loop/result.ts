@@ -24,6 +24,8 @@ export interface SyncResult {
   writes: number;
   /** Whether the kernel table was read back (start-up, drift, resync, after a refused transaction). */
   readBack: boolean;
+  /** The desired ruleset was patched with only the changed Services (a partial sync); false: computed in full. */
+  incremental: boolean;
   /** The read-back found the kernel different from the belief (someone else changed the table). */
   drift: boolean;
   /** What differed, in short (`-120 elements; replace map svc4: size 3`). */
@@ -68,6 +70,7 @@ export function emptyResult(triggers: ReadonlySet<Trigger>): SyncResult {
     chains: 0,
     writes: 0,
     readBack: false,
+    incremental: false,
     drift: false,
     retried: false,
     quarantined: 0,

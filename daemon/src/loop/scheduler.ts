@@ -43,6 +43,8 @@ export class Scheduler {
   retryAt: number | null = null;
   /** The delay of that retry (ms). */
   retryInMs: number | null = null;
+  /** When a sync was last asked for (epoch ms; a change, the resync, a retry), or null. */
+  queuedAt: number | null = null;
 
   constructor(options: SchedulerOptions) {
     this.#o = options;
@@ -76,12 +78,14 @@ export class Scheduler {
   request(trigger: Trigger): void {
     if (this.#stopped) return;
     this.#pending.add(trigger);
+    this.queuedAt = this.#now();
     if (this.#started && !this.#running) this.#arm(this.#earliest());
   }
 
   /** Runs a sync now (after a running one), whatever the intervals; resolves when it has run. */
   async runNow(trigger: Trigger): Promise<void> {
     this.#pending.add(trigger);
+    this.queuedAt = this.#now();
     while (this.#running) await this.#running;
     if (this.#stopped) return;
     this.#clearTimer();
@@ -138,6 +142,7 @@ export class Scheduler {
         this.retryAt = this.#retryAt;
         this.retryInMs = delay;
         this.#pending.add('retry');
+        this.queuedAt = this.#now();
       } else {
         this.#backoff.reset();
         this.#retryAt = Number.NEGATIVE_INFINITY;

@@ -14,7 +14,7 @@ import type { Capabilities, Contribution, Ruleset } from '@slipstream/shared/cor
 import type { Service } from '@slipstream/shared/core/service';
 import { errorClassOf, errorDetail, errorText, type Kernel } from '../kernel.ts';
 import { DesiredState } from './desired.ts';
-import type { InputStore } from './inputs.ts';
+import type { InputSnapshot, InputStore } from './inputs.ts';
 import { isolate, StructureRefused } from './isolate.ts';
 import type { Quarantine } from './quarantine.ts';
 import { emptyResult, type SyncResult } from './result.ts';
@@ -28,6 +28,9 @@ export interface SyncerOptions {
   logger: Logger;
   /** Re-lists links (used when a transaction that touches flowtable devices is refused). */
   refreshDevices?: () => Promise<string[]>;
+  /** After a sync that brought the kernel to what is wanted: for each Service change it took in, ms from seen to committed. */
+  onProgrammed?: (latenciesMs: number[]) => void;
+  now?: () => number;
 }
 
 export interface SyncRun {
@@ -63,6 +66,8 @@ export class Syncer {
   #belief: Ruleset | null | undefined = undefined;
   #capabilities: Capabilities | null = null;
   #readBackNext = true;
+  /** Service changes taken in but not yet in the kernel (a failed sync keeps them), with when they were seen. */
+  readonly #unprogrammed = new Map<string, number>();
 
   constructor(options: SyncerOptions) {
     this.#o = options;
@@ -107,13 +112,14 @@ export class Syncer {
     }
     result.writes = this.#o.kernel.writes - writesBefore;
     result.quarantined = this.#o.quarantine.size;
+    if (failure === undefined && result.waitingFor === undefined) this.#programmed();
     result.durationMs = Math.round((performance.now() - started) * 10) / 10;
     trace.end(result, failure);
     return { result, again };
   }
 
   async #run(triggers: ReadonlySet<Trigger>, result: SyncResult, trace: SyncTrace): Promise<boolean> {
-    const { kernel, inputs, quarantine, logger } = this.#o;
+    const { kernel, quarantine, logger } = this.#o;
     const readBack =
       this.#readBackNext ||
       this.#belief === undefined ||
@@ -132,7 +138,7 @@ export class Syncer {
     result.degraded = !caps.flowtable || caps.flowtableCounter === false;
     if (caps.reason) result.degradedReason = caps.reason;
 
-    const snapshot = inputs.take(caps.flowtable);
+    const snapshot = this.#take(caps);
     if (snapshot.missing.length > 0) {
       result.waitingFor = snapshot.missing;
       return false;
@@ -159,6 +165,7 @@ export class Syncer {
       'slipstream.compute.incremental': computed.patched !== null,
     });
     endChild(computeSpan);
+    result.incremental = computed.patched !== null;
     result.services = desired.services.size;
     result.elements = desired.elements.size;
     result.chains = desired.chains.size;
@@ -207,6 +214,25 @@ export class Syncer {
     return again;
   }
 
+  /** The inputs, keeping when each Service change was seen until it is in the kernel. */
+  #take(caps: Capabilities): InputSnapshot {
+    const snapshot = this.#o.inputs.take(caps.flowtable);
+    for (const [key, at] of snapshot.seen) if (!this.#unprogrammed.has(key)) this.#unprogrammed.set(key, at);
+    return snapshot;
+  }
+
+  /** The kernel holds what is wanted: every change taken in is programmed, but a quarantined Service's. */
+  #programmed(): void {
+    if (this.#unprogrammed.size === 0) return;
+    const now = (this.#o.now ?? Date.now)();
+    const latencies: number[] = [];
+    for (const [key, at] of this.#unprogrammed) {
+      if (!this.#o.quarantine.has(key)) latencies.push(Math.max(0, now - at));
+    }
+    this.#unprogrammed.clear();
+    if (latencies.length > 0) this.#o.onProgrammed?.(latencies);
+  }
+
   /** Retry with fresh links and a read-back; then isolate the Services the kernel refuses. */
   async #retry(
     trace: SyncTrace,
@@ -229,7 +255,8 @@ export class Syncer {
     }
     await this.#readBack(result);
     this.#desired.invalidate();
-    const computed = this.#desired.compute(inputs.take(caps.flowtable), caps, this.#belief, (key, s) =>
+    result.incremental = false;
+    const computed = this.#desired.compute(this.#take(caps), caps, this.#belief, (key, s) =>
       quarantine.excludes(key, s),
     );
     const fresh = computed.desired;

@@ -6,6 +6,7 @@ import { effectiveDecision } from './decide.ts';
 import {
   contribution,
   desiredRuleset,
+  elementHit,
   elementKey,
   newContributionCache,
   parseThresholdChainName,
@@ -131,6 +132,24 @@ describe('desiredRuleset on the Service fixtures', () => {
     expect(r.elements.size).toBe(0);
     expect(r.thresholds).toEqual([]);
     expect([...r.chains.keys()]).toEqual(['forward']);
+  });
+});
+
+describe('elementHit: the element a connection hits', () => {
+  const r = desiredRuleset(scenarioInput(loadScenario('vips')));
+  const hit = (address: string, protocol: number, port: number) => {
+    const e = elementHit(r, address, protocol, port);
+    return e ? elementKey(e) : undefined;
+  };
+
+  it("a Service address first, then the nodePort on one of this node's addresses, else none", () => {
+    expect(hit('10.96.40.1', 6, 443)).toBe('ip 10.96.40.1 6 443');
+    expect(hit('203.0.113.40', 6, 443)).toBe('ip 203.0.113.40 6 443');
+    expect(hit('192.168.50.10', 6, 30443)).toBe('np  6 30443');
+    expect(hit('fd00:50::10', 17, 30514)).toBe('np  17 30514');
+    // The nodePort on an address that is not this node's: kube-proxy does not answer there.
+    expect(hit('192.168.50.99', 6, 30443)).toBeUndefined();
+    expect(hit('10.96.40.1', 6, 30443)).toBeUndefined();
   });
 });
 

@@ -74,6 +74,26 @@ export function elementKey(e: Pick<Element, 'family' | 'address' | 'protocol' | 
   return `${e.family} ${e.address} ${e.protocol} ${e.port}`;
 }
 
+/**
+ * The element a connection to (original destination address, protocol, port) hits, in the order
+ * the forward chain tries them: the Service maps first (an externalIP may be a node address), then
+ * nodeports for this node's own addresses.
+ */
+export function elementHit(
+  ruleset: Pick<Ruleset, 'elements' | 'nodeAddresses'>,
+  address: string,
+  protocol: number,
+  port: number,
+): Element | undefined {
+  const family: Family = address.includes(':') ? 'ip6' : 'ip';
+  return (
+    ruleset.elements.get(elementKey({ family, address, protocol, port })) ??
+    (ruleset.nodeAddresses[family].includes(address)
+      ? ruleset.elements.get(elementKey({ family: 'np', address: '', protocol, port }))
+      : undefined)
+  );
+}
+
 export type RuleSpec =
   /** `meta l4proto P ct original <family> daddr . ct protocol . ct original proto-dst vmap @svcN` */
   | { kind: 'dispatch'; family: Family; protocol: L4 }
