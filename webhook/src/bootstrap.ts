@@ -53,7 +53,8 @@ import {
   type TlsDurations,
   type TlsState,
 } from './bootstrap-plan.ts';
-import { describeCertificate, type TlsMaterial } from './tls.ts';
+import { describeCertificate } from './tls.ts';
+import type { TlsMaterial } from './tls-policy.ts';
 
 export const DEFAULT_SERVICE_NAME = 'slipstream-webhook';
 
