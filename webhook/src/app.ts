@@ -13,9 +13,11 @@ import { type Attributes, SpanKind, SpanStatusCode, type Tracer, trace } from '@
 import type { Logger } from '@slipstream/shared/adapters/log';
 import { contextFromHeaders, traceparentOf } from '@slipstream/shared/adapters/telemetry';
 import type { Policy } from '@slipstream/shared/core/policy';
-import { checkContentType, declaredLength, HttpError, parseJsonBody, readBody } from './body.ts';
+import { answerReview } from './answer.ts';
+import { checkContentType, declaredLength, HttpError, readBody } from './body.ts';
 import { ReviewGate } from './gate.ts';
-import { type ReviewOutcome, review } from './review.ts';
+import type { LargeReviews } from './large-reviews.ts';
+import type { ReviewOutcome } from './review.ts';
 
 export type Request = IncomingMessage | Http2ServerRequest;
 export type Response = ServerResponse | Http2ServerResponse;
@@ -29,6 +31,8 @@ export interface AppOptions {
   tracer?: Tracer;
   /** Bounds concurrent reviews (default limits when absent). */
   gate?: ReviewGate;
+  /** Where large reviews run; absent: on the event loop, like the others. */
+  large?: LargeReviews;
   /** With --client-ca: why this request's client may not ask for reviews (undefined: it may). */
   clientRefusal?: (req: Request) => string | undefined;
 }
@@ -53,7 +57,7 @@ function sendJson(
 ): void {
   const { close = false } = options;
   // One Buffer, written with its length: the cheapest path through TLS (a single write).
-  const data = body instanceof Buffer ? body : Buffer.from(JSON.stringify(body));
+  const data = body instanceof Uint8Array ? body : Buffer.from(JSON.stringify(body));
   const headers: Record<string, string | number> = {
     'content-type': 'application/json',
     'content-length': data.length,
@@ -148,17 +152,15 @@ export function reviewHandler(options: AppOptions): (req: Request, res: Response
       }
       const bytes = await readBody(req, declared);
       const traceparent = traceparentOf(span);
-      const answer = await ticket.run(() => {
-        const result = review(parseJsonBody(bytes), {
-          policy: options.policy(),
-          ...(traceparent ? { traceparent } : {}),
-        });
-        if (!result.ok) throw new HttpError(400, result.error);
-        span.setAttributes(outcomeAttributes(result.outcome));
-        return Buffer.from(JSON.stringify(result.review));
-      });
+      const policy = options.policy();
+      const result =
+        ticket.large && options.large
+          ? await options.large.review(bytes, policy, traceparent)
+          : await ticket.run(() => answerReview(bytes, policy, traceparent));
+      if (!result.ok) throw new HttpError(result.status, result.message);
+      span.setAttributes(outcomeAttributes(result.outcome));
       span.setAttribute('http.response.status_code', 200);
-      sendJson(req, res, 200, answer);
+      sendJson(req, res, 200, result.answer);
     } catch (error) {
       const status = errorStatus(error);
       const message = error instanceof Error ? error.message : String(error);

@@ -15,6 +15,7 @@ import { type FileWatch, watchFiles } from '@slipstream/shared/adapters/policy-w
 import type { Policy } from '@slipstream/shared/core/policy';
 import { createRequestListener, type Request } from './app.ts';
 import { type GateLimits, ReviewGate } from './gate.ts';
+import { LargeReviews } from './large-reviews.ts';
 import { describeCertificate, selfSignedCertificate, type TlsFiles, watchTlsFiles } from './tls.ts';
 import {
   type ClientAuth,
@@ -61,6 +62,8 @@ export interface WebhookServer {
   /** The certificate served at start (PEM), e.g. for a test client's `ca`. */
   certificate: string;
   gate: ReviewGate;
+  /** The worker thread that answers large reviews. */
+  large: LargeReviews;
   /**
    * Serves this certificate from the next handshake on; open connections keep theirs. Throws
    * (keeping the current one) when the pair does not load. With `deferCertificate`, the first call
@@ -125,10 +128,12 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   let accepting = false;
   let certificateSet = !options.deferCertificate;
   const gate = new ReviewGate(options.limits);
+  const large = new LargeReviews({ log });
   const listener = createRequestListener({
     policy: options.policy,
     log,
     gate,
+    large,
     ready: () => accepting && certificateSet,
     ...(options.tracer ? { tracer: options.tracer } : {}),
     ...(options.clientAuth
@@ -239,6 +244,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     port: address.port,
     certificate: material.cert,
     gate,
+    large,
     setCertificate(next: TlsMaterial) {
       checkTlsMaterial(next);
       material = next;
@@ -265,6 +271,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
         await closed;
         clearInterval(idle);
         clearTimeout(timer);
+        await large.close();
       })();
       return closing;
     },

@@ -15,7 +15,10 @@ import { checkTlsMaterial, type TlsMaterial } from './tls-policy.ts';
 
 /** A P-256 certificate for localhost, the loopback addresses and this host's name, valid one year. */
 export async function selfSignedCertificate(names: readonly string[] = []): Promise<TlsMaterial> {
-  const { generate } = await import('selfsigned');
+  const selfsigned = await import('selfsigned');
+  // CommonJS: Node names its exports; a bundle hands them over as `default`.
+  const generate =
+    selfsigned.generate ?? (selfsigned as unknown as { default: typeof selfsigned }).default.generate;
   const dnsNames = [...new Set(['localhost', hostname(), ...names.filter((n) => isIP(n) === 0)])];
   const ips = [...new Set(['127.0.0.1', '::1', ...names.filter((n) => isIP(n) !== 0)])];
   const pems = await generate([{ name: 'commonName', value: 'slipstream-webhook' }], {

@@ -1,10 +1,29 @@
-// Test and benchmark support: runs `node webhook/src/main.ts` as a child process on 127.0.0.1
-// and waits for its "listening" log line.
+// Test and benchmark support: runs the webhook as a child process on 127.0.0.1 (`node
+// webhook/src/main.ts`, or another command line such as the production bundle's) and waits for
+// its "listening" log line.
 
 import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseAllDocuments } from 'yaml';
 
 export const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
+const REPO = fileURLToPath(new URL('../../../', import.meta.url));
+
+/**
+ * Node's options and the script of the webhook container in the base Deployment: what production
+ * runs (the bundle, which `buildWebhook()` must have built).
+ */
+export function productionEntry(): string[] {
+  const text = readFileSync(join(REPO, 'deploy/base/webhook/deployment.yaml'), 'utf8');
+  const deployment = parseAllDocuments(text)[0]!.toJS() as {
+    spec: { template: { spec: { containers: { name: string; command: string[] }[] } } };
+  };
+  const command = deployment.spec.template.spec.containers.find((c) => c.name === 'webhook')!.command;
+  if (command[0] !== 'node') throw new Error(`the webhook container does not run node: ${command.join(' ')}`);
+  return [...command.slice(1, -1), join(REPO, command.at(-1)!)];
+}
 
 export interface SpawnedWebhook {
   child: ChildProcess;
@@ -21,8 +40,10 @@ export async function spawnWebhook(
   args: string[] = [],
   env: Record<string, string | undefined> = {},
   timeoutMs = 20_000,
+  /** Node's options and the script (default: the TypeScript entry point). */
+  entry: readonly string[] = [MAIN],
 ): Promise<SpawnedWebhook> {
-  const child = spawn(process.execPath, [MAIN, '--listen', '127.0.0.1:0', ...args], {
+  const child = spawn(process.execPath, [...entry, '--listen', '127.0.0.1:0', ...args], {
     env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -1,0 +1,61 @@
+import { memoryLogger } from '@slipstream/shared/adapters/log';
+import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import { parsePolicy } from '@slipstream/shared/core/policy';
+import { describe, expect, it } from 'vitest';
+import type { AdmissionReviewResponse } from './admission.ts';
+import { LargeReviews } from './large-reviews.ts';
+import { review } from './review.ts';
+import { decodePatch, loadFixtures } from './testing/fixtures.ts';
+
+const policy = loadDefaultPolicy();
+const postgres = loadFixtures(policy.id).find((f) => f.name === 'postgres-create')!;
+const bytes = () => Buffer.from(JSON.stringify(postgres.review));
+
+describe('LargeReviews (the review worker thread)', () => {
+  it('answers as the event loop would, starts on demand and ends when idle', async () => {
+    const large = new LargeReviews({ log: memoryLogger(), idleMs: 200 });
+    try {
+      expect(large.running).toBe(false);
+      const answer = await large.review(bytes(), policy, `00-${'a'.repeat(32)}-${'b'.repeat(16)}-01`);
+      expect(large.running).toBe(true);
+      if (!answer.ok) throw new Error(answer.message);
+      const expected = review(postgres.review, {
+        policy,
+        traceparent: `00-${'a'.repeat(32)}-${'b'.repeat(16)}-01`,
+      });
+      if (!expected.ok) throw new Error(expected.error);
+      expect(JSON.parse(Buffer.from(answer.answer).toString('utf8'))).toEqual(expected.review);
+      expect(answer.outcome).toEqual(expected.outcome);
+      await new Promise((r) => setTimeout(r, 600));
+      expect(large.running).toBe(false);
+      // And again after it ended.
+      expect((await large.review(bytes(), policy)).ok).toBe(true);
+    } finally {
+      await large.close();
+    }
+  });
+
+  it('uses the policy it is given (a reload reaches the worker) and reports bad bodies as 4xx', async () => {
+    const large = new LargeReviews({ log: memoryLogger() });
+    try {
+      const nothing = parsePolicy(
+        'name: nothing\nversion: 1\ndefault: { offload: false, reason: off }\nrules: []\n',
+        'p',
+      );
+      const first = await large.review(bytes(), policy);
+      const second = await large.review(bytes(), nothing);
+      if (!first.ok || !second.ok) throw new Error('not answered');
+      const offload = (a: Uint8Array) =>
+        (
+          decodePatch(JSON.parse(Buffer.from(a).toString('utf8')) as AdmissionReviewResponse)[0] as {
+            value: Record<string, string>;
+          }
+        ).value['hints.slipstream.dev/offload'];
+      expect(offload(first.answer)).toBe('5432/TCP');
+      expect(offload(second.answer)).toBe('none');
+      expect(await large.review(Buffer.from('{"kind":'), policy)).toMatchObject({ ok: false, status: 400 });
+    } finally {
+      await large.close();
+    }
+  });
+});
