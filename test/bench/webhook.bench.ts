@@ -64,7 +64,7 @@ export function notes(results: Figures): string[] {
   const d = (a: number, b: number) => `${Math.round((a - b) * 10) / 10} MB`;
   return [
     `RSS at start / after 50,000 reviews: TypeScript sources ${src.startMB} / ${src.endMB} MB; bundle ${bundle.startMB} / ${bundle.endMB} MB (the bundle saved ${d(src.startMB, bundle.startMB)} at start, ${d(src.endMB, bundle.endMB)} under load: no TypeScript transformer, no module resolution); --max-semi-space-size=2 ${semi.endMB} MB (${d(bundle.endMB, semi.endMB)} less: V8 grew its young generation to 3 x 16 MB for garbage that dies young); --no-concurrent-recompilation ${num('webhook.rssMBAt50k')} MB (${d(semi.endMB, num('webhook.rssMBAt50k'))} less: optimizing compilation on a background thread kept its zone memory in that thread's malloc arena). Production after 100,000: ${num('webhook.rssMB')} MB.`,
-    `Cold start (median of 10, spawn to first answer): TypeScript sources ${num('webhook.coldStartSourcesMs')} ms, production bundle ${num('webhook.coldStartMs')} ms (${num('webhook.coldStartNoCompileCacheMs')} ms without the compile cache).`,
+    `Cold start (median of 10, spawn to first answer): TypeScript sources ${num('webhook.coldStartSourcesMs')} ms, production bundle ${num('webhook.coldStartMs')} ms (${num('webhook.coldStartNoCompileCacheMs')} ms without the compile cache); a bare node:https server answering a constant takes ${num('webhook.baselineColdStartMs')} ms on this machine in the same run. Of the rest, most is the policy: shared/src/core/policy.ts compiles its JSON Schema with Ajv and parses YAML when it is imported.`,
     'Removing express (not re-measured in each run: measured once, both bundled) saved 15 MB of RSS, 2.7 MB of heap and 170 ms or more of start-up on this machine; it also could not serve h2 requests.',
     `Flood: before these changes (issue 13's measurement) 32 x 1,010 KiB CREATE took RSS from 129 to 604 MB and /healthz 10.9 s. Now: peak ${num('webhook.floodPeakRssMB')} MB, slowest /healthz ${num('webhook.floodHealthzMs')} ms (median ${num('webhook.floodHealthzP50Ms')} ms), ordinary reviews p99 ${num('webhook.floodOrdinaryReviewP99Ms')} ms during it. What did it: per-review bounds (more than 1,000 ports or 256 KiB of annotations: allowed unchanged with a warning, no decide), the hint patch comparing only our own keys, at most 4 bodies over 64 KiB in flight (429 beyond, before the body is read), and those answered on a worker thread with its own 64 MB heap, so the event loop only moves bytes.`,
     'The machine is shared with other work (see the load average in webhook.context): throughput and latency move with it; ratios are within the same run.',
@@ -261,8 +261,22 @@ export async function run(): Promise<Figures> {
     const cold = await coldStarts(production);
     const coldNoCache = await coldStarts(production, { NODE_DISABLE_COMPILE_CACHE: '1' });
     const coldSource = await coldStarts([MAIN]);
+    // The floor on this machine right now: a bare node:https server, spawn to first answer.
+    const baselineStart = async () => {
+      const t0 = performance.now();
+      const b = await startBaseline(files.cert, files.key, files.response);
+      children.push(b.child);
+      const answer = await postReview(b.url, fixture.review);
+      if (answer.status !== 200) throw new Error(`baseline answered ${answer.status}`);
+      const ms = performance.now() - t0;
+      await stop(b.child);
+      return ms;
+    };
+    await baselineStart();
+    const coldBaseline: number[] = [];
+    for (let i = 0; i < COLD_STARTS; i++) coldBaseline.push(await baselineStart());
     note(
-      `cold starts (ms): ${cold.map(Math.round).join(' ')}; without compile cache: ${coldNoCache.map(Math.round).join(' ')}; TypeScript sources: ${coldSource.map(Math.round).join(' ')}`,
+      `cold starts (ms): ${cold.map(Math.round).join(' ')}; without compile cache: ${coldNoCache.map(Math.round).join(' ')}; TypeScript sources: ${coldSource.map(Math.round).join(' ')}; bare node:https: ${coldBaseline.map(Math.round).join(' ')}`,
     );
 
     // The flood: a fresh production webhook, its peak RSS and its /healthz meanwhile.
@@ -292,6 +306,7 @@ export async function run(): Promise<Figures> {
       'webhook.coldStartMs': Math.round(median(cold)),
       'webhook.coldStartNoCompileCacheMs': Math.round(median(coldNoCache)),
       'webhook.coldStartSourcesMs': Math.round(median(coldSource)),
+      'webhook.baselineColdStartMs': Math.round(median(coldBaseline)),
       'webhook.serverCpuMicrosPerReview': Math.round(cpuPer('webhook')),
       'webhook.baselineCpuMicrosPerAnswer': Math.round(cpuPer('baseline')),
       'webhook.rssMBAtStart': memory.start.rss,

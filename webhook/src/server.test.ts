@@ -1,3 +1,4 @@
+import { connect } from 'node:http2';
 import { request } from 'node:https';
 import { memoryLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
@@ -113,6 +114,38 @@ describe('bounded concurrent work', () => {
       expect((await post(review)).status).toBe(200);
       expect(log.lines.some((l) => l.msg === 'reviews in flight are back under the limit')).toBe(true);
     } finally {
+      await server.close(500);
+    }
+  });
+
+  it('over h2: 429 ends only the refused stream; the connection goes on serving', async () => {
+    const server = await startWebhookServer({
+      host: '127.0.0.1',
+      port: 0,
+      policy: () => policy,
+      log: memoryLogger(),
+      limits: { maxInFlight: 1 },
+    });
+    const session = connect(server.url, { rejectUnauthorized: false });
+    const call = (headers: Record<string, string | number>, body?: string, end = true) =>
+      new Promise<number>((resolve, reject) => {
+        const stream = session.request(headers);
+        stream.on('response', (h) => resolve(Number(h[':status'])));
+        stream.on('error', reject);
+        stream.resume();
+        if (end) stream.end(body);
+        else stream.write(body);
+      });
+    try {
+      const review = JSON.stringify(fixture.review);
+      const mutate = { ':method': 'POST', ':path': '/mutate', 'content-type': 'application/json' };
+      // Holds the only slot: its body never ends.
+      void call({ ...mutate, 'content-length': 5000 }, '{"apiVersion":', false).catch(() => {});
+      await new Promise((r) => setTimeout(r, 100));
+      expect(await call({ ...mutate, 'content-length': Buffer.byteLength(review) }, review)).toBe(429);
+      expect(await call({ ':method': 'GET', ':path': '/healthz' })).toBe(200);
+    } finally {
+      session.destroy();
       await server.close(500);
     }
   });

@@ -148,8 +148,9 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       ...(clientCa !== undefined ? { requestCert: true, rejectUnauthorized: false } : {}),
       allowHTTP1: true,
       handshakeTimeout: options.timeouts?.handshakeMs ?? HANDSHAKE_TIMEOUT_MS,
-      // As many streams per h2 connection as reviews may be in flight at all.
-      settings: { maxConcurrentStreams: gate.limits.maxInFlight },
+      // Twice the reviews that may be in flight: a full gate answers 429 itself, rather than the
+      // client holding streams back unseen; and yet no connection can open streams without bound.
+      settings: { maxConcurrentStreams: 2 * gate.limits.maxInFlight },
     },
     listener,
   );
