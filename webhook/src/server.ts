@@ -6,7 +6,7 @@
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
-import { createSecureServer, type Http2SecureServer, type Http2Session } from 'node:http2';
+import { constants, createSecureServer, type Http2SecureServer, type Http2Session } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { Tracer } from '@opentelemetry/api';
@@ -175,7 +175,9 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     session.setTimeout(firstRequestMs);
     session.once('stream', () => session.setTimeout(idleMs));
   });
-  server.on('stream', (stream) => stream.setTimeout(REQUEST_TIMEOUT_MS, () => stream.close()));
+  server.on('stream', (stream) =>
+    stream.setTimeout(REQUEST_TIMEOUT_MS, () => stream.close(constants.NGHTTP2_CANCEL)),
+  );
   // A connection gone silent: an HTTP/1.1 socket is closed, an h2 session told to go away (GOAWAY
   // lets the client retry what the server has not started).
   server.on('timeout', (target: TLSSocket | Http2Session) => {
