@@ -72,7 +72,8 @@ export function notes(results: Figures): string[] {
 }
 
 const CONCURRENCY = 32;
-const REQUESTS = 20_000;
+const REQUESTS = 10_000;
+const ROUNDS = 4;
 const WARMUP = 4_000;
 const RSS_REVIEWS = 100_000;
 const STEP_REVIEWS = 50_000;
@@ -193,7 +194,7 @@ export async function run(): Promise<Figures> {
       baseline: LoadResult & { cpuMicros: number };
       webhook: LoadResult & { cpuMicros: number };
     }[] = [];
-    for (let i = 0; i < 2; i++) {
+    for (let i = 0; i < ROUNDS; i++) {
       const b = await measured(baseline.url, baseline.child.pid!);
       const w = await measured(webhook.url, webhook.child.pid!);
       rounds.push({ baseline: b, webhook: w });
@@ -252,15 +253,6 @@ export async function run(): Promise<Figures> {
         await w?.stop();
       }
     };
-    const coldStarts = async (entry: string[], extraEnv: Record<string, string | undefined> = {}) => {
-      await startOnce(entry, extraEnv);
-      const times: number[] = [];
-      for (let i = 0; i < COLD_STARTS; i++) times.push(await startOnce(entry, extraEnv));
-      return times;
-    };
-    const cold = await coldStarts(production);
-    const coldNoCache = await coldStarts(production, { NODE_DISABLE_COMPILE_CACHE: '1' });
-    const coldSource = await coldStarts([MAIN]);
     // The floor on this machine right now: a bare node:https server, spawn to first answer.
     const baselineStart = async () => {
       const t0 = performance.now();
@@ -272,9 +264,25 @@ export async function run(): Promise<Figures> {
       await stop(b.child);
       return ms;
     };
-    await baselineStart();
-    const coldBaseline: number[] = [];
-    for (let i = 0; i < COLD_STARTS; i++) coldBaseline.push(await baselineStart());
+    // Interleaved, so that the machine's load moves all four alike; one unmeasured start of each first.
+    const starts = {
+      production: () => startOnce(production),
+      noCache: () => startOnce(production, { NODE_DISABLE_COMPILE_CACHE: '1' }),
+      sources: () => startOnce([MAIN]),
+      baseline: baselineStart,
+    };
+    const times: Record<keyof typeof starts, number[]> = {
+      production: [],
+      noCache: [],
+      sources: [],
+      baseline: [],
+    };
+    for (const start of Object.values(starts)) await start();
+    for (let i = 0; i < COLD_STARTS; i++) {
+      for (const [name, start] of Object.entries(starts))
+        times[name as keyof typeof starts].push(await start());
+    }
+    const { production: cold, noCache: coldNoCache, sources: coldSource, baseline: coldBaseline } = times;
     note(
       `cold starts (ms): ${cold.map(Math.round).join(' ')}; without compile cache: ${coldNoCache.map(Math.round).join(' ')}; TypeScript sources: ${coldSource.map(Math.round).join(' ')}; bare node:https: ${coldBaseline.map(Math.round).join(' ')}`,
     );
@@ -302,11 +310,13 @@ export async function run(): Promise<Figures> {
       'webhook.p50Ms': round(percentile(webhookLatencies, 50)),
       'webhook.p99Ms': round(percentile(webhookLatencies, 99)),
       'webhook.baselineP99Ms': round(percentile(baselineLatencies, 99)),
+      'webhook.p99VsBaseline': round(percentile(webhookLatencies, 99) / percentile(baselineLatencies, 99)),
       'webhook.loadErrors': errors,
       'webhook.coldStartMs': Math.round(median(cold)),
       'webhook.coldStartNoCompileCacheMs': Math.round(median(coldNoCache)),
       'webhook.coldStartSourcesMs': Math.round(median(coldSource)),
       'webhook.baselineColdStartMs': Math.round(median(coldBaseline)),
+      'webhook.coldStartVsBaseline': round(median(cold) / median(coldBaseline)),
       'webhook.serverCpuMicrosPerReview': Math.round(cpuPer('webhook')),
       'webhook.baselineCpuMicrosPerAnswer': Math.round(cpuPer('baseline')),
       'webhook.rssMBAtStart': memory.start.rss,
@@ -321,7 +331,7 @@ export async function run(): Promise<Figures> {
       'webhook.floodOrdinaryReviewP99Ms': floodResult.ordinary.p99Ms,
       'webhook.flood': floodResult,
       'webhook.command': `node ${production.map((a) => a.replace(REPO, '')).join(' ')}`,
-      'webhook.load': `${REQUESTS} requests x2 rounds each (after ${WARMUP} warm-up), concurrency ${CONCURRENCY}, HTTPS keep-alive, ${body.length}-byte request`,
+      'webhook.load': `${REQUESTS} requests x${ROUNDS} alternating rounds each (after ${WARMUP} warm-up), concurrency ${CONCURRENCY}, HTTPS keep-alive, ${body.length}-byte request`,
     };
   } finally {
     for (const child of children) await stop(child);
