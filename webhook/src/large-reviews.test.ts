@@ -1,9 +1,10 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { memoryLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { parsePolicy } from '@slipstream/shared/core/policy';
 import { describe, expect, it } from 'vitest';
 import type { AdmissionReviewResponse } from './admission.ts';
-import { LargeReviews } from './large-reviews.ts';
+import { LargeReviews, WORKER_NICENESS } from './large-reviews.ts';
 import { review } from './review.ts';
 import { decodePatch, loadFixtures } from './testing/fixtures.ts';
 
@@ -54,6 +55,23 @@ describe('LargeReviews (the review worker thread)', () => {
       expect(offload(first.answer)).toBe('5432/TCP');
       expect(offload(second.answer)).toBe('none');
       expect(await large.review(Buffer.from('{"kind":'), policy)).toMatchObject({ ok: false, status: 400 });
+    } finally {
+      await large.close();
+    }
+  });
+
+  it('runs its thread at a lower CPU priority than the event loop', async () => {
+    const large = new LargeReviews({ log: memoryLogger() });
+    const niceOf = (stat: string) => Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+    const threads = () =>
+      readdirSync('/proc/self/task').map((tid) =>
+        niceOf(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8')),
+      );
+    try {
+      const before = threads().filter((n) => n === WORKER_NICENESS).length;
+      expect((await large.review(bytes(), policy)).ok).toBe(true);
+      expect(threads().filter((n) => n === WORKER_NICENESS).length).toBe(before + 1);
+      expect(niceOf(readFileSync('/proc/thread-self/stat', 'utf8'))).toBe(0);
     } finally {
       await large.close();
     }

@@ -2,8 +2,9 @@
 // event loop: parsing a 1 MiB body and reviewing it takes tens of milliseconds, and a flood of
 // them on the event loop held every TLS handshake and /healthz behind it (10.9 s measured). The
 // worker runs them one at a time (the gate admits a few at once), under a heap limit of its
-// own, and is started on the first large review and ended when none came for a while, so an
-// ordinary webhook never pays for it.
+// own and at a lower CPU priority (when the machine is busy, the event loop goes first), and is
+// started on the first large review and ended when none came for a while, so an ordinary
+// webhook never pays for it.
 
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '@slipstream/shared/adapters/log';
@@ -20,6 +21,8 @@ const WORKER_URL = new URL(
 
 /** The worker's heap: a 1 MiB body parses into ~15 MB; more than this is not a review. */
 export const WORKER_HEAP_MB = 64;
+/** How much lower the worker thread's CPU priority is than the event loop's (nice). */
+export const WORKER_NICENESS = 10;
 /** The worker ends after this long without a large review (its memory goes back). */
 export const WORKER_IDLE_MS = 30_000;
 
@@ -71,6 +74,7 @@ export class LargeReviews {
     if (this.#worker) return this.#worker;
     const worker = new Worker(WORKER_URL, {
       resourceLimits: { maxOldGenerationSizeMb: WORKER_HEAP_MB, maxYoungGenerationSizeMb: 8 },
+      workerData: { niceness: WORKER_NICENESS },
       stdout: false,
       stderr: false,
     });

@@ -2,7 +2,9 @@
 // one at a time. A message is { id, bytes, policy? } (the policy only when it changed); the
 // answer { id, result } carries the answer's bytes back without copying.
 
-import { parentPort } from 'node:worker_threads';
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { Policy } from '@slipstream/shared/core/policy';
 import { type Answer, answerReview } from './answer.ts';
 
@@ -14,6 +16,19 @@ export interface Job {
 }
 
 export type JobResult = { id: number; result: Answer } | { id: number; failed: string };
+
+// Large reviews yield the CPU to the event loop: when the machine is busy, /healthz, handshakes and
+// small reviews go first. On Linux a thread's id is a process id to setpriority; lowering one's own
+// priority needs no privilege. Elsewhere this does nothing.
+const niceness = (workerData as { niceness?: unknown } | null)?.niceness;
+if (!isMainThread && typeof niceness === 'number') {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').at(-1));
+    if (Number.isInteger(tid) && tid > 0) setPriority(tid, niceness);
+  } catch {
+    // not Linux, or no /proc: the same priority as the event loop
+  }
+}
 
 let policy: Policy | undefined;
 parentPort?.on('message', (job: Job) => {
