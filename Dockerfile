@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1
 # One image for both Slipstream components; the Kubernetes manifests (deploy/) pick the command:
-#   node webhook/src/main.ts ...   the admission webhook (Deployment, runs as uid 65532)
-#   node daemon/src/main.ts ...    the node daemon (DaemonSet, overrides to uid 0 with CAP_NET_ADMIN only)
-# Node 24 runs the TypeScript sources directly (type stripping): there is no compile step.
+#   node --disable-sigusr1 --max-semi-space-size=2 --no-concurrent-recompilation webhook/build/main.mjs ...
+#                                  the admission webhook, bundled by esbuild (Deployment, uid 65532)
+#   node --disable-sigusr1 daemon/src/main.ts ...    the node daemon (DaemonSet, overrides to uid 0 with CAP_NET_ADMIN only)
+# Node 24 runs the daemon's TypeScript sources directly (type stripping); the webhook runs its
+# bundle (`npm run build`, webhook/build.ts), which starts faster and needs ~25 MB less memory.
 #
 #   docker build -t ghcr.io/slipstream-dev/slipstream:0.1.0 .
 #
@@ -35,6 +37,21 @@ COPY shared/ shared/
 COPY webhook/ webhook/
 COPY daemon/ daemon/
 
+# ---- bundle: the webhook as esbuild output (webhook/build/) -----------------------------------------
+FROM ${NODE_IMAGE} AS bundle
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+COPY shared/package.json shared/
+COPY webhook/package.json webhook/
+COPY daemon/package.json daemon/
+COPY shared/nftables-napi/package.json shared/nftables-napi/
+# Every dependency as the lockfile pins it (esbuild is a dev one), without install scripts: nothing
+# is compiled here, only bundled.
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY shared/ shared/
+COPY webhook/ webhook/
+RUN npm run build
+
 # ---- runtime ----------------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS runtime
 # libnftables1: the addon's shared library. iproute2: the daemon runs `ip -json link show` and
@@ -50,7 +67,8 @@ WORKDIR /app
 ENV NODE_ENV=production
 # Owned by root: the runtime user can read the app but not modify it.
 COPY --from=build /app /app
+COPY --from=bundle /app/webhook/build webhook/build
 # Non-root by default (the webhook). The DaemonSet sets runAsUser: 0 and adds only NET_ADMIN, because
 # Kubernetes cannot give a non-root process a capability.
 USER 65532:65532
-CMD ["node", "webhook/src/main.ts"]
+CMD ["node", "--disable-sigusr1", "--max-semi-space-size=2", "--no-concurrent-recompilation", "webhook/build/main.mjs"]

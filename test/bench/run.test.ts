@@ -15,6 +15,17 @@ describe('bench runner', () => {
     });
   });
 
+  it('drops the previous figures of the module that ran (renamed ones do not linger)', () => {
+    expect(
+      merge({ 'daemon.syncMs': 3, 'webhook.old': 1, 'webhook.p99Ms': 9 }, { 'webhook.p99Ms': 2 }, 'webhook'),
+    ).toEqual({ 'daemon.syncMs': 3, 'webhook.p99Ms': 2 });
+  });
+
+  it('writes the notes of each module under the table', () => {
+    const md = table({ 'webhook.rssMB': 90 }, {}, { webhook: ['the bundle saved 20 MB'] });
+    expect(md).toContain('Notes on webhook:\n\n- the bundle saved 20 MB');
+  });
+
   it('checks goals in the table', () => {
     expect(verdict(0.9, { min: 0.8 })).toBe('yes');
     expect(verdict(6, { max: 5 })).toBe('MISSED');

@@ -4,7 +4,9 @@
 //
 // A benchmark module exports `run(): Promise<Record<string, number | string | object>>` (figure
 // names carry the module's prefix, e.g. `webhook.p99Ms`) and may export `goals`, figure name ->
-// `{ max }` or `{ min }` (and a `note`), which the table checks.
+// `{ max }` or `{ min }` (and a `note`), which the table checks, and `notes(results)`, lines that
+// explain this run's figures (what each change bought), written under the table. A module that
+// runs replaces all of its previous figures, so renamed or dropped ones do not linger.
 
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
@@ -20,6 +22,7 @@ export interface Goal {
 export interface BenchModule {
   run(): Promise<Figures>;
   goals?: Record<string, Goal>;
+  notes?: (results: Figures) => string[];
 }
 
 const DIR = dirname(fileURLToPath(import.meta.url));
@@ -36,9 +39,12 @@ export function selected(files: string[], filters: string[]): string[] {
   return filters.length === 0 ? files : files.filter((f) => filters.some((x) => f.includes(x)));
 }
 
-/** The previous results with this run's figures on top. */
-export function merge(previous: Figures, fresh: Figures): Figures {
-  return Object.fromEntries(Object.entries({ ...previous, ...fresh }).sort(([a], [b]) => a.localeCompare(b)));
+/** The previous results with this run's figures on top; `module`'s previous figures are dropped. */
+export function merge(previous: Figures, fresh: Figures, module?: string): Figures {
+  const kept = Object.entries(previous).filter(([k]) => module === undefined || !k.startsWith(`${module}.`));
+  return Object.fromEntries(
+    Object.entries({ ...Object.fromEntries(kept), ...fresh }).sort(([a], [b]) => a.localeCompare(b)),
+  );
 }
 
 function format(value: unknown): string {
@@ -69,7 +75,11 @@ function markdownTable(rows: string[][]): string[] {
   return [line(rows[0]!), line(widths.map((w) => '-'.repeat(w))), ...rows.slice(1).map(line)];
 }
 
-export function table(results: Figures, goals: Record<string, Goal>): string {
+export function table(
+  results: Figures,
+  goals: Record<string, Goal>,
+  notes: Record<string, string[]> = {},
+): string {
   const numbers = Object.entries(results).filter(([, v]) => typeof v === 'number');
   const others = Object.entries(results).filter(([, v]) => typeof v !== 'number');
   const rows = [
@@ -90,8 +100,12 @@ export function table(results: Figures, goals: Record<string, Goal>): string {
     ...markdownTable(rows),
   ];
   if (others.length > 0) lines.push('', ...others.map(([name, value]) => `- \`${name}\`: ${format(value)}`));
-  const notes = Object.entries(goals).filter(([name, g]) => g.note && name in results);
-  if (notes.length > 0) lines.push('', 'Goals:', '', ...notes.map(([name, g]) => `- \`${name}\`: ${g.note}`));
+  const goalNotes = Object.entries(goals).filter(([name, g]) => g.note && name in results);
+  if (goalNotes.length > 0)
+    lines.push('', 'Goals:', '', ...goalNotes.map(([name, g]) => `- \`${name}\`: ${g.note}`));
+  for (const [module, text] of Object.entries(notes)) {
+    if (text.length > 0) lines.push('', `Notes on ${module}:`, '', ...text.map((t) => `- ${t}`));
+  }
   return `${lines.join('\n')}\n`;
 }
 
@@ -123,6 +137,7 @@ async function main(filters: string[]): Promise<number> {
     return 2;
   }
   const goals: Record<string, Goal> = {};
+  const notes: Record<string, (results: Figures) => string[]> = {};
   let results = readPrevious();
   for (const file of all) {
     let mod: BenchModule;
@@ -135,17 +150,27 @@ async function main(filters: string[]): Promise<number> {
       continue;
     }
     Object.assign(goals, mod.goals);
-    if (!chosen.includes(file)) continue;
     const name = file.replace(/\.bench\.ts$/, '');
+    if (mod.notes) notes[name] = mod.notes;
+    if (!chosen.includes(file)) continue;
     process.stderr.write(`bench ${name}: running\n`);
     const started = performance.now();
     const figures = await mod.run();
     const ctx = { ...context(), seconds: Math.round((performance.now() - started) / 1000) };
-    results = merge(results, { ...figures, [`${name}.context`]: ctx });
+    results = merge(results, { ...figures, [`${name}.context`]: ctx }, name);
     // Written after each module, so a later failure keeps what finished.
     writeFileSync(RESULTS_JSON, `${JSON.stringify(results, null, 2)}\n`);
   }
-  const text = table(results, goals);
+  const noteLines = Object.fromEntries(
+    Object.entries(notes).map(([module, write]) => {
+      try {
+        return [module, write(results)];
+      } catch {
+        return [module, []]; // figures of an older run without what the notes refer to
+      }
+    }),
+  );
+  const text = table(results, goals, noteLines);
   writeFileSync(RESULTS_MD, text);
   process.stdout.write(text);
   const missed = Object.entries(results).filter(([k, v]) => verdict(v, goals[k]) === 'MISSED');

@@ -4,8 +4,9 @@
 // commands and working directory match what the image contains.
 
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { BUILD_DIR, BUNDLE_MAIN } from '../../webhook/build.ts';
 import { REPO, render, TARGETS } from './manifests.ts';
 import { container, daemonSet, webhookDeployment } from './workloads.ts';
 
@@ -128,7 +129,7 @@ describe('Dockerfile', () => {
   it('builds every stage from node:24-bookworm-slim', () => {
     const { args, stages } = dockerfile();
     expect(args.get('NODE_IMAGE')).toBe('node:24-bookworm-slim');
-    expect(stages.map((s) => s.name)).toEqual(['build', 'runtime']);
+    expect(stages.map((s) => s.name)).toEqual(['build', 'bundle', 'runtime']);
     for (const s of stages) expect(s.image, s.name).toBe('node:24-bookworm-slim');
   });
 
@@ -223,13 +224,11 @@ describe('Dockerfile', () => {
     }
   });
 
-  it('contains what the manifests run: /app as working directory, webhook/ and daemon/ sources', () => {
+  it('contains what the manifests run: /app as working directory, the daemon sources, the webhook bundle', () => {
     const runtime = stage('runtime');
     const workdir = runtime.instructions.filter((i) => i.keyword === 'WORKDIR').at(-1)?.args;
-    const copiedFromBuild = runtime.instructions
-      .filter((i) => i.keyword === 'COPY')
-      .map((i) => copyParts(i.args))
-      .find((c) => c.flags.get('from') === 'build');
+    const copies = runtime.instructions.filter((i) => i.keyword === 'COPY').map((i) => copyParts(i.args));
+    const copiedFromBuild = copies.find((c) => c.flags.get('from') === 'build');
     expect(copiedFromBuild?.sources).toEqual([workdir]);
     const buildWorkdir = stage('build')
       .instructions.filter((i) => i.keyword === 'WORKDIR')
@@ -241,17 +240,45 @@ describe('Dockerfile', () => {
       .filter((c) => !c.flags.has('from'))
       .flatMap((c) => c.sources);
     const objects = render(TARGETS.base);
-    for (const c of [
-      container(webhookDeployment(objects), 'webhook'),
-      container(daemonSet(objects), 'daemon'),
-    ]) {
-      expect(c.workingDir).toBe(workdir);
-      expect(c.command?.[0]).toBe('node');
-      const script = c.command?.find((a) => !a.startsWith('-') && a !== 'node') ?? '';
-      expect(
-        copiedDirs.some((dir) => dir.endsWith('/') && script.startsWith(dir)),
-        script,
-      ).toBe(true);
-    }
+    const script = (c: { command?: string[] }) => c.command?.at(-1) ?? '';
+
+    const daemon = container(daemonSet(objects), 'daemon');
+    expect(daemon.workingDir).toBe(workdir);
+    expect(daemon.command?.[0]).toBe('node');
+    expect(
+      copiedDirs.some((dir) => dir.endsWith('/') && script(daemon).startsWith(dir)),
+      script(daemon),
+    ).toBe(true);
+
+    // The webhook's script is the bundle: built by `npm run build` in the bundle stage (into the
+    // directory webhook/build.ts writes), after the sources it bundles, and copied from there.
+    const webhook = container(webhookDeployment(objects), 'webhook');
+    expect(webhook.workingDir).toBe(workdir);
+    expect(webhook.command?.[0]).toBe('node');
+    const buildDir = relative(REPO, BUILD_DIR);
+    expect(script(webhook)).toBe(`${buildDir}/${basename(BUNDLE_MAIN)}`);
+    const bundle = stage('bundle');
+    const steps = bundle.instructions.map((i) =>
+      i.keyword === 'COPY' ? copyParts(i.args).sources.join(' ') : i.args,
+    );
+    const built = steps.findIndex((x) => /\bnpm run build\b/.test(x));
+    expect(built).toBeGreaterThan(steps.indexOf('webhook/'));
+    expect(built).toBeGreaterThan(steps.indexOf('shared/'));
+    expect(bundle.instructions.filter((i) => i.keyword === 'WORKDIR').at(-1)?.args).toBe(workdir);
+    const scripts = (
+      JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
+    ).scripts;
+    expect(scripts.build).toBe('node webhook/build.ts');
+    const fromBundle = copies.find((c) => c.flags.get('from') === 'bundle');
+    expect(fromBundle?.sources).toEqual([`${workdir}/${buildDir}`]);
+    expect(fromBundle?.dest).toBe(buildDir);
+  });
+
+  it('runs by default exactly what the webhook Deployment runs', () => {
+    const cmd =
+      stage('runtime')
+        .instructions.filter((i) => i.keyword === 'CMD')
+        .at(-1)?.args ?? '';
+    expect(JSON.parse(cmd)).toEqual(container(webhookDeployment(render(TARGETS.base)), 'webhook').command);
   });
 });

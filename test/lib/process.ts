@@ -68,6 +68,8 @@ export interface ProcOptions {
   env?: Record<string, string | undefined>;
   /** A command that execs node (e.g. `setpriv` dropping a capability): `wrap... node script args`. */
   wrap?: string[];
+  /** Node's own options, before the script (`node --max-semi-space-size=2 script`). */
+  nodeArgs?: string[];
 }
 
 /** A process running `node script args`, its output collected and its stderr parsed line by line. */
@@ -88,9 +90,10 @@ export class Proc {
       Object.entries(options.env ?? process.env).filter((e): e is [string, string] => e[1] !== undefined),
     );
     const [command, ...prefix] = options.wrap ?? [];
+    const node = [...(options.nodeArgs ?? []), script, ...args];
     this.child = command
-      ? spawn(command, [...prefix, NODE, script, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn(NODE, [script, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      ? spawn(command, [...prefix, NODE, ...node], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(NODE, node, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     this.child.stdout!.setEncoding('utf8').on('data', (c: string) => (this.stdout += c));
     this.child.stderr!.setEncoding('utf8').on('data', (c: string) => this.#read(c));
     this.exited = new Promise((resolve) =>

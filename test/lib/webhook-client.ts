@@ -20,6 +20,9 @@ export interface SendOptions {
   body?: string | Buffer;
   agent?: Agent | false;
   ca?: string;
+  /** A client certificate and its key. */
+  cert?: string;
+  key?: string;
   timeoutMs?: number;
 }
 
@@ -39,6 +42,7 @@ export function send(baseUrl: string, options: SendOptions = {}): Promise<Answer
         },
         agent: options.agent ?? false,
         ...(options.ca ? { ca: options.ca } : { rejectUnauthorized: false }),
+        ...(options.cert && options.key ? { cert: options.cert, key: options.key } : {}),
         timeout: options.timeoutMs ?? 10_000,
       },
       (res) => {

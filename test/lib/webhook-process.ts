@@ -1,8 +1,26 @@
-// Test and benchmark support: runs `node webhook/src/main.ts` as a child process on 127.0.0.1
-// and resolves once its "listening" log line is written.
+// Test and benchmark support: runs the webhook as a child process on 127.0.0.1 (`node
+// webhook/src/main.ts`, or another command line such as the production bundle's) and resolves
+// once its "listening" log line is written.
 
 import type { ChildProcess } from 'node:child_process';
-import { type LogEntry, Proc, WAIT_MS, WEBHOOK_MAIN } from './process.ts';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { type LogEntry, Proc, ROOT, WAIT_MS, WEBHOOK_MAIN } from './process.ts';
+
+/**
+ * Node's options and the script of the webhook container in the base Deployment: what production
+ * runs (the bundle, which `buildWebhook()` must have built).
+ */
+export function productionEntry(): string[] {
+  const text = readFileSync(join(ROOT, 'deploy/base/webhook/deployment.yaml'), 'utf8');
+  const deployment = parseAllDocuments(text)[0]!.toJS() as {
+    spec: { template: { spec: { containers: { name: string; command: string[] }[] } } };
+  };
+  const command = deployment.spec.template.spec.containers.find((c) => c.name === 'webhook')!.command;
+  if (command[0] !== 'node') throw new Error(`the webhook container does not run node: ${command.join(' ')}`);
+  return [...command.slice(1, -1), join(ROOT, command.at(-1)!)];
+}
 
 export interface SpawnedWebhook {
   child: ChildProcess;
@@ -20,9 +38,12 @@ export async function spawnWebhook(
   args: string[] = [],
   env: Record<string, string | undefined> = {},
   timeoutMs = WAIT_MS,
+  /** Node's options and the script (default: the TypeScript entry point). */
+  entry: readonly string[] = [WEBHOOK_MAIN],
 ): Promise<SpawnedWebhook> {
-  const proc = new Proc(WEBHOOK_MAIN, ['--listen', '127.0.0.1:0', ...args], {
+  const proc = new Proc(entry.at(-1)!, ['--listen', '127.0.0.1:0', ...args], {
     name: 'webhook',
+    nodeArgs: entry.slice(0, -1),
     env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env },
   });
   let listening: LogEntry;

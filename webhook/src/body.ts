@@ -3,6 +3,7 @@
 // HttpError with a 4xx status and a message for the JSON error body.
 
 import type { IncomingMessage } from 'node:http';
+import type { Http2ServerRequest } from 'node:http2';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 export const MAX_DEPTH = 64;
@@ -42,14 +43,35 @@ export function checkContentType(headers: IncomingMessage['headers']): void {
   }
 }
 
-/** Reads the whole body, refusing more than `limit` bytes (413) as soon as it is known. */
-export function readBody(req: IncomingMessage, limit = MAX_BODY_BYTES): Promise<Buffer> {
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > limit) {
-    return Promise.reject(
-      new HttpError(413, `body is ${declared} bytes; at most ${limit} are accepted`, true),
-    );
+/**
+ * The body length the request declares (Content-Length), or undefined when it declares none
+ * (chunked HTTP/1.1, h2 without the header). Over `limit`: 413 before a byte is read.
+ */
+export function declaredLength(
+  headers: IncomingMessage['headers'],
+  limit = MAX_BODY_BYTES,
+): number | undefined {
+  const declared = headers['content-length'];
+  if (declared === undefined) return undefined;
+  const bytes = Number(declared);
+  if (!/^\d{1,16}$/.test(declared) || !Number.isSafeInteger(bytes)) {
+    throw new HttpError(400, 'Content-Length is not a number', true);
   }
+  if (bytes > limit)
+    throw new HttpError(413, `body is ${declared} bytes; at most ${limit} are accepted`, true);
+  return bytes;
+}
+
+/**
+ * Reads the whole body, refusing more than `limit` bytes, or more than it declared (413/400), as
+ * soon as it is known. Works on HTTP/1.1 and h2 requests alike.
+ */
+export function readBody(
+  req: IncomingMessage | Http2ServerRequest,
+  declared?: number,
+  limit = MAX_BODY_BYTES,
+): Promise<Buffer> {
+  const max = Math.min(limit, declared ?? limit);
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -61,10 +83,14 @@ export function readBody(req: IncomingMessage, limit = MAX_BODY_BYTES): Promise<
     };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limit) {
+      if (size > max) {
         cleanup();
         req.pause();
-        reject(new HttpError(413, `body is larger than ${limit} bytes`, true));
+        reject(
+          max < limit
+            ? new HttpError(400, `body is longer than its Content-Length (${declared})`, true)
+            : new HttpError(413, `body is larger than ${limit} bytes`, true),
+        );
         return;
       }
       chunks.push(chunk);

@@ -49,7 +49,8 @@ import {
   type TlsState,
 } from './bootstrap-plan.ts';
 import { bundlePatch, bundleView, UNKNOWN_BUNDLE } from './ca-bundle.ts';
-import { describeCertificate, type TlsMaterial } from './tls.ts';
+import { describeCertificate } from './tls.ts';
+import type { TlsMaterial } from './tls-policy.ts';
 
 export const DEFAULT_SERVICE_NAME = 'slipstream-webhook';
 

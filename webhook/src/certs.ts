@@ -94,7 +94,10 @@ async function generate(
     ca?: KeyPair;
   },
 ): Promise<KeyPair> {
-  const { generate } = await import('selfsigned');
+  const selfsigned = await import('selfsigned');
+  // CommonJS: Node names its exports; a bundle hands them over as `default`.
+  const generate =
+    selfsigned.generate ?? (selfsigned as unknown as { default: typeof selfsigned }).default.generate;
   const pems = await generate([{ name: 'commonName', value: commonName }], {
     keyType: 'ec',
     curve: 'P-256',

@@ -1,28 +1,27 @@
 // `npm run webhook -- --listen HOST:PORT [--tls-cert F --tls-key F | --tls-secret NS/NAME --webhook-config NAME]
-// [--policy F]`: parses the command line, starts the server with a watched policy (and, with
-// --tls-secret, the TLS bootstrap), and shuts down cleanly on SIGTERM/SIGINT.
+// [--policy F] [--client-ca F]`: parses the command line into typed options; no I/O here (the
+// lifecycle is webhook.ts, the entry point main.ts).
 
-import type { Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { MAX_TIMER_MS, parseDuration, parseHostPort, UsageError } from '@slipstream/shared/adapters/cli-args';
-import { createLogger, type Logger } from '@slipstream/shared/adapters/log';
-import type { PolicyMetrics } from '@slipstream/shared/adapters/metrics';
-import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
-import type { Telemetry } from '@slipstream/shared/adapters/telemetry';
 import {
   checkDurations,
   DEFAULT_CHECK_INTERVAL_MS,
   DEFAULT_DURATIONS,
   type TlsDurations,
 } from './bootstrap-plan.ts';
-import { startWebhookServer, type WebhookServer } from './server.ts';
 
-export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--policy FILE]
+export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--policy FILE] [--client-ca FILE [--client-name NAME]...]
          [--tls-cert FILE --tls-key FILE | --tls-secret NAMESPACE/NAME --webhook-config NAME [--kubeconfig FILE]]
 
   --listen HOST:PORT   address to serve HTTPS on (default 0.0.0.0:8443; [::]:8443 for IPv6; port 0 picks one)
   --policy FILE        policy (YAML or JSON); default: the shipped default policy; reloaded when it changes
   --metrics-listen HOST:PORT  serve GET /metrics (Prometheus) over plain HTTP there (default: not served)
+  --client-ca FILE     PEM CA(s): POST /mutate answers only clients with a certificate it signed (403 otherwise;
+                       the API server presents one when its AdmissionConfiguration names a client certificate);
+                       /healthz and /readyz stay open to the kubelet's probes; reloaded when it changes
+  --client-name NAME   with --client-ca: the client certificate must also name NAME (subject CN or a DNS SAN);
+                       repeat for several
 
  Certificate, one of:
   --tls-cert FILE      PEM certificate (chain); reloaded when the file changes
@@ -47,7 +46,7 @@ export const USAGE = `usage: npm run webhook -- [--listen HOST:PORT] [--policy F
 Tracing: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP), OTEL_TRACES_EXPORTER=none, OTEL_SERVICE_NAME, ...
 `;
 
-export interface CliOptions {
+export interface WebhookOptions {
   host: string;
   port: number;
   /** --metrics-listen: plain HTTP, GET /metrics only. */
@@ -63,6 +62,10 @@ export interface CliOptions {
   /** Only the durations given on the command line. */
   durations?: Partial<TlsDurations>;
   tlsCheckIntervalMs?: number;
+  /** --client-ca: reviews need a client certificate signed by these CAs. */
+  clientCa?: string;
+  /** --client-name: ... and naming one of these (CN or DNS SAN). */
+  clientNames?: string[];
 }
 
 const DURATION_FLAGS = {
@@ -77,8 +80,8 @@ const SECRET_REF = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?)\/([a-z0-9]([-.a-z0-9]*[a-z0
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
 /** Returns the options, or `help` when the usage was asked for; throws UsageError for bad arguments. */
-export function parseCli(argv: string[]): CliOptions | 'help' {
-  let values: Record<string, string | boolean | undefined>;
+export function parseWebhookArgs(argv: string[]): WebhookOptions | 'help' {
+  let values: Record<string, string | boolean | string[] | undefined>;
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -100,6 +103,8 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
         'ca-renew-before': { type: 'string' },
         'ca-overlap': { type: 'string' },
         'tls-check-interval': { type: 'string' },
+        'client-ca': { type: 'string' },
+        'client-name': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -121,13 +126,25 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
     );
   }
   const metrics = string('metrics-listen');
-  const options: CliOptions = {
+  const clientCa = string('client-ca');
+  const clientNames = (values['client-name'] as string[] | undefined) ?? [];
+  if (clientNames.length > 0 && clientCa === undefined) {
+    throw new UsageError('--client-name goes with --client-ca (the CA that signs the client certificates)');
+  }
+  for (const name of clientNames) {
+    if (!/^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$/.test(name) || name.length > 253) {
+      throw new UsageError(`--client-name ${JSON.stringify(name)} is not a certificate name`);
+    }
+  }
+  const options: WebhookOptions = {
     host,
     port,
     ...(metrics !== undefined ? { metricsListen: parseHostPort('--metrics-listen', metrics) } : {}),
     ...(cert !== undefined ? { tlsCert: cert } : {}),
     ...(key !== undefined ? { tlsKey: key } : {}),
     ...(policy !== undefined ? { policy } : {}),
+    ...(clientCa !== undefined ? { clientCa } : {}),
+    ...(clientNames.length > 0 ? { clientNames } : {}),
   };
 
   const secret = string('tls-secret');
@@ -187,159 +204,4 @@ export function parseCli(argv: string[]): CliOptions | 'help' {
     ...(Object.keys(durations).length > 0 ? { durations } : {}),
     ...(tlsCheckIntervalMs !== undefined ? { tlsCheckIntervalMs } : {}),
   };
-}
-
-export interface RunOptions {
-  telemetry: Telemetry;
-  log?: Logger;
-}
-
-/** Runs the webhook until SIGTERM or SIGINT; returns the process exit code. */
-export async function runCli(
-  argv: string[],
-  { telemetry, log = createLogger() }: RunOptions,
-): Promise<number> {
-  let options: CliOptions | 'help';
-  try {
-    options = parseCli(argv);
-  } catch (error) {
-    process.stderr.write(`${(error as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (options === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-
-  let policyMetrics: PolicyMetrics | undefined;
-  let policy: ReturnType<typeof watchPolicy>;
-  try {
-    policy = watchPolicy(options.policy, {
-      onReload: (next, previous) => {
-        policyMetrics?.reloaded(next.id);
-        log.info('policy reloaded', { file: options.policy, policy: next.id, previous: previous.id });
-      },
-      onError: (error, kept) => {
-        policyMetrics?.failed();
-        log.error('policy file changed but does not load; keeping the last good policy', {
-          file: options.policy,
-          kept: kept.id,
-          error: error.message,
-        });
-      },
-    });
-  } catch (error) {
-    log.error('cannot start: the policy does not load', { error: (error as Error).message });
-    await telemetry.shutdown();
-    return 1;
-  }
-
-  // --tls-secret: the bootstrap hands its certificate to the server once it has one. client-node is
-  // loaded only then, so the other modes start without it.
-  let server: WebhookServer | undefined;
-  let bootstrap: import('./bootstrap.ts').TlsBootstrap | undefined;
-  if (options.tlsSecret && options.webhookConfig) {
-    try {
-      const { TlsBootstrap } = await import('./bootstrap.ts');
-      const { loadKubeConfig } = await import('@slipstream/shared/adapters/kube');
-      bootstrap = new TlsBootstrap({
-        kubeConfig: loadKubeConfig(options.kubeconfig),
-        secret: options.tlsSecret,
-        webhookConfig: options.webhookConfig,
-        ...(options.serviceName ? { serviceName: options.serviceName } : {}),
-        ...(options.durations ? { durations: options.durations } : {}),
-        ...(options.tlsCheckIntervalMs ? { checkIntervalMs: options.tlsCheckIntervalMs } : {}),
-        log,
-        onCertificate: (material) => {
-          if (!server) throw new Error('the server is not listening yet');
-          server.setCertificate(material);
-        },
-      });
-    } catch (error) {
-      log.error('cannot start: no access to the Kubernetes API for --tls-secret', {
-        error: (error as Error).message,
-      });
-      policy.close();
-      await telemetry.shutdown();
-      return 1;
-    }
-  }
-
-  try {
-    server = await startWebhookServer({
-      host: options.host,
-      port: options.port,
-      ...(options.tlsCert && options.tlsKey
-        ? { tls: { certFile: options.tlsCert, keyFile: options.tlsKey } }
-        : {}),
-      ...(bootstrap ? { deferCertificate: true } : {}),
-      policy: policy.current,
-      log,
-      tracer: telemetry.tracer,
-    });
-  } catch (error) {
-    log.error('cannot start the server', { error: (error as Error).message });
-    policy.close();
-    await telemetry.shutdown();
-    return 1;
-  }
-  bootstrap?.start();
-  log.info('slipstream webhook listening', {
-    url: server.url,
-    policy: policy.current().id,
-    policyFile: policy.path ?? '(shipped default)',
-    tracing: telemetry.exportTarget,
-    ...(options.tlsSecret
-      ? {
-          tlsSecret: `${options.tlsSecret.namespace}/${options.tlsSecret.name}`,
-          webhookConfig: options.webhookConfig,
-          dnsNames: bootstrap?.dnsNames,
-        }
-      : {}),
-    pid: process.pid,
-  });
-
-  // Metrics after the review port answers: prom-client and its collectors load in tens of ms,
-  // which the first review does not wait for (and without --metrics-listen they never load).
-  let metricsServer: Server | undefined;
-  if (options.metricsListen) {
-    try {
-      const { createMetricsRegistry, PolicyMetrics, serveMetrics } = await import(
-        '@slipstream/shared/adapters/metrics'
-      );
-      const { WebhookMetrics } = await import('./metrics.ts');
-      const registry = createMetricsRegistry('webhook');
-      server.setMetrics(new WebhookMetrics(registry));
-      policyMetrics = new PolicyMetrics(registry, policy.current().id);
-      metricsServer = await serveMetrics(options.metricsListen, registry, log);
-    } catch (error) {
-      const { host, port } = options.metricsListen;
-      log.error('cannot start: --metrics-listen', {
-        address: `${host}:${port}`,
-        error: (error as Error).message,
-      });
-      await bootstrap?.stop();
-      await server.close();
-      policy.close();
-      await telemetry.shutdown();
-      return 1;
-    }
-  }
-
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
-  });
-  log.info('shutting down: no new connections, finishing open reviews', { signal });
-  // A second signal while draining ends the process at once.
-  const force = () => process.exit(1);
-  process.once('SIGTERM', force);
-  process.once('SIGINT', force);
-  await bootstrap?.stop();
-  await server.close();
-  metricsServer?.close();
-  policy.close();
-  await telemetry.shutdown();
-  log.info('stopped');
-  return 0;
 }

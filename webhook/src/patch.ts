@@ -8,11 +8,12 @@ import { formatHints } from '@slipstream/shared/core/hints';
 import { isRecord } from '@slipstream/shared/core/record';
 import fastJsonPatch from 'fast-json-patch';
 import type { JsonPatchOperation } from './admission.ts';
+import { annotationBytes } from './bounds.ts';
 
 export interface HintPatch {
   ops: JsonPatchOperation[];
-  /** The annotations after the patch is applied. */
-  annotations: Record<string, unknown>;
+  /** Bytes of the annotations after the patch is applied (as Kubernetes counts them). */
+  annotationBytesAfter: number;
   /** The offload (ports or thresholds) differs from the hints the object carried (so the trace is new). */
   decisionChanged: boolean;
 }
@@ -50,20 +51,23 @@ export function hintPatch(object: unknown, decision: Decision, traceparent: stri
   const current = isRecord(raw) ? raw : {};
   const { hints, decisionChanged } = desiredHints(current, decision, traceparent);
 
-  // Object.fromEntries defines properties (a user key named `__proto__` stays a plain key).
-  const annotations: Record<string, unknown> = Object.fromEntries([
-    ...Object.entries(current).filter(([key]) => !key.startsWith(HINT_PREFIX)),
-    ...Object.entries(hints),
-  ]);
-
-  // Built by diffing a before/after pair of the annotation subtree with fast-json-patch rather
-  // than by hand: compare() emits the minimal add/replace/remove operations, escapes keys per
-  // RFC 6901 (`hints.slipstream.dev/offload` -> `hints.slipstream.dev~1offload`, `~` -> `~0`),
-  // turns a missing annotations map into one `add /metadata/annotations`, and never mentions a
-  // key whose value did not change. Only this subtree is diffed, so the rest of the object
-  // (spec, status, managedFields) cannot appear in the patch and costs nothing to compare.
-  const before = metadata === undefined ? {} : { metadata: raw === undefined ? {} : { annotations: raw } };
-  const after = { metadata: { annotations } };
+  // Built by diffing a before/after pair with fast-json-patch rather than by hand: compare() emits
+  // the minimal add/replace/remove operations, escapes keys per RFC 6901
+  // (`hints.slipstream.dev/offload` -> `hints.slipstream.dev~1offload`, `~` -> `~0`), turns a
+  // missing annotations map into one `add /metadata/annotations`, and never mentions a key whose
+  // value did not change. Only our own keys are compared: every other annotation is the same on
+  // both sides, so leaving them out yields the same operations, in the same order, at a cost that
+  // does not grow with the user's annotations (20,000 of them took 100-350 ms to compare).
+  const isHint = (key: string) => key.startsWith(HINT_PREFIX);
+  const ours: Record<string, unknown> = {};
+  for (const key in current) if (Object.hasOwn(current, key) && isHint(key)) ours[key] = current[key];
+  const before =
+    metadata === undefined
+      ? {}
+      : { metadata: raw === undefined ? {} : { annotations: isRecord(raw) ? ours : raw } };
+  const after = { metadata: { annotations: hints } };
   const ops = fastJsonPatch.compare(before, after) as JsonPatchOperation[];
-  return { ops, annotations, decisionChanged };
+  const annotationBytesAfter =
+    annotationBytes(current, (key) => !isHint(key)) + annotationBytes(hints as Record<string, unknown>);
+  return { ops, annotationBytesAfter, decisionChanged };
 }

@@ -8,6 +8,7 @@ import {
   decodePatch,
   loadFixtures,
 } from '../../test/lib/admission-fixtures.ts';
+import { annotationBytes, MAX_ANNOTATION_BYTES, MAX_PORTS } from './bounds.ts';
 import { review } from './review.ts';
 
 const policy = loadDefaultPolicy();
@@ -200,6 +201,74 @@ describe('review: the patch', () => {
       metadata: { annotations: Record<string, string> };
     };
     expect(Object.getOwnPropertyDescriptor(after.metadata.annotations, '__proto__')?.value).toBe('x');
+    expect(after.metadata.annotations[HINT_KEYS.offload]).toBe('5432/TCP=20');
+  });
+});
+
+describe('review: bounded cost per review', () => {
+  const manyPorts = (n: number) => Array.from({ length: n }, (_, i) => ({ port: i + 1, protocol: 'TCP' }));
+
+  it(`evaluates up to ${MAX_PORTS} ports`, () => {
+    const { review: answer, outcome } = ok(service(undefined, manyPorts(MAX_PORTS)));
+    expect(outcome.patched).toBe(true);
+    expect(outcome.skipped).toBeUndefined();
+    expect(answer.response.patch).toBeDefined();
+  });
+
+  it('allows a Service with more ports unchanged, with a warning that says why', () => {
+    const { review: answer, outcome } = ok(service(undefined, manyPorts(70_000)));
+    expect(answer.response).toEqual({
+      uid: 'u-1',
+      allowed: true,
+      warnings: [
+        `slipstream: Service has 70000 ports, more than the ${MAX_PORTS} a review evaluates; not evaluated, no hints written`,
+      ],
+    });
+    expect(outcome).toMatchObject({ patched: false, skipped: 'beyond review bounds', warnings: 1 });
+    expect(outcome.decision).toBeUndefined();
+  });
+
+  it('allows a Service whose annotations Kubernetes would refuse unchanged, with a warning', () => {
+    const annotations: Record<string, string> = {};
+    // 20,000 x (16-byte key + 12-byte value) = 560,000 bytes
+    for (let i = 0; i < 20_000; i++)
+      annotations[`a${String(i).padStart(5, '0')}.example/key`] = 'value-012345';
+    expect(annotationBytes(annotations)).toBeGreaterThan(MAX_ANNOTATION_BYTES);
+    const { review: answer, outcome } = ok(service(annotations));
+    expect(answer.response.patch).toBeUndefined();
+    expect(answer.response.warnings).toEqual([
+      `slipstream: annotations are ${annotationBytes(annotations)} bytes, over the ${MAX_ANNOTATION_BYTES} Kubernetes accepts; not evaluated, no hints written`,
+    ]);
+    expect(outcome.skipped).toBe('beyond review bounds');
+  });
+
+  it('counts bytes as Kubernetes does: UTF-8 keys plus values', () => {
+    expect(annotationBytes({ k: 'é', n: 1 as unknown as string })).toBe(1 + 2);
+  });
+
+  it('writes no hints that would take the annotations over the limit (the write would fail)', () => {
+    // Just under the limit, so the hints (~150 bytes) push it over.
+    const annotations = {
+      'example.com/big': 'x'.repeat(MAX_ANNOTATION_BYTES - 'example.com/big'.length - 10),
+    };
+    const { review: answer, outcome } = ok(service(annotations));
+    expect(answer.response.patch).toBeUndefined();
+    expect(answer.response.warnings?.[0]).toMatch(/^slipstream: hints would take the annotations over/);
+    expect(outcome.patched).toBe(false);
+  });
+
+  it('keeps the patch the same when the user has many annotations of their own', () => {
+    const annotations: Record<string, string> = { [HINT_KEYS.offload]: '80/TCP' };
+    for (let i = 0; i < 5000; i++) annotations[`example.com/k${i}`] = 'v';
+    const { review: answer } = ok(service(annotations), null);
+    const ops = decodePatch(answer);
+    expect(
+      ops.map((o) => (o as { path: string }).path).every((p) => p.includes('hints.slipstream.dev')),
+    ).toBe(true);
+    const after = applyAnswer(service(annotations).request.object, answer) as {
+      metadata: { annotations: Record<string, string> };
+    };
+    expect(Object.keys(after.metadata.annotations).length).toBeGreaterThan(5000);
     expect(after.metadata.annotations[HINT_KEYS.offload]).toBe('5432/TCP=20');
   });
 });

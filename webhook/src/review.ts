@@ -2,6 +2,13 @@
 // globals: the policy and the trace context come in `ctx`, and what happened comes back in
 // `outcome` for the caller's span. Every reviewable request is allowed: Service creation must
 // never depend on Slipstream, so the worst answer is "allowed, unchanged, with a warning".
+//
+// That includes a Service beyond what one review evaluates (bounds.ts). A 4xx would end the same
+// way under failurePolicy: Ignore (admitted unchanged) but as a failed call: the user sees
+// nothing, the API server logs an error and counts a fail-open. "Allowed, no patch, a warning"
+// admits it just as fast, tells the user why in kubectl's output, and sends no patch, which
+// matters because a patch that fails to apply, or makes the object invalid, fails the write
+// whatever the failurePolicy.
 
 import { type Decision, decide } from '@slipstream/shared/core/decide';
 import { formatOffload } from '@slipstream/shared/core/hints';
@@ -15,6 +22,7 @@ import {
   type AdmissionReviewResponse,
   readAdmissionReview,
 } from './admission.ts';
+import { beyondBounds, MAX_ANNOTATION_BYTES } from './bounds.ts';
 import { hintPatch } from './patch.ts';
 import { warning } from './warnings.ts';
 
@@ -102,6 +110,12 @@ export function review(body: unknown, ctx: ReviewContext): ReviewResult {
   if (request.operation !== 'CREATE' && request.operation !== 'UPDATE') {
     return allow(`operation ${request.operation || '(none)'} is not reviewed`);
   }
+  const beyond = beyondBounds(request.object);
+  if (beyond !== undefined) {
+    return allow('beyond review bounds', [
+      warning('slipstream', `${beyond}; not evaluated, no hints written`),
+    ]);
+  }
   const service = readService(request.object);
   if (!service.ok) {
     outcome.warningKeys = ['slipstream'];
@@ -125,6 +139,15 @@ export function review(body: unknown, ctx: ReviewContext): ReviewResult {
   const patch = hintPatch(request.object, decision, ctx.traceparent);
   outcome.decisionChanged = patch.decisionChanged;
   if (patch.ops.length === 0) return allow(undefined, warnings);
+  if (patch.annotationBytesAfter > MAX_ANNOTATION_BYTES) {
+    return allow('beyond review bounds', [
+      ...warnings,
+      warning(
+        'slipstream',
+        `hints would take the annotations over the ${MAX_ANNOTATION_BYTES} bytes Kubernetes accepts; none written`,
+      ),
+    ]);
+  }
 
   outcome.patched = true;
   outcome.warnings = warnings.length;

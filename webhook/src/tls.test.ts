@@ -8,7 +8,8 @@ import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { send } from '../../test/lib/webhook-client.ts';
 import { startWebhookServer, type WebhookServer } from './server.ts';
-import { checkTlsMaterial, selfSignedCertificate, type TlsMaterial } from './tls.ts';
+import { selfSignedCertificate } from './tls.ts';
+import { checkTlsMaterial, type TlsMaterial } from './tls-policy.ts';
 
 const der = (pem: string) => new X509Certificate(pem).raw.toString('base64');
 

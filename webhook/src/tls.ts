@@ -1,5 +1,5 @@
-// The serving certificate: from files (reloaded in place when they change), or, when none is
-// given, a self-signed one generated in memory at start.
+// The serving certificate: from files (reloaded when they change), or, when none is given, a
+// self-signed one generated in memory at start. How it is served: tls-policy.ts.
 //
 // Generation uses the `selfsigned` package: node:crypto can make key pairs but has no API to
 // issue an X.509 certificate (X509Certificate only parses), so the alternative would be
@@ -9,18 +9,16 @@
 import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
-import { createSecureContext, type Server } from 'node:tls';
 import { type FileWatch, watchFiles } from '@slipstream/shared/adapters/file-watch';
 import type { Logger } from '@slipstream/shared/adapters/log';
-
-export interface TlsMaterial {
-  cert: string;
-  key: string;
-}
+import { checkTlsMaterial, type TlsMaterial } from './tls-policy.ts';
 
 /** A P-256 certificate for localhost, the loopback addresses and this host's name, valid one year. */
 export async function selfSignedCertificate(names: readonly string[] = []): Promise<TlsMaterial> {
-  const { generate } = await import('selfsigned');
+  const selfsigned = await import('selfsigned');
+  // CommonJS: Node names its exports; a bundle hands them over as `default`.
+  const generate =
+    selfsigned.generate ?? (selfsigned as unknown as { default: typeof selfsigned }).default.generate;
   const dnsNames = [...new Set(['localhost', hostname(), ...names.filter((n) => isIP(n) === 0)])];
   const ips = [...new Set(['127.0.0.1', '::1', ...names.filter((n) => isIP(n) !== 0)])];
   const pems = await generate([{ name: 'commonName', value: 'slipstream-webhook' }], {
@@ -45,11 +43,6 @@ export async function selfSignedCertificate(names: readonly string[] = []): Prom
   return { cert: pems.cert, key: pems.private };
 }
 
-/** Checks that a certificate and key are PEM and belong together; throws with the reason. */
-export function checkTlsMaterial(material: TlsMaterial): void {
-  createSecureContext(material);
-}
-
 /** SHA-256 fingerprint and expiry of the first certificate in a PEM bundle, for log lines. */
 export function describeCertificate(pem: string): {
   fingerprint256: string;
@@ -66,13 +59,13 @@ export interface TlsFiles {
 }
 
 /**
- * Reloads the certificate when its files change, with `server.setSecureContext`: connections
- * already open keep their session, new handshakes get the new certificate. A pair that does not
- * load (written half-way, key and certificate from different pairs) keeps the current one in
- * service until a later change completes it.
+ * Hands the certificate to `serve` when its files change (the server swaps its secure context:
+ * connections already open keep their session, new handshakes get the new certificate). A pair
+ * that does not load (written half-way, key and certificate from different pairs) keeps the
+ * current one in service until a later change completes it.
  */
 export function watchTlsFiles(
-  server: Server,
+  serve: (material: TlsMaterial) => void,
   files: TlsFiles,
   initial: TlsMaterial,
   log: Logger,
@@ -85,7 +78,7 @@ export function watchTlsFiles(
     ([cert = '', key = '']) => {
       try {
         checkTlsMaterial({ cert, key });
-        server.setSecureContext({ cert, key });
+        serve({ cert, key });
         onLoaded?.(cert);
         log.info('TLS certificate reloaded', {
           certFile: files.certFile,
