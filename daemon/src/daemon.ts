@@ -13,7 +13,6 @@ import { type Kernel, NapiKernel, netnsPath } from './kernel.ts';
 import { LinkWatcher } from './links.ts';
 import { Reconciler, type SyncResult } from './reconciler.ts';
 import { FileSource } from './sources/files.ts';
-import { KubernetesSource } from './sources/kubernetes.ts';
 import type { ServiceSource } from './sources/source.ts';
 
 export interface DaemonDeps {
@@ -33,13 +32,14 @@ export interface RunningDaemon {
   stop(): Promise<void>;
 }
 
-function makeSource(options: DaemonOptions, logger: Logger): ServiceSource {
-  return options.source.kind === 'files'
-    ? new FileSource({ dir: options.source.dir, log: logger })
-    : new KubernetesSource({
-        ...(options.source.kubeconfig ? { kubeconfig: options.source.kubeconfig } : {}),
-        log: logger,
-      });
+/** The Kubernetes client is imported only when it is used: loading it costs more than the rest of the daemon. */
+async function makeSource(options: DaemonOptions, logger: Logger): Promise<ServiceSource> {
+  if (options.source.kind === 'files') return new FileSource({ dir: options.source.dir, log: logger });
+  const { KubernetesSource } = await import('./sources/kubernetes.ts');
+  return new KubernetesSource({
+    ...(options.source.kubeconfig ? { kubeconfig: options.source.kubeconfig } : {}),
+    log: logger,
+  });
 }
 
 /** An operator error found while starting (missing namespace, unreadable source): one line, no stack. */
@@ -196,7 +196,7 @@ async function start(
     }
   });
 
-  const source = makeSource(options, logger);
+  const source = await makeSource(options, logger);
   closers.push(() => source.stop());
   try {
     await source.start();

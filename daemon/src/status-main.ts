@@ -11,7 +11,6 @@ import { EXAMPLES_DIR } from './cli.ts';
 import { requireNetns, StartupError } from './daemon.ts';
 import { NapiKernel } from './kernel.ts';
 import { FileSource } from './sources/files.ts';
-import { KubernetesSource } from './sources/kubernetes.ts';
 import type { ServiceSource } from './sources/source.ts';
 import { formatStatus, type NodeStatus, portStatuses, readConntrack } from './status.ts';
 
@@ -45,10 +44,12 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`slipstream status: --output must be table or json\n${USAGE}`);
     return 2;
   }
+  // The Kubernetes client is imported only when it is used: loading it costs more than the rest.
+  const kubernetes = async () => (await import('./sources/kubernetes.ts')).KubernetesSource;
   const source: ServiceSource = values.kubeconfig
-    ? new KubernetesSource({ kubeconfig: values.kubeconfig as string, log: silentLogger })
+    ? new (await kubernetes())({ kubeconfig: values.kubeconfig as string, log: silentLogger })
     : process.env.KUBERNETES_SERVICE_HOST && !values.services
-      ? new KubernetesSource({ log: silentLogger })
+      ? new (await kubernetes())({ log: silentLogger })
       : new FileSource({
           dir: (values.services as string | undefined) ?? EXAMPLES_DIR,
           log: silentLogger,
