@@ -7,7 +7,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { DEMO_TIMEOUT_MS, runDemoInVm } from './demo.ts';
 import {
   bulkConnection,
@@ -46,9 +46,14 @@ describe('npm run demo in the VM (one boot)', () => {
     );
   }, DEMO_TIMEOUT_MS + 60_000);
 
+  // A failure keeps the evidence (the VM's lab directory) for inspection.
+  let failed = false;
+  afterEach((ctx) => {
+    if (ctx.task.result?.state === 'fail') failed = true;
+  });
   afterAll(async () => {
-    if (r?.rc === 0) await r.cleanup();
-    else if (r) console.info(`[vmlab] demo evidence kept in ${r.labDir}`);
+    if (r && (failed || r.rc !== 0)) console.info(`[vmlab] demo evidence kept in ${r.labDir}`);
+    else await r?.cleanup();
   });
 
   test('it succeeds, stays short and ends with one line saying what was shown', () => {
@@ -85,9 +90,18 @@ describe('npm run demo in the VM (one boot)', () => {
   });
 
   test('the flow measured with offload was offloaded; the one without was not', async () => {
-    const on = bulkConnection(parseConntrack(await r.readText('ct-on.txt')), 'tcp', SVC, PORT);
-    const off = bulkConnection(parseConntrack(await r.readText('ct-off.txt')), 'tcp', SVC, PORT);
-    expect(on?.offload, `ct-on.txt: ${on?.line}`).toBe(true);
+    // Taken while each measured flow ran; earlier flows linger in TIME_WAIT (and an offloaded flow's
+    // counters stop at offload), so the open connections are the ones that count.
+    const open = async (name: string) =>
+      connectionsTo(parseConntrack(await r.readText(name)), 'tcp', SVC, PORT).filter(
+        (c) => c.state !== 'TIME_WAIT' && c.state !== 'CLOSE',
+      );
+    const on = await open('ct-on.txt');
+    expect(
+      on.some((c) => c.offload),
+      `ct-on.txt:\n${on.map((c) => c.line).join('\n')}`,
+    ).toBe(true);
+    const off = bulkConnection(await open('ct-off.txt'), 'tcp', SVC, PORT);
     expect(off?.offload, `ct-off.txt: ${off?.line}`).toBe(false);
     // Without offload every packet takes the slow path, so conntrack counted the whole flow.
     expect(off!.packets, off!.line).toBeGreaterThan(1000);
