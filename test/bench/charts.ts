@@ -270,6 +270,7 @@ function daemonMemory(results: Figures, goals: Record<string, Goal>): Chart | un
         subtitle: [
           'the real daemon process, one port per Service,',
           `embedded mode. ${provenance(results, 'daemon')}`,
+          ...(points.length === 1 ? ['(the other counts: from the next npm run bench -- daemon)'] : []),
         ],
       },
       layer: [

@@ -70,7 +70,7 @@ export async function runDemoInVm(options: DemoOptions = {}): Promise<VmResult> 
 async function main(): Promise<number> {
   const lab = await prepareLab();
   process.stdout.write(
-    `Slipstream demo: this kernel (${release()}) has no flowtables, so the demo runs in a VM: Linux ${lab.kver} under qemu (minutes).\n`,
+    `Slipstream demo: this kernel (${release()}) has no flowtables, so the demo runs in a VM: Linux ${lab.kver} under qemu; that takes a few minutes.\n`,
   );
   const abort = new AbortController();
   const interrupted = (signal: NodeJS.Signals) => {
