@@ -212,7 +212,7 @@ function addLatency(results: Figures, goals: Record<string, Goal>): Chart | unde
       layer: [
         {
           data: { values: points },
-          mark: { type: 'line', interpolate: 'step-after', point: true },
+          mark: { type: 'line', interpolate: 'step-after', point: { size: 14 } },
           encoding: {
             x: {
               field: 'percentile',
@@ -283,7 +283,7 @@ function daemonMemory(results: Figures, goals: Record<string, Goal>): Chart | un
               type: 'quantitative',
               title: 'Services',
               scale: { type: 'log' },
-              axis: { format: '~s' },
+              axis: { format: '~s', values: points.map((p) => p.services) },
             },
             y: { field: 'rssMB', type: 'quantitative', title: 'MB' },
           },
@@ -308,7 +308,13 @@ function daemonMemory(results: Figures, goals: Record<string, Goal>): Chart | un
                     },
                   },
                   {
-                    mark: { type: 'text' as const, align: 'right' as const, dx: -8, color: '#d62728' },
+                    mark: {
+                      type: 'text' as const,
+                      align: 'right' as const,
+                      dx: -8,
+                      dy: -12,
+                      color: '#d62728',
+                    },
                     encoding: {
                       x: { field: 'services', type: 'quantitative' as const },
                       y: { field: 'goal', type: 'quantitative' as const },
