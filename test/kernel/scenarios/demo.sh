@@ -119,9 +119,11 @@ mark measured-on
 off=$(mbps "$LAB/iperf-off.txt") || die "no throughput in iperf-off.txt"
 on=$(mbps "$LAB/iperf-on.txt") || die "no throughput in iperf-on.txt"
 ratio=$(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }')
+on_r=$(printf '%.0f' "$on")
+off_r=$(printf '%.0f' "$off")
 say "the same iperf3 flow to media/iperf3, $SECS s each, measured just now:"
-say "  without offload  $(printf '%6.0f' "$off") Mbit/s   (the Service annotated slipstream.dev/acceleration: disabled)"
-say "  with offload     $(printf '%6.0f' "$on") Mbit/s   ${ratio}x"
+say "  without offload  $(printf '%6s' "$off_r") Mbit/s   (the Service annotated slipstream.dev/acceleration: disabled)"
+say "  with offload     $(printf '%6s' "$on_r") Mbit/s   ${ratio}x"
 
 # A long flow (rate-limited, so that the emulated CPUs are left to the status commands) and two status readings
 # taken while it runs; they load at the same time, the second started a few seconds after the first.
@@ -163,4 +165,4 @@ printf '{"offMbps": %s, "onMbps": %s, "bytesFrom": "conntrack", "readings": [{"a
 
 grown=""
 [ "$b2" -gt "$b1" ] && grown=", its bytes growing"
-say "Shown: the real daemon offloaded a long flow to the ClusterIP of media/iperf3 (status: OFFLOADED $o2$grown), and the same flow ran ${ratio}x as fast with offload as without ($on vs $off Mbit/s), on $WHERE."
+say "Shown: the real daemon offloaded a long flow to the ClusterIP of media/iperf3 (status: OFFLOADED $o2$grown), and the same flow ran ${ratio}x as fast with offload as without ($on_r vs $off_r Mbit/s), on $WHERE."
