@@ -2,7 +2,6 @@
 // owns the kernel. Everything here is lifecycle (start, signals, health, shutdown); decisions and
 // rulesets are computed in shared/.
 
-import { stat } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { type Logger, LogOnce } from '@slipstream/shared/adapters/log';
 import { createMetricsRegistry, PolicyMetrics, serveMetrics } from '@slipstream/shared/adapters/metrics';
@@ -13,13 +12,16 @@ import { AddressWatcher } from './addresses.ts';
 import type { DaemonOptions } from './cli.ts';
 import { sampleOffloaded } from './conntrack.ts';
 import { serveEndpoints } from './http.ts';
-import { type Kernel, NapiKernel, netnsPath } from './kernel.ts';
+import { type Kernel, NapiKernel } from './kernel.ts';
 import { LinkWatcher } from './links.ts';
 import { DaemonMetrics } from './metrics.ts';
 import { Reconciler, type SyncResult } from './reconciler.ts';
 import { FileSource } from './sources/files.ts';
 import type { ServiceSource } from './sources/source.ts';
+import { requireNetns, StartupError } from './startup.ts';
 import { type NodeStatus, portStatuses, readConntrack } from './status.ts';
+
+export { requireNetns, StartupError };
 
 export interface DaemonDeps {
   logger: Logger;
@@ -55,31 +57,6 @@ async function makeSource(options: DaemonOptions, logger: Logger): Promise<Servi
     ...(options.source.kubeconfig ? { kubeconfig: options.source.kubeconfig } : {}),
     log: logger,
   });
-}
-
-/** An operator error found while starting (missing namespace, unreadable source): one line, no stack. */
-export class StartupError extends Error {
-  override name = 'StartupError';
-}
-
-/**
- * Fails fast, with a clear message, when the named network namespace does not exist: libnftables
- * would report it as "no such object" (which `cleanup` would take for "no table") and `ip -n`
- * would fail deep inside the link watcher.
- */
-export async function requireNetns(netns: string | undefined): Promise<void> {
-  if (netns === undefined) return;
-  const path = netnsPath(netns);
-  try {
-    await stat(path);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new StartupError(
-      code === 'ENOENT'
-        ? `network namespace ${JSON.stringify(netns)} does not exist (${path})`
-        : `network namespace ${JSON.stringify(netns)} cannot be opened (${path}): ${(error as Error).message}`,
-    );
-  }
 }
 
 /** Removes Slipstream's table through the kernel edge; a table that is not there is not an error. */

@@ -8,10 +8,10 @@ import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import { effectiveDecision } from '@slipstream/shared/core/decide';
 import { desiredRuleset } from '@slipstream/shared/core/ruleset';
 import { EXAMPLES_DIR } from './cli.ts';
-import { requireNetns, StartupError } from './daemon.ts';
 import { NapiKernel } from './kernel.ts';
 import { FileSource } from './sources/files.ts';
 import type { ServiceSource } from './sources/source.ts';
+import { requireNetns, StartupError } from './startup.ts';
 import { formatStatus, type NodeStatus, portStatuses, readConntrack } from './status.ts';
 
 const USAGE = `usage: npm run status -- [--daemon URL] [--services DIR | --kubeconfig FILE] [--netns NAME] [--policy FILE] [--output table|json]

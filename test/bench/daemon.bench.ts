@@ -17,6 +17,8 @@
 //   daemon.rssMB100k     VmRSS of the real daemon process (`node daemon/src/main.ts --services DIR
 //                        --netns NS`) with 100,000 Services of 1 port (100,000 elements), at /readyz;
 //                        plus a diagnostic run (MALLOC_ARENA_MAX=1, V8 heap figures from inside)
+//   daemon.rssMBByServices  the same VmRSS at /readyz with 10, 1,000, 10,000 and 100,000 Services (the
+//                        curve; the smaller runs skip the steady-state resyncs)
 //
 // `npm run bench -- daemon`, or `node test/bench/daemon.bench.ts` alone (prints the figures).
 // SLIPSTREAM_BENCH_DAEMON_PHASES=add,resync,rss runs some phases only. Needs root, nft, ip, python3.
@@ -76,6 +78,8 @@ const RESYNCS = 3;
 const RESYNC_SERVICES = 50_000;
 const RESYNC_REPS = 3;
 const RSS_SERVICES = 100_000;
+/** Service counts of the RSS curve (RSS_SERVICES is its last point). */
+const RSS_CURVE = [10, 1000, 10_000];
 const RSS_PER_FILE = 1000;
 const READY_TIMEOUT_MS = 240_000;
 /** The RSS runs also wait for this many periodic resyncs (--resync-period) and read RSS again. */
@@ -250,6 +254,8 @@ async function addPhase(ns: Netns, policy: Policy): Promise<Figures> {
           'both elements looked up in the kernel (netlink NFT_MSG_GETSETELEM per key, no dump) by a separate process polling every 0.5 ms; time stamped there (CLOCK_MONOTONIC)',
         initialSyncMs: round(initialSyncMs),
         latencyMs: spread(latencies),
+        // every add, in the order measured (the distribution chart plots them)
+        latencySamplesMs: latencies.map((v) => round(v, 2)),
         // event -> the kernel edge's run() is called: snapshot, desiredRuleset, diff, changeToCommands
         eventToApplyMs: spread(toCommit),
         // run() call -> resolved: JSON.stringify, libnftables, kernel commit, back on the event loop
@@ -429,8 +435,10 @@ interface DaemonRun {
 async function daemonProcess(
   ns: Netns,
   manifests: string,
-  options: { env?: NodeJS.ProcessEnv; preload?: string } = {},
+  options: { env?: NodeJS.ProcessEnv; preload?: string; services?: number; resyncs?: number } = {},
 ): Promise<DaemonRun> {
+  const services = options.services ?? RSS_SERVICES;
+  const resyncs = options.resyncs ?? RSS_RESYNCS;
   deleteTable(ns);
   const port = await freePort();
   const args = [
@@ -486,12 +494,12 @@ async function daemonProcess(
     await sleep(2000);
     const after2s = procStatus(child.pid!);
     const elements = countElements(ns.nft(['list', 'table', 'inet', 'slipstream']));
-    check(elements === RSS_SERVICES, `the kernel holds ${elements} elements, not ${RSS_SERVICES}`);
+    check(elements === services, `the kernel holds ${elements} elements, not ${services}`);
 
     // Steady state: the periodic resyncs read the whole table back (libnftables JSON output).
     const seen = new Set<string>();
-    const deadline = performance.now() + RSS_RESYNCS * 60_000;
-    while (seen.size < RSS_RESYNCS && performance.now() < deadline) {
+    const deadline = performance.now() + resyncs * 60_000;
+    while (seen.size < resyncs && performance.now() < deadline) {
       const health = (await httpJson(`http://127.0.0.1:${port}/healthz`)) as {
         lastSync?: { trigger?: string; readBack?: boolean };
         lastSuccessAt?: string;
@@ -520,6 +528,14 @@ async function daemonProcess(
 }
 
 async function rssPhase(ns: Netns, dir: string): Promise<Figures> {
+  const curve: Record<string, number> = {};
+  for (const n of RSS_CURVE) {
+    const small = join(dir, `manifests-${n}`);
+    writeManifests(small, n, RSS_PER_FILE, 1);
+    const run = await daemonProcess(ns, small, { services: n, resyncs: 0 });
+    curve[String(n)] = run.atReady.rssMB;
+    note(`rss: ${run.atReady.rssMB} MB at ready with ${n} Services`);
+  }
   const manifests = join(dir, 'manifests');
   const bytes = writeManifests(manifests, RSS_SERVICES, RSS_PER_FILE, 1);
   const plain = await daemonProcess(ns, manifests);
@@ -538,6 +554,7 @@ async function rssPhase(ns: Netns, dir: string): Promise<Figures> {
   deleteTable(ns);
   return {
     'daemon.rssMB100k': plain.atReady.rssMB,
+    'daemon.rssMBByServices': { ...curve, [String(RSS_SERVICES)]: plain.atReady.rssMB },
     'daemon.startup100kMs': Math.round(plain.readyMs),
     rss: {
       services: RSS_SERVICES,

@@ -1,6 +1,7 @@
 // `npm run bench [-- FILTER ...]`: runs test/bench/*.bench.ts (all, or those whose name contains a
 // filter), merges their figures into test/bench/results.json (figures of modules not run this
-// time are kept), and writes the table in test/bench/RESULTS.md.
+// time are kept), writes the table in test/bench/RESULTS.md and renders the charts (charts.ts) from the
+// merged results into test/bench/charts/.
 //
 // A benchmark module exports `run(): Promise<Record<string, number | string | object>>` (figure
 // names carry the module's prefix, e.g. `webhook.p99Ms`) and may export `goals`, figure name ->
@@ -129,6 +130,28 @@ function readPrevious(): Figures {
   }
 }
 
+/** The benchmark modules, by file; one that cannot load here is left out (and named) unless it is `required`. */
+async function loadModules(files: string[], required: string[] = []): Promise<Map<string, BenchModule>> {
+  const mods = new Map<string, BenchModule>();
+  for (const file of files) {
+    try {
+      mods.set(file, (await import(pathToFileURL(join(DIR, file)).href)) as BenchModule);
+    } catch (error) {
+      // A module that cannot load here only loses its goals in the table, unless it was asked for.
+      if (required.includes(file)) throw error;
+      process.stderr.write(`bench ${file}: not loaded (${(error as Error).message.split('\n')[0]})\n`);
+    }
+  }
+  return mods;
+}
+
+/** The goals of every benchmark module that loads here. */
+export async function loadGoals(): Promise<Record<string, Goal>> {
+  const goals: Record<string, Goal> = {};
+  for (const mod of (await loadModules(benchFiles())).values()) Object.assign(goals, mod.goals);
+  return goals;
+}
+
 async function main(filters: string[]): Promise<number> {
   const all = benchFiles();
   const chosen = selected(all, filters);
@@ -139,16 +162,7 @@ async function main(filters: string[]): Promise<number> {
   const goals: Record<string, Goal> = {};
   const notes: Record<string, (results: Figures) => string[]> = {};
   let results = readPrevious();
-  for (const file of all) {
-    let mod: BenchModule;
-    try {
-      mod = (await import(pathToFileURL(join(DIR, file)).href)) as BenchModule;
-    } catch (error) {
-      // A module that cannot load here only loses its goals in the table, unless it was asked for.
-      if (chosen.includes(file)) throw error;
-      process.stderr.write(`bench ${file}: not loaded (${(error as Error).message.split('\n')[0]})\n`);
-      continue;
-    }
+  for (const [file, mod] of await loadModules(all, chosen)) {
     Object.assign(goals, mod.goals);
     const name = file.replace(/\.bench\.ts$/, '');
     if (mod.notes) notes[name] = mod.notes;
@@ -173,6 +187,9 @@ async function main(filters: string[]): Promise<number> {
   const text = table(results, goals, noteLines);
   writeFileSync(RESULTS_MD, text);
   process.stdout.write(text);
+  // Imported here: charts.ts, run as a program, imports this module.
+  const { renderCharts } = await import('./charts.ts');
+  for (const file of await renderCharts(results, goals)) process.stderr.write(`chart: ${file}\n`);
   const missed = Object.entries(results).filter(([k, v]) => verdict(v, goals[k]) === 'MISSED');
   if (missed.length > 0) process.stderr.write(`goals missed: ${missed.map(([k]) => k).join(', ')}\n`);
   return 0;

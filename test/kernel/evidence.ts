@@ -1,6 +1,7 @@
 /**
- * Parsers for the evidence the kernel scenarios write to $LAB: `conntrack -L` text, `nft -j list ...` JSON and
- * the daemon's JSON log lines. Shared by the kernel suites and the data-plane benchmark.
+ * Parsers for the evidence the kernel scenarios write to $LAB: `conntrack -L` text, `nft -j list ...` JSON,
+ * the daemon's JSON log lines and `slipstream status` tables. Shared by the kernel suites and the data-plane
+ * benchmark.
  */
 
 export interface CtEntry {
@@ -19,6 +20,8 @@ export interface CtEntry {
   replyPackets: number;
   packets: number;
   origBytes: number;
+  /** Bytes of both directions. */
+  bytes: number;
   offload: boolean;
 }
 
@@ -43,6 +46,7 @@ export function parseConntrack(text: string): CtEntry[] {
       replyPackets: packets[1] ?? 0,
       packets: (packets[0] ?? 0) + (packets[1] ?? 0),
       origBytes: bytes[0] ?? 0,
+      bytes: (bytes[0] ?? 0) + (bytes[1] ?? 0),
       offload: /\[(HW_)?OFFLOAD\]/.test(line),
     });
   }
@@ -198,4 +202,27 @@ export function failures(lines: LogLine[]): LogLine[] {
       /refused|failed/i.test(l.msg) ||
       l.retried === true,
   );
+}
+
+/** One row of a `slipstream status` table, by column header (`SERVICE`, `PORT`, `OFFLOADED`, `IN KERNEL`, ...). */
+export type StatusRow = Record<string, string>;
+
+/**
+ * Parses the table `slipstream status` prints: the line starting with `SERVICE` names the columns, and a
+ * column runs from where its header starts to where the next header starts (headers are separated by two or
+ * more spaces; a header may hold one: `IN KERNEL`). Cells are trimmed; the lines before the header are skipped.
+ */
+export function parseStatusTable(text: string): StatusRow[] {
+  const lines = text.split('\n');
+  const at = lines.findIndex((l) => l.startsWith('SERVICE '));
+  if (at < 0) return [];
+  const columns = [...lines[at]!.matchAll(/\S+(?: \S+)*/g)].map((m) => ({ name: m[0], from: m.index }));
+  return lines
+    .slice(at + 1)
+    .filter((l) => l.trim() !== '')
+    .map((line) =>
+      Object.fromEntries(
+        columns.map((c, i) => [c.name, line.slice(c.from, columns[i + 1]?.from ?? line.length).trim()]),
+      ),
+    );
 }

@@ -103,6 +103,12 @@ export interface RunOptions extends LabOptions {
   qemuArgs?: string[];
   /** Stream the console to stderr while the VM runs. Also env SLIPSTREAM_VM_ECHO=1. */
   echo?: boolean;
+  /** Called with labDir before the VM boots, to put files there that the scenario reads. */
+  prepare?: (labDir: string) => Promise<void>;
+  /** Called with each console line as it arrives (without its newline). */
+  onConsoleLine?: (line: string) => void;
+  /** Aborting it kills the VM; runInVm then rejects (VmLabError) and keeps the lab directory. */
+  signal?: AbortSignal;
 }
 
 export interface VmResult {
@@ -704,6 +710,16 @@ export async function runInVm(opts: RunOptions): Promise<VmResult> {
   lines.push(opts.scenario, '');
   await mkdir(path.join(labDir, '.vmlab'));
   await writeFile(path.join(labDir, '.vmlab', 'run.sh'), lines.join('\n'));
+  if (opts.prepare) {
+    try {
+      await opts.prepare(labDir);
+    } catch (e) {
+      await rm(labDir, { recursive: true, force: true });
+      throw new VmLabError(
+        `preparing the lab directory failed: ${e instanceof Error ? e.message : String(e)}`,
+      );
+    }
+  }
 
   const args = [
     '-accel',
@@ -759,17 +775,28 @@ export async function runInVm(opts: RunOptions): Promise<VmResult> {
     track(child);
     let timedOut = false;
     let settled = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
+    const stop = () => {
       child.kill('SIGTERM');
       setTimeout(() => child.kill('SIGKILL'), 3000).unref();
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stop();
     }, opts.timeoutMs);
+    if (opts.signal?.aborted) stop();
+    opts.signal?.addEventListener('abort', stop, { once: true });
+    let partial = '';
     child.stdout.setEncoding('utf8');
     child.stderr.setEncoding('utf8');
     child.stdout.on('data', (chunk: string) => {
       const s = chunk.replaceAll('\r', '');
       consoleText += s;
       if (echo) process.stderr.write(s);
+      if (opts.onConsoleLine) {
+        const lines = (partial + s).split('\n');
+        partial = lines.pop() ?? '';
+        for (const line of lines) opts.onConsoleLine(line);
+      }
       if (beginAt === undefined && consoleText.includes('VMLAB: BEGIN')) beginAt = performance.now();
       if (endAt === undefined && /VMLAB: END rc=\d+/.test(consoleText)) endAt = performance.now();
     });
@@ -787,6 +814,8 @@ export async function runInVm(opts: RunOptions): Promise<VmResult> {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', stop);
+      if (partial && opts.onConsoleLine) opts.onConsoleLine(partial);
       resolve({ code, signal, timedOut });
     });
   });
@@ -813,6 +842,7 @@ export async function runInVm(opts: RunOptions): Promise<VmResult> {
   if (initFail) fail(`VM init failed: ${initFail[1]}`);
   const ends = [...consoleText.matchAll(/VMLAB: END rc=(\d+)/g)];
   const end = ends.at(-1);
+  if (opts.signal?.aborted) fail('VM run aborted; qemu killed');
   if (outcome.timedOut) {
     fail(
       `VM timed out after ${opts.timeoutMs} ms (${beginAt ? 'scenario was running' : 'still booting'}); qemu killed`,

@@ -74,21 +74,6 @@ slipstream() { # on|off
     sysctl -qw net.netfilter.nf_conntrack_acct=0
   fi
 }
-firewall() { # R: the firewall table with R rules that never match
-  local r=$1 i
-  nft delete table inet firewall 2>/dev/null || true
-  {
-    echo "table inet firewall {"
-    echo "  chain forward {"
-    echo "    type filter hook forward priority filter; policy accept;"
-    for ((i = 0; i < r; i++)); do
-      echo "    ip saddr 192.0.2.$((i % 254 + 1)) tcp dport $((20000 + i)) drop"
-    done
-    echo "  }"
-    echo "}"
-  } >/tmp/firewall.nft
-  nft -f /tmp/firewall.nft
-}
 observer_packets() { # NAME
   nft list chain inet "$OBSERVER_TABLE" forward | sed -n "s/.*counter packets \([0-9]*\) .*comment \"$1\".*/\1/p"
 }
@@ -105,7 +90,7 @@ ip netns exec "$CLIENT_NS" "$NODE" test/bench/dataplane-shortflow.ts client 10.9
   >"$LAB/warmup-short.json" 2>&1 || log "warm-up short flows failed"
 
 for r in $RULES; do
-  firewall "$r"
+  firewall_init "$r"
   for ((rep = 1; rep <= REPS; rep++)); do
     if ((rep % 2)); then order="off on"; else order="on off"; fi
     for mode in $order; do

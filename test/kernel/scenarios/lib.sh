@@ -64,10 +64,11 @@ router_ip6() { echo "fd00:0:$1::1"; }
 # Modules the scenarios use, loaded in one go: cheaper under emulation than one autoload per nft statement.
 LAB_MODULES="veth nf_tables nft_chain_nat nft_nat nft_ct nf_flow_table_inet nft_flow_offload nf_conntrack_netlink"
 
-# Enables IPv4 and IPv6 forwarding in the root netns (the router) and loads the modules.
+# Enables IPv4 and IPv6 forwarding in the root netns (the router) and loads the modules (a kernel may have them
+# built in: then there is nothing to load, and a feature that is really missing fails where it is first used).
 router_init() {
   # shellcheck disable=SC2086
-  modprobe -a $LAB_MODULES
+  modprobe -qa $LAB_MODULES 2>/dev/null || true
   sysctl -qw net.ipv4.ip_forward=1
   sysctl -qw net.ipv6.conf.all.forwarding=1
   sysctl -qw net.ipv6.conf.default.accept_dad=0
@@ -137,6 +138,25 @@ kube_proxy_standin_add_service() {
   local vip=$1 proto=$2 port=$3 ep=$4 epport=${5:-$3} fam=v4
   case $vip in *:*) fam=v6 ;; esac
   nft add element inet "$KUBE_PROXY_STANDIN_TABLE" "service-ips-$fam" "{ $vip . $proto . $port : $ep . $epport }"
+}
+
+# firewall_init R: (re)creates table inet firewall whose forward chain (priority filter) holds R rules that never
+# match (`ip saddr 192.0.2.X tcp dport Y drop`): a stand-in for the NetworkPolicy and host firewall rules every
+# forwarded packet walks on a real node. An offloaded packet skips them.
+FIREWALL_TABLE=firewall
+firewall_init() {
+  local r=$1 i
+  nft delete table inet "$FIREWALL_TABLE" 2>/dev/null || true
+  {
+    echo "table inet $FIREWALL_TABLE {"
+    echo "  chain forward {"
+    echo "    type filter hook forward priority filter; policy accept;"
+    for ((i = 0; i < r; i++)); do
+      echo "    ip saddr 192.0.2.$((i % 254 + 1)) tcp dport $((20000 + i)) drop"
+    done
+    echo "  }"
+    echo "}"
+  } | nft -f -
 }
 
 # wait_listen NS PORT [SECONDS]: waits until something listens on TCP PORT inside netns NS.
@@ -320,6 +340,14 @@ iperf_servers() {
 ct_packets() {
   grep -E "^$1 .* dst=$2 .*dport=$3 " "$4" 2>/dev/null |
     awk '{ n = 0; for (i = 1; i <= NF; i++) if ($i ~ /^packets=/) { sub(/^packets=/, "", $i); n += $i } if (n > m) m = n } END { print m + 0 }'
+}
+
+# ct_bytes PROTO CLUSTER_IP PORT FILE: bytes (original + reply direction) of the [OFFLOAD] connection to
+# CLUSTER_IP:PORT with the most bytes in FILE (a conntrack_snapshot); 0 if there is none. Without the flowtable's
+# `counter` flag conntrack stops counting a connection once it is offloaded.
+ct_bytes() {
+  grep -E "^$1 .* dst=$2 .*dport=$3 .*\[OFFLOAD\]" "$4" 2>/dev/null |
+    awk '{ n = 0; for (i = 1; i <= NF; i++) if ($i ~ /^bytes=/) { sub(/^bytes=/, "", $i); n += $i } if (n > m) m = n } END { print m + 0 }'
 }
 
 # Long iperf3 flows from the client pod, by key. flow_start KEY CLUSTER_IP PORT [iperf3 args...]: starts one
