@@ -4,6 +4,7 @@
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MAX_TIMER_MS, parseDuration, parseHostPort, UsageError } from '@slipstream/shared/adapters/cli-args';
+import { type DevicePattern, type DeviceRules, parseDevicePatterns } from './devices.ts';
 
 export const EXAMPLES_DIR = fileURLToPath(new URL('../../deploy/examples', import.meta.url));
 
@@ -20,8 +21,11 @@ Options:
   --resync-period D       full resync that reads the table back and repairs drift (default 1h; 0 disables)
   --min-sync-period D     coalesce changes: at most one sync per period (default 1s)
   --netns NAME            program the named network namespace (/run/netns/NAME) instead of this one
-  --health-listen H:P     serve GET /healthz and /readyz over HTTP (e.g. 127.0.0.1:9469)
-Durations: 500ms, 30s, 5m, 1h.
+  --health-listen H:P     serve GET /healthz, /readyz and /status over HTTP (e.g. 127.0.0.1:9469)
+  --flowtable-include P   hook only links matching P (default: every UP link but loopback)
+  --flowtable-exclude P   never hook links matching P
+Durations: 500ms, 30s, 5m, 1h. Patterns: comma lists of names, * matching any characters
+(cali*), or regular expressions between slashes (/^veth[0-9a-f]+$/); repeatable; "" is none.
 Tracing: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP), OTEL_TRACES_EXPORTER=none, OTEL_SERVICE_NAME, ...
 `;
 
@@ -36,6 +40,20 @@ export interface DaemonOptions {
   minSyncPeriodMs: number;
   netns?: string;
   healthListen?: { host: string; port: number };
+  /** Which links the flowtable hooks (devices.ts). */
+  devices: DeviceRules;
+}
+
+function patterns(flag: string, values: string[] | undefined): DevicePattern[] {
+  const out: DevicePattern[] = [];
+  for (const value of values ?? []) {
+    try {
+      out.push(...parseDevicePatterns(value));
+    } catch (error) {
+      throw new UsageError(`${flag} ${JSON.stringify(value)}: ${(error as Error).message}`);
+    }
+  }
+  return out;
 }
 
 /** Periods become timers; 0 turns them off. */
@@ -46,7 +64,7 @@ export function parseDaemonArgs(
   argv: string[],
   env: Record<string, string | undefined> = process.env,
 ): DaemonOptions | 'help' {
-  let values: Record<string, string | boolean | undefined>;
+  let values: Record<string, string | boolean | string[] | undefined>;
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -62,6 +80,8 @@ export function parseDaemonArgs(
         'min-sync-period': { type: 'string' },
         netns: { type: 'string' },
         'health-listen': { type: 'string' },
+        'flowtable-include': { type: 'string', multiple: true },
+        'flowtable-exclude': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -103,6 +123,10 @@ export function parseDaemonArgs(
       (values['min-sync-period'] as string | undefined) ?? '1s',
       PERIOD,
     ),
+    devices: {
+      include: patterns('--flowtable-include', values['flowtable-include'] as string[] | undefined),
+      exclude: patterns('--flowtable-exclude', values['flowtable-exclude'] as string[] | undefined),
+    },
   };
   if (values.policy !== undefined) options.policy = values.policy as string;
   if (netns !== undefined) options.netns = netns;

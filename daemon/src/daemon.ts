@@ -4,19 +4,21 @@
 
 import { stat } from 'node:fs/promises';
 import type { Server } from 'node:http';
-import type { Logger } from '@slipstream/shared/adapters/log';
+import { type Logger, LogOnce } from '@slipstream/shared/adapters/log';
 import { type PolicyWatch, watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import { effectiveDecision } from '@slipstream/shared/core/decide';
 import { rulesetText } from '@slipstream/shared/core/nft-text';
 import type { DaemonOptions } from './cli.ts';
+import { type OffloadedFlows, readOffloaded, SharedRead } from './conntrack.ts';
+import { type DeviceChoice, DeviceSelector } from './devices.ts';
 import { serveEndpoints } from './http.ts';
 import { type Kernel, NapiKernel, netnsPath } from './kernel.ts';
-import { LinkWatcher } from './links.ts';
+import { type LinkInfo, LinkWatcher } from './links.ts';
 import { Reconciler, type SyncResult } from './reconciler.ts';
 import { FileSource } from './sources/files.ts';
 import { KubernetesSource } from './sources/kubernetes.ts';
 import type { ServiceSource } from './sources/source.ts';
-import { type NodeStatus, portStatuses, readConntrack } from './status.ts';
+import { type NodeStatus, portStatuses } from './status.ts';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -24,12 +26,16 @@ export interface DaemonDeps {
   openKernel?: (netns?: string) => Promise<Kernel>;
   /** Where --once prints what it programmed. */
   print?: (text: string) => void;
+  /** Reads the offloaded connections (tests may pass their own); conntrack by default. */
+  readOffloaded?: (netns?: string, onError?: (reason: string) => void) => Promise<OffloadedFlows | null>;
 }
 
 export interface RunningDaemon {
   reconciler: Reconciler;
   source: ServiceSource;
   links: LinkWatcher;
+  /** Which links the flowtable hooks, and why the others are left out (the latest listing). */
+  devices(): DeviceChoice;
   health: Server | undefined;
   /** SIGHUP: re-reads the policy file and the manifests directory, and reads the table back. */
   reload(): Promise<void>;
@@ -91,7 +97,11 @@ function summary(r: SyncResult): Record<string, unknown> {
 }
 
 /** The node's status from the running loop: what is wanted, what the kernel holds, what is held out. */
-export function nodeStatus(reconciler: Reconciler, offloaded: Map<string, number> | null = null): NodeStatus {
+export function nodeStatus(
+  reconciler: Reconciler,
+  offloaded: OffloadedFlows | null = null,
+  devices: DeviceChoice | null = null,
+): NodeStatus {
   const caps = reconciler.capabilities;
   const desired = reconciler.desired;
   const belief = reconciler.belief;
@@ -105,6 +115,14 @@ export function nodeStatus(reconciler: Reconciler, offloaded: Map<string, number
     source: 'daemon',
     quarantined: quarantined.size,
     ready: reconciler.readiness(),
+    ...(caps?.flowtable
+      ? {
+          devices: {
+            hooked: belief?.flowtable?.devices ?? desired?.flowtable?.devices ?? [],
+            ...(devices ? { excluded: devices.excluded } : {}),
+          },
+        }
+      : {}),
     ports: desired
       ? portStatuses(
           services,
@@ -164,21 +182,44 @@ async function start(
     deps.openKernel ?? ((netns) => NapiKernel.open({ ...(netns ? { netns } : {}), onStray }))
   )(options.netns);
   closers.push(() => kernel.close());
+  const selector = new DeviceSelector(options.devices);
+  let choice: DeviceChoice = { hooked: [], excluded: [] };
+  const choose = (listed: LinkInfo[]): string[] => {
+    choice = selector.select(listed);
+    return choice.hooked;
+  };
   const links = new LinkWatcher({
     ...(options.netns ? { netns: options.netns } : {}),
     logger,
-    onChange: (devices) => {
-      reconciler.update({ devices });
+    onChange: (listed) => {
+      // Also when the names stay the same (a link created again under its name): the sync reads
+      // the kernel's own device list after every link event.
+      reconciler.update({ devices: choose(listed) });
       reconciler.request('link');
     },
   });
   closers.push(() => links.stop());
+  // One conntrack read per status request (concurrent requests share it); evictions read afresh.
+  const conntrackProblem = new LogOnce();
+  const readFlows = () =>
+    (deps.readOffloaded ?? readOffloaded)(options.netns, (reason) =>
+      conntrackProblem.report('conntrack', reason, () =>
+        logger.warn(
+          'cannot read conntrack: offloaded connections are not counted, and evictions are not skipped',
+          {
+            reason,
+          },
+        ),
+      ),
+    );
+  const sharedFlows = new SharedRead(readFlows);
   const reconciler = new Reconciler({
     kernel,
     policy: policyWatch.current(),
     minSyncIntervalMs: options.minSyncPeriodMs,
     resyncIntervalMs: options.once ? 0 : options.resyncPeriodMs,
-    refreshDevices: () => links.refresh(),
+    refreshDevices: async () => choose(await links.refresh()),
+    readOffloaded: readFlows,
     logger,
   });
   closers.push(() => reconciler.stop());
@@ -210,7 +251,11 @@ async function start(
   const snapshot = source.snapshot();
   for (const r of snapshot.rejected) logger.warn('Service not read', { ref: r.ref, error: r.error });
   reconciler.update(snapshot);
-  reconciler.update({ devices: await links.start() });
+  const listed = await links.start();
+  // Links the flowtable hooked before this start stay hooked, DOWN ones too (devices.ts).
+  const hooked = await kernel.readFlowtableDevices().catch(() => null);
+  if (hooked) selector.adopt(hooked, listed);
+  reconciler.update({ devices: choose(listed) });
   source.onChange((trigger) => {
     reconciler.update(source.snapshot());
     reconciler.request(trigger);
@@ -225,7 +270,7 @@ async function start(
           lastSync: () => (reconciler.lastResult ? summary(reconciler.lastResult) : null),
           lastSuccessAt: () => reconciler.lastSuccessAt?.toISOString() ?? null,
           readiness: () => reconciler.readiness(),
-          status: async () => nodeStatus(reconciler, await readConntrack(options.netns)),
+          status: async () => nodeStatus(reconciler, await sharedFlows.read(), choice),
         },
         logger,
       );
@@ -243,6 +288,7 @@ async function start(
     reconciler,
     source,
     links,
+    devices: () => choice,
     health,
     reload: async () => {
       policyWatch.check();

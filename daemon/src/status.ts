@@ -1,15 +1,14 @@
 // `slipstream status`: for every Service port, the decision, threshold and reason, whether this
-// node's kernel holds it, and how many of its connections are offloaded right now. The rows are
+// node's kernel holds it, and how many of its connections are offloaded right now with their
+// bytes; and which links the flowtable hooks, and why the others are left out. The rows are
 // computed by a pure function from (desired ruleset, kernel ruleset, conntrack counts); reading
-// the kernel and conntrack happens at the edges (statusMain).
+// the kernel and conntrack happens at the edges (daemon.ts, status-main.ts).
 
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import type { Decision } from '@slipstream/shared/core/decide';
 import { elementKey, type Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Service } from '@slipstream/shared/core/service';
-
-const run = promisify(execFile);
+import { flowKey, type OffloadedFlows } from './conntrack.ts';
+import type { ExcludedDevice } from './devices.ts';
 
 export type PortState =
   /** Offloaded: every element of this port is in the kernel with its threshold. */
@@ -34,6 +33,15 @@ export interface PortStatus {
   inKernel: boolean | null;
   /** Connections to this port's ClusterIPs that conntrack marks [OFFLOAD] now (null: unknown). */
   offloaded: number | null;
+  /** The bytes those connections carried, both directions (null: unknown). */
+  offloadedBytes: number | null;
+}
+
+export interface DeviceStatus {
+  /** What the flowtable hooks (the kernel's own list when it was read). */
+  hooked: string[];
+  /** Links left out, with the reason (the daemon's choice; absent when computed without it). */
+  excluded?: ExcludedDevice[];
 }
 
 export interface NodeStatus {
@@ -46,6 +54,8 @@ export interface NodeStatus {
   quarantined?: number;
   /** The daemon's readiness, when the rows come from it. */
   ready?: { ready: boolean; reason: string };
+  /** The flowtable's devices (absent without a flowtable). */
+  devices?: DeviceStatus;
   ports: PortStatus[];
 }
 
@@ -57,32 +67,12 @@ export interface QuarantineView {
 
 const PROTO_NUMBER: Record<string, number> = { TCP: 6, UDP: 17 };
 
-/** Key under which conntrack counts are kept: `<address> <protocol number> <port>`. */
-export function flowKey(address: string, protocol: number, port: number): string {
-  return `${address} ${protocol} ${port}`;
-}
-
-/** Counts [OFFLOAD] entries by original destination, from `conntrack -L` text. */
-export function countOffloaded(conntrackText: string): Map<string, number> {
-  const counts = new Map<string, number>();
-  for (const line of conntrackText.split('\n')) {
-    if (!line.includes('[OFFLOAD]') && !line.includes('[HW_OFFLOAD]')) continue;
-    const proto = /^\s*\S+\s+(\d+)\s/.exec(line)?.[1];
-    const dst = /\bdst=(\S+)/.exec(line)?.[1];
-    const dport = /\bdport=(\d+)/.exec(line)?.[1];
-    if (!proto || !dst || !dport) continue;
-    const key = flowKey(dst, Number(proto), Number(dport));
-    counts.set(key, (counts.get(key) ?? 0) + 1);
-  }
-  return counts;
-}
-
 /** The rows, one per Service port, from what is wanted, what the kernel holds and conntrack. */
 export function portStatuses(
   services: readonly Service[],
   desired: Ruleset,
   kernel: Ruleset | null,
-  offloaded: Map<string, number> | null,
+  offloaded: OffloadedFlows | null,
   /** The full decision (with per-port reasons); the ruleset keeps only the Service-level line. */
   decisionOf: (service: Service) => Decision,
   quarantined: ReadonlyMap<string, QuarantineView> = new Map(),
@@ -114,6 +104,7 @@ export function portStatuses(
         ...(problems ? { problems } : {}),
         inKernel: null,
         offloaded: null,
+        offloadedBytes: null,
       });
       continue;
     }
@@ -125,16 +116,20 @@ export function portStatuses(
         .filter((e) => e !== undefined && e.port === p.port && e.protocol === proto);
       let inKernel: boolean | null = null;
       let count: number | null = null;
+      let bytes: number | null = null;
       if (on) {
         inKernel =
           kernel !== null &&
           elements.length > 0 &&
           elements.every((e) => kernel.elements.get(elementKey(e!))?.threshold === e!.threshold);
         if (offloaded) {
-          count = elements.reduce(
-            (sum, e) => sum + (offloaded.get(flowKey(e!.address, e!.protocol, e!.port)) ?? 0),
-            0,
-          );
+          count = 0;
+          bytes = 0;
+          for (const e of elements) {
+            const flows = offloaded.get(flowKey(e!.address, e!.protocol, e!.port));
+            count += flows?.connections ?? 0;
+            bytes += flows?.bytes ?? 0;
+          }
         }
       }
       // Per-port reason when the decision was made per port; else the Service-level line.
@@ -154,30 +149,28 @@ export function portStatuses(
         ...(problems ? { problems } : {}),
         inKernel,
         offloaded: count,
+        offloadedBytes: bytes,
       });
     }
   }
   return rows;
 }
 
-/** Reads `conntrack -L` for both families (in a netns when given); null when conntrack cannot be read. */
-export async function readConntrack(netns?: string): Promise<Map<string, number> | null> {
-  const prefix = netns ? ['ip', 'netns', 'exec', netns] : [];
-  let text = '';
-  try {
-    for (const family of ['ipv4', 'ipv6']) {
-      const [cmd, ...args] = [...prefix, 'conntrack', '-L', '-f', family];
-      const { stdout } = await run(cmd!, args, { maxBuffer: 512 * 1024 * 1024 });
-      text += stdout;
-    }
-  } catch {
-    return null;
-  }
-  return countOffloaded(text);
-}
-
 function cell(value: string, width: number): string {
   return value.length > width ? `${value.slice(0, width - 1)}…` : value.padEnd(width);
+}
+
+/** 1234567 -> `1.2M` (decimal units, like `ip -h`). */
+export function shortBytes(n: number): string {
+  if (n < 1000) return String(n);
+  const units = ['K', 'M', 'G', 'T', 'P'];
+  let v = n;
+  let u = -1;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return `${v < 10 ? v.toFixed(1) : Math.round(v)}${units[u]}`;
 }
 
 const STATE_TEXT: Record<PortState, string> = {
@@ -200,8 +193,12 @@ export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
     lines.push('(no daemon answered: computed from the sources; quarantine unknown)');
   if (status.ready && !status.ready.ready) lines.push(`daemon: NOT READY: ${status.ready.reason}`);
   if (status.quarantined) lines.push(`quarantined Services: ${status.quarantined}`);
+  if (status.devices) {
+    lines.push(`flowtable devices: ${status.devices.hooked.join(', ') || '(none)'}`);
+    for (const d of status.devices.excluded ?? []) lines.push(`  not hooked: ${d.name}: ${d.reason}`);
+  }
   lines.push('');
-  const header = ['SERVICE', 'PORT', 'DECISION', 'THRESHOLD', 'IN KERNEL', 'OFFLOADED', 'REASON'];
+  const header = ['SERVICE', 'PORT', 'DECISION', 'THRESHOLD', 'IN KERNEL', 'OFFLOADED', 'BYTES', 'REASON'];
   const rows = status.ports.map((r) => [
     r.service,
     r.port,
@@ -209,10 +206,12 @@ export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
     r.threshold === null ? '-' : String(r.threshold),
     STATE_TEXT[r.state],
     r.offloaded === null ? '-' : String(r.offloaded),
+    r.offloadedBytes === null || r.offloadedBytes === undefined ? '-' : shortBytes(r.offloadedBytes),
     r.reason,
   ]);
+  const last = header.length - 1;
   const widths = header.map((h, i) =>
-    i === 6 ? reasonWidth : rows.reduce((w, row) => Math.max(w, Math.min(row[i]!.length, 40)), h.length),
+    i === last ? reasonWidth : rows.reduce((w, row) => Math.max(w, Math.min(row[i]!.length, 40)), h.length),
   );
   const render = (row: string[]) =>
     row

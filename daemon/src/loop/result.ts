@@ -40,6 +40,11 @@ export interface SyncResult {
   verified?: boolean | null;
   /** What the sync changed, in short. */
   change?: string;
+  /**
+   * Offload ended for ports that still had offloaded connections: the flowtable was re-created
+   * (loop/evict.ts). `connections` null: conntrack could not be read, so it was not skipped.
+   */
+  evicted?: { ports: number; connections: number | null; examples: string[] };
   /** Inputs not yet received (nothing is written until every source has reported once). */
   waitingFor?: string[];
   error?: string;
