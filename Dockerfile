@@ -38,9 +38,10 @@ COPY daemon/ daemon/
 # ---- runtime ----------------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS runtime
 # libnftables1: the addon's shared library. iproute2: the daemon runs `ip -json link show` and
-# `ip monitor link`. Then drop the package managers and headers nothing at run time uses.
+# `ip monitor link`. conntrack: it reads the offloaded connections (`conntrack -L`) for status and
+# to evict those of ports no longer offloaded. Then drop the package managers and headers nothing at run time uses.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libnftables1 iproute2 \
+ && apt-get install -y --no-install-recommends libnftables1 iproute2 conntrack \
  && rm -rf /var/lib/apt/lists/* \
  && rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack \
       /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack \

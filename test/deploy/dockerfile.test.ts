@@ -190,9 +190,9 @@ describe('Dockerfile', () => {
     }
   });
 
-  it('installs only runtime libraries in the runtime stage: libnftables1 and iproute2', () => {
+  it('installs only what runs at run time in the runtime stage: libnftables1, iproute2 and conntrack', () => {
     const packages = aptPackages(stage('runtime'));
-    expect(packages.sort()).toEqual(['iproute2', 'libnftables1']);
+    expect(packages.sort()).toEqual(['conntrack', 'iproute2', 'libnftables1']);
   });
 
   it('runs as uid 65532 by default', () => {
