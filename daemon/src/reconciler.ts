@@ -288,7 +288,10 @@ export class Reconciler {
       this.#health.converged(now);
       if (this.#lastError !== null) this.#log.info('sync succeeds again', { trigger: result.trigger });
       this.#lastError = null;
-      if (result.result !== 'noop' || result.drift) this.#log.info('sync', { ...summary(result) });
+      // A noop after a refused transaction is logged too: the warning before it needs its outcome.
+      if (result.result !== 'noop' || result.drift || result.retried) {
+        this.#log.info('sync', { ...summary(result) });
+      }
     }
     for (const listener of [...this.#listeners]) {
       try {

@@ -184,12 +184,14 @@ describe('daemon DaemonSet', () => {
     }
   });
 
-  it('its arguments are the daemon's own: parsed by its parser, the flowtable patterns at the default', () => {
+  it('passes arguments the daemon parses, the flowtable patterns at their default', () => {
     const options = parseDaemonArgs(daemonContainer().args ?? [], { KUBERNETES_SERVICE_HOST: '10.96.0.1' });
     if (options === 'help') throw new Error('the DaemonSet asks for help');
     expect(options.source).toEqual({ kind: 'kubernetes' });
     // The fields are there to be edited; as shipped they mean "every UP link but loopback".
-    expect(daemonContainer().args).toEqual(expect.arrayContaining(['--flowtable-include', '--flowtable-exclude']));
+    expect(daemonContainer().args).toEqual(
+      expect.arrayContaining(['--flowtable-include', '--flowtable-exclude']),
+    );
     expect(options.devices).toEqual({ include: [], exclude: [] });
   });
 
