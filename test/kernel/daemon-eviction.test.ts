@@ -20,10 +20,21 @@ import {
 } from './suite.ts';
 
 interface Window {
+  writtenAt: string;
   evictedAfterMs: number;
   slowPathKeep: number;
   logLineBefore: number;
   logLineAfter: number;
+}
+
+/** When the daemon's evicting sync ended after the change was written, and what the eviction cost. */
+function timeline(w: Window, sync: LogLine): string {
+  const e = sync.evicted as { conntrackMs: number; commitMs: number };
+  return (
+    `the evicting sync ended ${Date.parse(sync.time) - Date.parse(w.writtenAt)} ms after the change was written ` +
+    `(sync ${sync.durationMs} ms: conntrack read ${e.conntrackMs} ms, flowtable re-created in ${e.commitMs} ms); ` +
+    `conntrack showed it without [OFFLOAD] ${w.evictedAfterMs} ms after`
+  );
 }
 
 /** The same connection (client port), the same backend (reply source), established, not offloaded. */
@@ -109,6 +120,7 @@ describe('daemon end to end: counters and eviction (one VM boot)', () => {
       writes: 2,
       evicted: { ports: 1, connections: 1 },
     });
+    console.info(`[vmlab] toggle: ${timeline(d, sync!)}`);
   });
 
   test('9c. a namespace of 1,000 Services opted out: one eviction for all of them; the other Service stays offloaded', async () => {

@@ -119,7 +119,9 @@ export class Evictor {
       this.#removed.clear();
       return;
     }
+    const readStarted = performance.now();
     const due = evictionDue(removed, await this.#read());
+    const readMs = Math.round(performance.now() - readStarted);
     if (!due) {
       this.#removed.clear();
       return;
@@ -128,6 +130,7 @@ export class Evictor {
       'slipstream.evict.ports': due.ports.length,
       'slipstream.evict.connections': due.connections ?? -1,
     });
+    const commitStarted = performance.now();
     try {
       await this.#kernel.apply(evictionChange(belief));
     } catch (error) {
@@ -144,6 +147,8 @@ export class Evictor {
       ports: due.ports.length,
       connections: due.connections,
       examples: due.ports.slice(0, 5),
+      conntrackMs: readMs,
+      commitMs: Math.round(performance.now() - commitStarted),
     };
   }
 }

@@ -16,11 +16,11 @@
 #   1. counters: ct-counters-1.txt, ct-counters-2.txt (3 s apart, flows running), counters.json
 #      {"slowPathKeep"} between them, status.json (GET /status right after)
 #   2. acceleration: disabled on shop/toggle
-#      ct-before-disable.txt, ct-after-disable.txt, disable.json {"evictedAfterMs" (manifest written ->
+#      ct-before-disable.txt, ct-after-disable.txt, disable.json {"writtenAt" (UTC), "evictedAfterMs" (manifest written ->
 #      conntrack shows toggle without [OFFLOAD]; -1: never), "slowPathKeep", "slowPathToggle" (2 s after),
 #      "logLineBefore", "logLineAfter"}
 #   3. namespace bulk opted out
-#      ct-after-optout.txt, optout.json {"evictedAfterMs", "slowPathKeep", "slowPathB1", "slowPathB2",
+#      ct-after-optout.txt, optout.json {"writtenAt", "evictedAfterMs", "slowPathKeep", "slowPathB1", "slowPathB2",
 #      "elementsLeft" (svc4), "logLineBefore", "logLineAfter"}
 #   running.json                     which iperf3 clients are still running at the end (none was reset)
 #   env.json                         kernel
@@ -110,13 +110,14 @@ line_before=$(loglines)
 bk=$(observer keep)
 conntrack_snapshot "$LAB/ct-before-disable.txt"
 t0=$(uptime_ms)
+written=$(date -u +%FT%T.%3NZ)
 service_yaml shop toggle 10.96.5.20 5432/TCP slipstream.dev/acceleration=disabled | put_manifest "$SVC_DIR" toggle.yaml
 if wait_until 60 not_offloaded 10.96.5.20 >/dev/null; then evicted=$(($(uptime_ms) - t0)); else evicted=-1; fi
 bt=$(observer toggle)
 sleep 2
 conntrack_snapshot "$LAB/ct-after-disable.txt"
 cat >"$LAB/disable.json" <<EOF
-{"evictedAfterMs": $evicted, "slowPathKeep": $(($(observer keep) - bk)), "slowPathToggle": $(($(observer toggle) - bt)),
+{"writtenAt": "$written", "evictedAfterMs": $evicted, "slowPathKeep": $(($(observer keep) - bk)), "slowPathToggle": $(($(observer toggle) - bt)),
  "logLineBefore": $line_before, "logLineAfter": $(loglines)}
 EOF
 log "toggle: offload ended ${evicted} ms after its manifest said disabled"
@@ -125,6 +126,7 @@ log "toggle: offload ended ${evicted} ms after its manifest said disabled"
 line_before=$(loglines)
 bk=$(observer keep)
 t0=$(uptime_ms)
+written=$(date -u +%FT%T.%3NZ)
 namespaces slipstream.dev/acceleration=disabled | put_manifest "$SVC_DIR" namespaces.yaml
 if wait_until 60 not_offloaded 10.96.8.2 10.96.8.3 >/dev/null; then evicted=$(($(uptime_ms) - t0)); else evicted=-1; fi
 b1=$(observer b1)
@@ -133,7 +135,7 @@ sleep 2
 conntrack_snapshot "$LAB/ct-after-optout.txt"
 left=$(nft -j list map inet slipstream svc4 | grep -o '"concat"' | wc -l)
 cat >"$LAB/optout.json" <<EOF
-{"evictedAfterMs": $evicted, "slowPathKeep": $(($(observer keep) - bk)), "slowPathB1": $(($(observer b1) - b1)),
+{"writtenAt": "$written", "evictedAfterMs": $evicted, "slowPathKeep": $(($(observer keep) - bk)), "slowPathB1": $(($(observer b1) - b1)),
  "slowPathB2": $(($(observer b2) - b2)), "elementsLeft": $left, "logLineBefore": $line_before, "logLineAfter": $(loglines)}
 EOF
 log "bulk: offload ended ${evicted} ms after the namespace was opted out; $left elements left"
