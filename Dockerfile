@@ -55,8 +55,8 @@ RUN npm run build
 # ---- runtime ----------------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS runtime
 # libnftables1: the addon's shared library. iproute2: the daemon runs `ip -json link show` and
-# `ip monitor link`. conntrack: the daemon counts offloaded connections (`conntrack -L --status
-# OFFLOAD`) for its metrics and /status. Then drop the package managers and headers nothing at run time uses.
+# `ip monitor link`. conntrack: it reads the offloaded connections (`conntrack -L`) for metrics, status and
+# to evict those of ports no longer offloaded. Then drop the package managers and headers nothing at run time uses.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libnftables1 iproute2 conntrack \
  && rm -rf /var/lib/apt/lists/* \

@@ -31,6 +31,7 @@ describe('parseDaemonArgs: defaults and where Services come from', () => {
       resyncPeriodMs: 3_600_000,
       minSyncPeriodMs: 1000,
       conntrackSamplePeriodMs: 30_000,
+      devices: { include: [], exclude: [] },
     });
     expect(EXAMPLES_DIR).toMatch(/\/deploy\/examples$/);
   });
@@ -68,6 +69,25 @@ describe('parseDaemonArgs: defaults and where Services come from', () => {
     expect(parse([])).not.toHaveProperty('netns');
     expect(parse([])).not.toHaveProperty('policy');
     expect(parse([])).not.toHaveProperty('healthListen');
+  });
+
+  it('reads the flowtable device patterns (repeatable, comma lists; "" is none) and refuses bad ones', () => {
+    const { devices } = parse([
+      '--flowtable-include',
+      'eth*,/^cali/',
+      '--flowtable-include',
+      'bond0',
+      '--flowtable-exclude',
+      '',
+    ]);
+    expect(devices.include.map((p) => p.text)).toEqual(['eth*', '/^cali/', 'bond0']);
+    expect(devices.exclude).toEqual([]);
+    expect(usageError(['--flowtable-exclude', 'kube-ipvs0,,x']).message).toBe(
+      '--flowtable-exclude "kube-ipvs0,,x": entry 2 of 3 is empty',
+    );
+    expect(usageError(['--flowtable-include', '/(/']).message).toMatch(
+      /^--flowtable-include "\/\(\/": entry 1 of 1 \(\/\(\/\) is not a regular expression/,
+    );
   });
 
   it('--help and -h ask for help', () => {

@@ -4,6 +4,7 @@
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MAX_TIMER_MS, parseDuration, parseHostPort, UsageError } from '@slipstream/shared/adapters/cli-args';
+import { type DevicePattern, type DeviceRules, parseDevicePatterns } from './devices.ts';
 
 export const EXAMPLES_DIR = fileURLToPath(new URL('../../deploy/examples', import.meta.url));
 
@@ -23,7 +24,10 @@ Options:
   --health-listen H:P     serve GET /healthz, /readyz, /status and /metrics over HTTP (e.g. 127.0.0.1:9469)
   --metrics-listen H:P    serve only GET /metrics over HTTP, for Prometheus (e.g. the node's address:9470)
   --conntrack-sample-period D  how often offloaded connections are counted from conntrack (default 30s; 0 disables)
-Durations: 500ms, 30s, 5m, 1h.
+  --flowtable-include P   hook only links matching P (default: every UP link but loopback)
+  --flowtable-exclude P   never hook links matching P
+Durations: 500ms, 30s, 5m, 1h. Patterns: comma lists of names, * matching any characters
+(cali*), or regular expressions between slashes (/^veth[0-9a-f]+$/); repeatable; "" is none.
 Tracing: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP), OTEL_TRACES_EXPORTER=none, OTEL_SERVICE_NAME, ...
 `;
 
@@ -40,6 +44,20 @@ export interface DaemonOptions {
   healthListen?: { host: string; port: number };
   metricsListen?: { host: string; port: number };
   conntrackSamplePeriodMs: number;
+  /** Which links the flowtable hooks (devices.ts). */
+  devices: DeviceRules;
+}
+
+function patterns(flag: string, values: string[] | undefined): DevicePattern[] {
+  const out: DevicePattern[] = [];
+  for (const value of values ?? []) {
+    try {
+      out.push(...parseDevicePatterns(value));
+    } catch (error) {
+      throw new UsageError(`${flag} ${JSON.stringify(value)}: ${(error as Error).message}`);
+    }
+  }
+  return out;
 }
 
 /** Periods become timers; 0 turns them off. */
@@ -50,7 +68,7 @@ export function parseDaemonArgs(
   argv: string[],
   env: Record<string, string | undefined> = process.env,
 ): DaemonOptions | 'help' {
-  let values: Record<string, string | boolean | undefined>;
+  let values: Record<string, string | boolean | string[] | undefined>;
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -68,6 +86,8 @@ export function parseDaemonArgs(
         'health-listen': { type: 'string' },
         'metrics-listen': { type: 'string' },
         'conntrack-sample-period': { type: 'string' },
+        'flowtable-include': { type: 'string', multiple: true },
+        'flowtable-exclude': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -114,6 +134,10 @@ export function parseDaemonArgs(
       (values['conntrack-sample-period'] as string | undefined) ?? '30s',
       PERIOD,
     ),
+    devices: {
+      include: patterns('--flowtable-include', values['flowtable-include'] as string[] | undefined),
+      exclude: patterns('--flowtable-exclude', values['flowtable-exclude'] as string[] | undefined),
+    },
   };
   if (values.policy !== undefined) options.policy = values.policy as string;
   if (netns !== undefined) options.netns = netns;

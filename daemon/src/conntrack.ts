@@ -1,7 +1,10 @@
 // Reading conntrack for what is offloaded now, at a bounded cost: `conntrack -L --status OFFLOAD`
 // (the tool filters by status, so only offloaded entries cross the pipe), read line by line
 // (memory stays flat however large the table), stopped after `maxEntries` lines or `timeoutMs`.
-// One parser for conntrack's text lines; `status` and the metrics both count with it.
+// Counts are by original destination (the ClusterIP and port a client connected to, before
+// kube-proxy's DNAT), which is what Slipstream's map elements are keyed by; the flowtable's
+// `counter` flag keeps packets and bytes counting after offload. One parser for conntrack's text
+// lines: status, the metrics and eviction all count with it.
 
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -14,34 +17,89 @@ export function flowKey(address: string, protocol: number, port: number): string
 export interface ConntrackEntry {
   /** The original direction's destination (a ClusterIP before kube-proxy's DNAT). */
   key: string;
-  /** Bytes of both directions; 0 when conntrack accounting (nf_conntrack_acct) is off. */
+  /** Packets and bytes of both directions; 0 when conntrack accounting (nf_conntrack_acct) is off. */
+  packets: number;
   bytes: number;
   offloaded: boolean;
 }
 
-/** One `conntrack -L` line (`tcp 6 431999 ESTABLISHED src=… dst=… sport=… dport=… [bytes=…] … [OFFLOAD] …`), or null. */
+/** The value after `marker` (up to the next space) from `from` on, and where it ends; null when absent. */
+function valueAfter(line: string, marker: string, from: number): [string, number] | null {
+  const at = line.indexOf(marker, from);
+  if (at < 0) return null;
+  const start = at + marker.length;
+  const end = line.indexOf(' ', start);
+  return [line.slice(start, end < 0 ? line.length : end), end < 0 ? line.length : end];
+}
+
+function numberAfter(line: string, marker: string, from: number): [number, number] {
+  const v = valueAfter(line, marker, from);
+  if (!v) return [0, from];
+  const n = Number(v[0]);
+  return [Number.isFinite(n) ? n : 0, v[1]];
+}
+
+/**
+ * One `conntrack -L` line (`tcp 6 [timeout] [state] src=… dst=… sport=… dport=… [packets=… bytes=…]
+ * src=… … [OFFLOAD] …`), or null. A scan, not a regular expression per field: a node may list
+ * hundreds of thousands of lines.
+ */
 export function parseConntrackLine(line: string): ConntrackEntry | null {
-  const proto = /^\s*\S+\s+(\d+)\s/.exec(line)?.[1];
-  const dst = /\bdst=(\S+)/.exec(line)?.[1];
-  const dport = /\bdport=(\d+)/.exec(line)?.[1];
-  if (!proto || !dst || !dport) return null;
-  let bytes = 0;
-  for (const m of line.matchAll(/\bbytes=(\d+)/g)) bytes += Number(m[1]);
+  let i = 0;
+  while (i < line.length && line[i] === ' ') i++;
+  i = line.indexOf(' ', i);
+  if (i < 0) return null;
+  while (i < line.length && line[i] === ' ') i++;
+  let protocol = 0;
+  for (; i < line.length && line[i]! >= '0' && line[i]! <= '9'; i++)
+    protocol = protocol * 10 + (line.charCodeAt(i) - 48);
+  const dst = valueAfter(line, ' dst=', i);
+  const dport = valueAfter(line, ' dport=', dst?.[1] ?? i);
+  if (!dst || !dport || protocol === 0 || !/^\d+$/.test(dport[0])) return null;
+  const [packetsOut, p1] = numberAfter(line, ' packets=', dport[1]);
+  const [bytesOut, b1] = numberAfter(line, ' bytes=', dport[1]);
+  const [packetsBack] = numberAfter(line, ' packets=', Math.max(p1, b1));
+  const [bytesBack] = numberAfter(line, ' bytes=', Math.max(p1, b1));
   return {
-    key: flowKey(dst, Number(proto), Number(dport)),
-    bytes,
+    key: flowKey(dst[0], protocol, Number(dport[0])),
+    packets: packetsOut + packetsBack,
+    bytes: bytesOut + bytesBack,
     offloaded: line.includes('[OFFLOAD]') || line.includes('[HW_OFFLOAD]'),
   };
 }
 
 export interface FlowCount {
   connections: number;
+  /** Both directions. */
+  packets: number;
   bytes: number;
 }
 
+/** Offloaded connections by original destination (`flowKey`). */
+export type OffloadedFlows = Map<string, FlowCount>;
+
+/** Adds one entry to `into`. */
+export function countEntry(into: OffloadedFlows, entry: ConntrackEntry): void {
+  const count = into.get(entry.key);
+  if (count) {
+    count.connections++;
+    count.packets += entry.packets;
+    count.bytes += entry.bytes;
+  } else into.set(entry.key, { connections: 1, packets: entry.packets, bytes: entry.bytes });
+}
+
+/** The offloaded connections in `conntrack -L` text. */
+export function parseOffloaded(text: string): OffloadedFlows {
+  const flows: OffloadedFlows = new Map();
+  for (const line of text.split('\n')) {
+    const entry = parseConntrackLine(line);
+    if (entry?.offloaded) countEntry(flows, entry);
+  }
+  return flows;
+}
+
 export interface OffloadReading {
-  /** Offloaded connections by original destination (`flowKey`). */
-  flows: Map<string, FlowCount>;
+  flows: OffloadedFlows;
   /** Stopped at `maxEntries`: the counts are a lower bound. */
   truncated: boolean;
   durationMs: number;
@@ -104,12 +162,7 @@ function listFamily(family: 'ipv4' | 'ipv6', options: ReadOptions, into: Offload
         return;
       }
       const entry = parseConntrackLine(line);
-      if (!entry) return;
-      const count = into.flows.get(entry.key);
-      if (count) {
-        count.connections++;
-        count.bytes += entry.bytes;
-      } else into.flows.set(entry.key, { connections: 1, bytes: entry.bytes });
+      if (entry) countEntry(into.flows, entry);
     });
     child.once('error', (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
@@ -141,6 +194,19 @@ export async function readOffloaded(options: ReadOptions = {}): Promise<OffloadR
   await listFamily('ipv6', options, reading);
   reading.durationMs = performance.now() - started;
   return reading;
+}
+
+/** The offloaded flows, or null when conntrack cannot be read (the reason goes to `onError`). */
+export async function readOffloadedFlows(
+  options: ReadOptions = {},
+  onError?: (reason: string) => void,
+): Promise<OffloadedFlows | null> {
+  try {
+    return (await readOffloaded(options)).flows;
+  } catch (error) {
+    onError?.((error as Error).message);
+    return null;
+  }
 }
 
 export interface SamplingOptions extends ReadOptions {
@@ -177,4 +243,23 @@ export function sampleOffloaded(options: SamplingOptions): () => void {
     stopped = true;
     clearTimeout(timer);
   };
+}
+
+/** Concurrent callers share the read in flight; the next call after it settles reads again. */
+export class SharedRead<T> {
+  readonly #read: () => Promise<T>;
+  #inFlight: Promise<T> | null = null;
+
+  constructor(read: () => Promise<T>) {
+    this.#read = read;
+  }
+
+  read(): Promise<T> {
+    if (!this.#inFlight) {
+      this.#inFlight = this.#read().finally(() => {
+        this.#inFlight = null;
+      });
+    }
+    return this.#inFlight;
+  }
 }

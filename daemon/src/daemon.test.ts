@@ -13,8 +13,11 @@ import { PolicyError } from '@slipstream/shared/core/policy';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { canUseNetns } from '../../test/lib/netns.ts';
 import { type DaemonOptions, EXAMPLES_DIR } from './cli.ts';
+import { flowKey } from './conntrack.ts';
 import { cleanup, type RunningDaemon, requireNetns, runOnce, StartupError, startDaemon } from './daemon.ts';
+import { parseDevicePatterns } from './devices.ts';
 import { MemoryKernel } from './memory-kernel.ts';
+import type { NodeStatus } from './status.ts';
 
 interface Entry {
   level: string;
@@ -77,6 +80,7 @@ describe.skipIf(!isRoot)('startDaemon / runOnce / cleanup (MemoryKernel, private
     minSyncPeriodMs: 10,
     conntrackSamplePeriodMs: 0,
     netns: ns,
+    devices: { include: [], exclude: [] },
     ...extra,
   });
 
@@ -213,6 +217,68 @@ describe.skipIf(!isRoot)('startDaemon / runOnce / cleanup (MemoryKernel, private
     for (const path of ['/status', '/healthz', '/readyz'])
       expect((await fetch(`${base}${path}`)).status).toBe(404);
     expect(daemon.health).toBeUndefined();
+  });
+
+  it('/status: the hooked devices, the links left out with the reason, offloaded connections and bytes per port', async () => {
+    const ip = (...args: string[]) => execFileSync('ip', ['-n', ns, ...args]);
+    ip('link', 'add', 'da', 'type', 'veth', 'peer', 'name', 'db');
+    ip('link', 'add', 'skip0', 'type', 'veth', 'peer', 'name', 'skip1');
+    ip('link', 'set', 'da', 'up');
+    ip('link', 'set', 'skip0', 'up');
+    try {
+      const kernel = new MemoryKernel();
+      let reads = 0;
+      const daemon = await startDaemon(
+        options({
+          healthListen: { host: '127.0.0.1', port: 0 },
+          devices: { include: [], exclude: parseDevicePatterns('skip*') },
+        }),
+        {
+          logger: recorder(),
+          openKernel: async () => kernel,
+          readOffloaded: async () => {
+            reads++;
+            await new Promise((r) => setTimeout(r, 50));
+            return new Map([[flowKey('10.96.10.10', 6, 5432), { connections: 2, packets: 30, bytes: 4096 }]]);
+          },
+        },
+      );
+      running.push(daemon);
+      expect(kernel.table?.flowtable?.devices).toEqual(['da']);
+      const address = daemon.health?.address();
+      if (!address || typeof address === 'string') throw new Error('no address');
+      const get = async () =>
+        (await (await fetch(`http://127.0.0.1:${address.port}/status`)).json()) as NodeStatus;
+      const before = reads;
+      // Two requests at once share one conntrack read.
+      const [status] = await Promise.all([get(), get()]);
+      expect(reads - before).toBe(1);
+      expect(status.devices).toEqual({
+        hooked: ['da'],
+        excluded: [
+          { name: 'db', reason: 'DOWN: hooked once it comes UP' },
+          { name: 'lo', reason: 'loopback: forwarded traffic never enters through it' },
+          { name: 'skip0', reason: 'matched by --flowtable-exclude skip*' },
+          { name: 'skip1', reason: 'matched by --flowtable-exclude skip*' },
+        ],
+      });
+      const pg = status.ports.find((p) => p.service === 'shop/postgres' && p.port.startsWith('5432/'));
+      expect(pg).toMatchObject({ offloaded: 2, offloadedBytes: 4096 });
+
+      // A hooked link going DOWN stays hooked: no write.
+      const writes = kernel.writes;
+      ip('link', 'set', 'da', 'down');
+      await until(
+        'the link watcher saw da DOWN',
+        () => daemon.devices().hooked.includes('da') && !daemon.links.links.find((l) => l.name === 'da')?.up,
+      );
+      await daemon.reconciler.sync('link');
+      expect(kernel.writes).toBe(writes);
+      expect(kernel.table?.flowtable?.devices).toEqual(['da']);
+    } finally {
+      ip('link', 'delete', 'da');
+      ip('link', 'delete', 'skip0');
+    }
   });
 
   it('a start-up that fails closes what it opened (kernel, link monitor) and says what is wrong', async () => {

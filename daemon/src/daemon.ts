@@ -10,16 +10,17 @@ import { effectiveDecision } from '@slipstream/shared/core/decide';
 import { rulesetText } from '@slipstream/shared/core/nft-text';
 import { AddressWatcher } from './addresses.ts';
 import type { DaemonOptions } from './cli.ts';
-import { sampleOffloaded } from './conntrack.ts';
+import { type OffloadedFlows, readOffloadedFlows, SharedRead, sampleOffloaded } from './conntrack.ts';
+import { type DeviceChoice, DeviceSelector } from './devices.ts';
 import { serveEndpoints } from './http.ts';
 import { type Kernel, NapiKernel } from './kernel.ts';
-import { LinkWatcher } from './links.ts';
+import { type LinkInfo, LinkWatcher } from './links.ts';
 import { DaemonMetrics } from './metrics.ts';
 import { Reconciler, type SyncResult } from './reconciler.ts';
 import { FileSource } from './sources/files.ts';
 import type { ServiceSource } from './sources/source.ts';
 import { requireNetns, StartupError } from './startup.ts';
-import { type NodeStatus, portStatuses, readConntrack } from './status.ts';
+import { type NodeStatus, portStatuses } from './status.ts';
 
 export { requireNetns, StartupError };
 
@@ -29,12 +30,16 @@ export interface DaemonDeps {
   openKernel?: (netns?: string) => Promise<Kernel>;
   /** Where --once prints what it programmed. */
   print?: (text: string) => void;
+  /** Reads the offloaded connections (tests may pass their own); conntrack by default. */
+  readOffloaded?: (netns?: string, onError?: (reason: string) => void) => Promise<OffloadedFlows | null>;
 }
 
 export interface RunningDaemon {
   reconciler: Reconciler;
   source: ServiceSource;
   links: LinkWatcher;
+  /** Which links the flowtable hooks, and why the others are left out (the latest listing). */
+  devices(): DeviceChoice;
   health: Server | undefined;
   /** The metrics (the eviction counter is incremented through it). */
   metrics: DaemonMetrics;
@@ -79,7 +84,11 @@ function summary(r: SyncResult): Record<string, unknown> {
 }
 
 /** The node's status from the running loop: what is wanted, what the kernel holds, what is held out. */
-export function nodeStatus(reconciler: Reconciler, offloaded: Map<string, number> | null = null): NodeStatus {
+export function nodeStatus(
+  reconciler: Reconciler,
+  offloaded: OffloadedFlows | null = null,
+  devices: DeviceChoice | null = null,
+): NodeStatus {
   const caps = reconciler.capabilities;
   const desired = reconciler.desired;
   const belief = reconciler.belief;
@@ -93,6 +102,14 @@ export function nodeStatus(reconciler: Reconciler, offloaded: Map<string, number
     source: 'daemon',
     quarantined: quarantined.size,
     ready: reconciler.readiness(),
+    ...(caps?.flowtable
+      ? {
+          devices: {
+            hooked: belief?.flowtable?.devices ?? desired?.flowtable?.devices ?? [],
+            ...(devices ? { excluded: devices.excluded } : {}),
+          },
+        }
+      : {}),
     ports: desired
       ? portStatuses(
           services,
@@ -157,11 +174,19 @@ async function start(
     deps.openKernel ?? ((netns) => NapiKernel.open({ ...(netns ? { netns } : {}), onStray }))
   )(options.netns);
   closers.push(() => kernel.close());
+  const selector = new DeviceSelector(options.devices);
+  let choice: DeviceChoice = { hooked: [], excluded: [] };
+  const choose = (listed: LinkInfo[]): string[] => {
+    choice = selector.select(listed);
+    return choice.hooked;
+  };
   const links = new LinkWatcher({
     ...(options.netns ? { netns: options.netns } : {}),
     logger,
-    onChange: (devices) => {
-      reconciler.update({ devices });
+    onChange: (listed) => {
+      // Also when the names stay the same (a link created again under its name): the sync reads
+      // the kernel's own device list after every link event.
+      reconciler.update({ devices: choose(listed) });
       reconciler.request('link');
     },
   });
@@ -175,12 +200,29 @@ async function start(
     },
   });
   closers.push(() => addresses.stop());
+  // One conntrack read per status request (concurrent requests share it); evictions read afresh.
+  const conntrackProblem = new LogOnce();
+  const readFlows = () =>
+    (deps.readOffloaded ?? ((netns, onError) => readOffloadedFlows(netns ? { netns } : {}, onError)))(
+      options.netns,
+      (reason) =>
+        conntrackProblem.report('conntrack', reason, () =>
+          logger.warn(
+            'cannot read conntrack: offloaded connections are not counted, and evictions are not skipped',
+            {
+              reason,
+            },
+          ),
+        ),
+    );
+  const sharedFlows = new SharedRead(readFlows);
   const reconciler = new Reconciler({
     kernel,
     policy: policyWatch.current(),
     minSyncIntervalMs: options.minSyncPeriodMs,
     resyncIntervalMs: options.once ? 0 : options.resyncPeriodMs,
-    refreshDevices: () => links.refresh(),
+    refreshDevices: async () => choose(await links.refresh()),
+    readOffloaded: readFlows,
     logger,
   });
   closers.push(() => reconciler.stop());
@@ -213,13 +255,17 @@ async function start(
   const snapshot = source.snapshot();
   for (const r of snapshot.rejected) logger.warn('Service not read', { ref: r.ref, error: r.error });
   reconciler.update(snapshot);
-  reconciler.update({ devices: await links.start() });
   try {
     reconciler.update({ nodeAddresses: await addresses.start() });
   } catch (error) {
     // Without them nodePorts match nothing; everything else works.
     logger.warn("cannot list this node's addresses; nodePorts are not accelerated", { error: String(error) });
   }
+  const listed = await links.start();
+  // Links the flowtable hooked before this start stay hooked, DOWN ones too (devices.ts).
+  const hooked = await kernel.readFlowtableDevices().catch(() => null);
+  if (hooked) selector.adopt(hooked, listed);
+  reconciler.update({ devices: choose(listed) });
   source.onChange((trigger) => {
     reconciler.update(source.snapshot());
     reconciler.request(trigger);
@@ -254,7 +300,7 @@ async function start(
           lastSync: () => (reconciler.lastResult ? summary(reconciler.lastResult) : null),
           lastSuccessAt: () => reconciler.lastSuccessAt?.toISOString() ?? null,
           readiness: () => reconciler.readiness(),
-          status: async () => nodeStatus(reconciler, await readConntrack(options.netns)),
+          status: async () => nodeStatus(reconciler, await sharedFlows.read(), choice),
           metrics: registry,
         },
         logger,
@@ -284,6 +330,7 @@ async function start(
     reconciler,
     source,
     links,
+    devices: () => choice,
     health,
     metrics,
     metricsListener,

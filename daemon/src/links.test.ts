@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { silentLogger } from '@slipstream/shared/adapters/log';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { canUseNetns } from '../../test/lib/netns.ts';
-import { flowtableDevices, LinkWatcher, listLinks, parseLinks } from './links.ts';
+import { type LinkInfo, LinkWatcher, listLinks, parseLinks } from './links.ts';
 
 const SAMPLE = JSON.stringify([
   {
@@ -39,11 +39,16 @@ const SAMPLE = JSON.stringify([
   'junk',
 ]);
 
-describe('parseLinks / flowtableDevices', () => {
-  it('keeps UP non-loopback links, carrier or not', () => {
+describe('parseLinks', () => {
+  it('reads name, ifindex, UP (carrier or not) and loopback of every link', () => {
     const links = parseLinks(SAMPLE);
-    expect(links.map((l) => l.name)).toEqual(['lo', 'eth0', 'veth1', 'veth2', 'wg0']);
-    expect(flowtableDevices(links)).toEqual(['eth0', 'veth1', 'wg0']);
+    expect(links.map((l) => [l.name, l.index, l.up, l.loopback])).toEqual([
+      ['lo', 1, true, true],
+      ['eth0', 2, true, false],
+      ['veth1', 3, true, false],
+      ['veth2', 4, false, false],
+      ['wg0', 5, true, false],
+    ]);
   });
 
   it('never throws on output it does not understand', () => {
@@ -70,45 +75,53 @@ describe.skipIf(!canUseNetns({ nft: false }))('LinkWatcher in a private network 
 
   it('lists the links of the namespace', async () => {
     const links = await listLinks(ns);
-    expect(links.map((l) => l.name)).toContain('lo');
-    expect(flowtableDevices(links)).toEqual([]);
+    expect(links.map((l) => [l.name, l.loopback])).toContainEqual(['lo', true]);
   });
 
-  it('notices links coming UP and going away through ip monitor (no polling)', async () => {
-    const changes: string[][] = [];
+  it('notices links coming UP, going DOWN, re-created under the same name in one batch, and going away', async () => {
+    const changes: LinkInfo[][] = [];
     let notify: (() => void) | null = null;
     watcher = new LinkWatcher({
       netns: ns,
       pollMs: 0,
       logger: silentLogger,
-      onChange: (devices) => {
-        changes.push(devices);
+      onChange: (links) => {
+        changes.push(links);
         notify?.();
       },
     });
-    const next = (predicate: (d: string[]) => boolean) =>
+    const next = (predicate: (links: LinkInfo[]) => boolean) =>
       new Promise<void>((resolve) => {
         notify = () => {
           if (predicate(changes[changes.length - 1]!)) resolve();
         };
       });
-    expect(await watcher.start()).toEqual([]);
+    const find = (links: LinkInfo[], name: string) => links.find((l) => l.name === name);
+    expect((await watcher.start()).map((l) => l.name)).toEqual(['lo']);
 
-    const up = next((d) => d.includes('sa') && d.includes('sb'));
+    const up = next((l) => find(l, 'sa')?.up === true && find(l, 'sb')?.up === true);
     ip('link', 'add', 'sa', 'type', 'veth', 'peer', 'name', 'sb');
     ip('link', 'set', 'sa', 'up');
     ip('link', 'set', 'sb', 'up');
     await up;
-    expect(watcher.devices).toEqual(['sa', 'sb']);
+    const before = find(watcher.links, 'sa')!.index;
 
-    const down = next((d) => !d.includes('sb'));
+    const down = next((l) => find(l, 'sb')?.up === false);
     ip('link', 'set', 'sb', 'down');
     await down;
-    expect(watcher.devices).toEqual(['sa']);
+    expect(find(watcher.links, 'sa')?.up).toBe(true);
 
-    const gone = next((d) => d.length === 0);
+    // What a CNI does when a pod restarts: the same name, another link, in one go.
+    const recreated = next((l) => find(l, 'sa') !== undefined && find(l, 'sa')!.index !== before);
+    execFileSync('ip', ['-n', ns, '-batch', '-'], {
+      input: 'link del sa\nlink add sa type veth peer name sb\nlink set sa up\n',
+    });
+    await recreated;
+    expect(find(watcher.links, 'sa')).toMatchObject({ up: true });
+
+    const gone = next((l) => l.every((x) => x.loopback));
     ip('link', 'delete', 'sa');
     await gone;
-    expect(watcher.devices).toEqual([]);
+    expect(watcher.links.map((l) => l.name)).toEqual(['lo']);
   });
 });

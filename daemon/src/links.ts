@@ -1,19 +1,16 @@
-// The device source: which links the flowtable hooks. Lists links with `ip -json link show`
-// and watches `ip monitor link` (iproute2 6.1 prints text there even with -json, so every
-// line only means "something changed": re-list, debounced). Works in a named network
-// namespace (`ip -n NAME ...`).
+// The link source: lists links with `ip -json link show` and watches `ip monitor link`
+// (iproute2 6.1 prints text there even with -json, so every line only means "something
+// changed": re-list, debounced). Works in a named network namespace (`ip -n NAME ...`).
 //
-// Devices chosen: links that are administratively UP (IFF_UP), except loopback. A flowtable
-// hook on lo never sees forwarded traffic, and a DOWN link carries none. Names that cannot be
-// Linux interface names are dropped defensively (they only ever reach libnftables as JSON
-// strings). Operational state (carrier) is NOT required: a veth whose peer is still coming up
-// is hooked already, so its first forwarded packets can be offloaded.
+// It reports the links themselves, each with its ifindex and whether it is administratively UP
+// (IFF_UP; carrier is not asked for: a veth whose peer is still coming up can be hooked already);
+// which of them the flowtable hooks is devices.ts's choice. A link deleted and created again
+// under the same name, however fast (one `ip -batch`), is a change: its ifindex differs.
 
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
 import { isRecord } from '@slipstream/shared/core/record';
-import { validDeviceName } from '@slipstream/shared/core/ruleset';
 
 export interface LinkInfo {
   name: string;
@@ -50,11 +47,12 @@ export function parseLinks(output: string): LinkInfo[] {
   return links;
 }
 
-/** The devices the flowtable should hook: UP, not loopback, a valid name; sorted. */
-export function flowtableDevices(links: readonly LinkInfo[]): string[] {
-  return [
-    ...new Set(links.filter((l) => l.up && !l.loopback && validDeviceName(l.name)).map((l) => l.name)),
-  ].sort();
+/** What a change of links is compared on: which links exist (by ifindex and name) and which are UP. */
+function fingerprint(links: readonly LinkInfo[]): string {
+  return links
+    .map((l) => `${l.index}:${l.name}:${l.up ? 1 : 0}${l.loopback ? 'L' : ''}`)
+    .sort()
+    .join('\n');
 }
 
 function ipArgs(netns: string | undefined, args: string[]): string[] {
@@ -82,8 +80,8 @@ export interface LinkWatcherOptions {
   debounceMs?: number;
   /** Safety-net re-list period, in case an event was missed or the monitor died (default 30 s; 0: off). */
   pollMs?: number;
-  /** Called with the new device list whenever it changes. */
-  onChange: (devices: string[]) => void;
+  /** Called with every link whenever a link appears, goes, is re-created or goes UP or DOWN. */
+  onChange: (links: LinkInfo[]) => void;
   logger?: Logger;
   /** Lists links (tests may stub it); `listLinks` by default. */
   list?: (netns?: string) => Promise<LinkInfo[]>;
@@ -93,7 +91,7 @@ export class LinkWatcher {
   readonly #netns: string | undefined;
   readonly #debounceMs: number;
   readonly #pollMs: number;
-  readonly #onChange: (devices: string[]) => void;
+  readonly #onChange: (links: LinkInfo[]) => void;
   readonly #log: Logger;
   readonly #list: (netns?: string) => Promise<LinkInfo[]>;
   #monitor: ChildProcess | null = null;
@@ -101,8 +99,9 @@ export class LinkWatcher {
   #poll: NodeJS.Timeout | null = null;
   #restart: NodeJS.Timeout | null = null;
   #stopped = false;
-  #devices: string[] = [];
-  #refreshing: Promise<string[]> | null = null;
+  #links: LinkInfo[] = [];
+  #fingerprint = '';
+  #refreshing: Promise<LinkInfo[]> | null = null;
   #again = false;
 
   constructor(options: LinkWatcherOptions) {
@@ -114,12 +113,12 @@ export class LinkWatcher {
     this.#list = options.list ?? listLinks;
   }
 
-  get devices(): string[] {
-    return [...this.#devices];
+  get links(): LinkInfo[] {
+    return [...this.#links];
   }
 
-  /** Starts the monitor, then lists (so nothing between the two is missed); resolves with the devices. */
-  async start(): Promise<string[]> {
+  /** Starts the monitor, then lists (so nothing between the two is missed); resolves with the links. */
+  async start(): Promise<LinkInfo[]> {
     await this.#startMonitor();
     if (this.#pollMs > 0) {
       this.#poll = setInterval(() => void this.refresh().catch(() => undefined), this.#pollMs);
@@ -128,23 +127,25 @@ export class LinkWatcher {
     return this.refresh();
   }
 
-  /** Re-lists links now; calls onChange when the device list changed. Concurrent calls share one listing. */
-  refresh(): Promise<string[]> {
+  /** Re-lists links now; calls onChange when they changed. Concurrent calls share one listing. */
+  refresh(): Promise<LinkInfo[]> {
     if (this.#refreshing) {
       this.#again = true;
       return this.#refreshing;
     }
     this.#refreshing = (async () => {
       try {
-        let devices: string[];
+        let links: LinkInfo[];
         do {
           this.#again = false;
-          devices = flowtableDevices(await this.#list(this.#netns));
+          links = await this.#list(this.#netns);
         } while (this.#again);
-        const changed = devices.join('\n') !== this.#devices.join('\n');
-        this.#devices = devices;
-        if (changed && !this.#stopped) this.#onChange([...devices]);
-        return [...devices];
+        const print = fingerprint(links);
+        const changed = print !== this.#fingerprint;
+        this.#links = links;
+        this.#fingerprint = print;
+        if (changed && !this.#stopped) this.#onChange([...links]);
+        return [...links];
       } finally {
         this.#refreshing = null;
       }

@@ -182,9 +182,9 @@ describe('DaemonMetrics', () => {
     await r.start();
     metrics.sampled({
       flows: new Map([
-        [flowKey('10.96.0.10', 6, 5432), { connections: 3, bytes: 3000 }],
-        [flowKey('fd00:10:96::a', 17, 443), { connections: 1, bytes: 10 }],
-        [flowKey('10.1.2.3', 6, 80), { connections: 2, bytes: 5 }],
+        [flowKey('10.96.0.10', 6, 5432), { connections: 3, packets: 0, bytes: 3000 }],
+        [flowKey('fd00:10:96::a', 17, 443), { connections: 1, packets: 0, bytes: 10 }],
+        [flowKey('10.1.2.3', 6, 80), { connections: 2, packets: 0, bytes: 5 }],
       ]),
       truncated: true,
       durationMs: 12,
@@ -213,8 +213,8 @@ describe('DaemonMetrics', () => {
     await r.start();
     metrics.sampled({
       flows: new Map([
-        [flowKey('192.168.50.10', 6, 30443), { connections: 2, bytes: 200 }],
-        [flowKey('192.168.50.99', 6, 30443), { connections: 1, bytes: 1 }],
+        [flowKey('192.168.50.10', 6, 30443), { connections: 2, packets: 0, bytes: 200 }],
+        [flowKey('192.168.50.99', 6, 30443), { connections: 1, packets: 0, bytes: 1 }],
       ]),
       truncated: false,
       durationMs: 1,

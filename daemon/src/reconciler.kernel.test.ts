@@ -13,6 +13,7 @@ import type { Service } from '@slipstream/shared/core/service';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { canUseNetns } from '../../test/lib/netns.ts';
+import { DeviceSelector } from './devices.ts';
 import { NapiKernel, type NftRunner } from './kernel.ts';
 import { CliRunner } from './kernel-cli.ts';
 import { LinkWatcher } from './links.ts';
@@ -183,16 +184,17 @@ describe.skipIf(!canUseNetns())('Reconciler on the real kernel (degraded: no flo
     const { r } = await reconciler('sctp');
     const results: SyncResult[] = [];
     r.onSync((x) => results.push(x));
+    const selector = new DeviceSelector();
     const watcher = new LinkWatcher({
       netns: ns,
       logger: silentLogger,
-      onChange: (devices) => {
-        r.update({ devices });
+      onChange: (links) => {
+        r.update({ devices: selector.select(links).hooked });
         r.request('link');
       },
     });
     cleanup.push(() => watcher.stop());
-    r.update({ devices: await watcher.start() });
+    r.update({ devices: selector.select(await watcher.start()).hooked });
     await r.start();
     for (let i = 0; i < 5; i++) {
       ip('link', 'add', `ca${i}`, 'type', 'veth', 'peer', 'name', `cb${i}`);

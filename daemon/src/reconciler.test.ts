@@ -189,7 +189,8 @@ describe('Reconciler with a MemoryKernel', () => {
     kernel.setLinks(['eth0']);
     r.update({ devices: ['eth0'] });
     expect(await r.sync('link')).toMatchObject({ result: 'noop', writes: 0 });
-    // A link that goes DOWN but still exists is removed in place: the flowtable stays.
+    // A link no longer wanted (excluded by a pattern) but still there is removed in place: the
+    // flowtable stays.
     kernel.setLinks(['eth0', 'veth2']);
     r.update({ devices: ['eth0', 'veth2'] });
     await r.sync('link');
@@ -203,6 +204,24 @@ describe('Reconciler with a MemoryKernel', () => {
     expect(kernel.table?.chains.get('threshold-20')?.rules).toEqual([
       { kind: 'threshold', threshold: 20, offload: true },
     ]);
+  });
+
+  it('hooks a link deleted and created again under its name: the names are the same, the kernel list is not', async () => {
+    const s = loadScenario('sctp');
+    const kernel = new MemoryKernel({ links: ['eth0', 'vb'] });
+    const r = make(kernel, s);
+    r.update({ devices: ['eth0', 'vb'] });
+    await r.start();
+    expect(kernel.table?.flowtable?.devices).toEqual(['eth0', 'vb']);
+    // One `ip -batch` (del, add, up): the kernel drops the old link's hook; the new link is not hooked.
+    kernel.setLinks(['eth0']);
+    kernel.setLinks(['eth0', 'vb']);
+    r.update({ devices: ['eth0', 'vb'] });
+    const result = await r.sync('link');
+    expect(result).toMatchObject({ result: 'ok', writes: 1, change: '+devices vb' });
+    expect(kernel.table?.flowtable?.devices).toEqual(['eth0', 'vb']);
+    // Without a link event, the list is not read: a Service sync stays free of kernel reads.
+    expect(await r.sync('service')).toMatchObject({ result: 'noop', writes: 0, readBack: false });
   });
 
   it('survives a device vanishing between listing and commit: re-reads links and retries', async () => {

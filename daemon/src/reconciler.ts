@@ -3,6 +3,7 @@
 //   loop/inputs.ts      the latest Services, Namespaces, devices and policy, and what changed
 //   loop/scheduler.ts   when syncs run (coalescing, minimum interval, resync, retry backoff)
 //   loop/sync.ts        one sync: desired -> diff -> one transaction (retry, isolation)
+//   loop/evict.ts       connections of ports no longer offloaded sent back to the slow path
 //   loop/quarantine.ts  Services the kernel refused, kept out and retried
 //   loop/sync-trace.ts  the sync's spans, events and links
 //   loop/health.ts      whether the node's kernel is known to differ from what is wanted
@@ -20,6 +21,7 @@ import { stderrLogger } from '@slipstream/shared/adapters/log';
 import type { Policy } from '@slipstream/shared/core/policy';
 import type { Capabilities, Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Namespace, Service } from '@slipstream/shared/core/service';
+import type { OffloadedFlows } from './conntrack.ts';
 import type { Kernel, KernelEvent } from './kernel.ts';
 import { Health } from './loop/health.ts';
 import { InputStore, type UpdateInputs } from './loop/inputs.ts';
@@ -42,6 +44,11 @@ export interface ReconcilerOptions {
   retryMaxMs?: number;
   /** Re-lists links (used when a transaction that touches flowtable devices is refused). */
   refreshDevices?: () => Promise<string[]>;
+  /**
+   * Reads the offloaded connections (conntrack): when offload ends for a port that still has some,
+   * they are evicted (loop/evict.ts). Absent: never evicted.
+   */
+  readOffloaded?: () => Promise<OffloadedFlows | null>;
   /** Without kernel change events, read the table back this often (default 10 s). */
   driftPollMs?: number;
   /** Retry of a quarantined Service: first delay, doubling up to the maximum (default 5 s … 5 min). */
@@ -68,6 +75,8 @@ export class Reconciler {
   #lastError: string | null = null;
 
   lastResult: SyncResult | null = null;
+  /** Evictions so far (flowtable re-created), and the ports and connections they sent back to the slow path. */
+  readonly evictions = { count: 0, ports: 0, connections: 0, lastAt: null as Date | null };
   lastError: { at: Date; message: string; errorClass: string } | null = null;
   lastSuccessAt: Date | null = null;
 
@@ -86,6 +95,7 @@ export class Reconciler {
       logger: this.#log,
       ...(options.refreshDevices ? { refreshDevices: options.refreshDevices } : {}),
       onProgrammed: (latencies) => this.#emit(this.#programmedListeners, latencies),
+      ...(options.readOffloaded ? { readOffloaded: options.readOffloaded } : {}),
     });
     this.#scheduler = new Scheduler({
       run: async (triggers) => {
@@ -293,6 +303,12 @@ export class Reconciler {
   #finished(result: SyncResult): void {
     this.lastResult = result;
     const now = Date.now();
+    if (result.evicted) {
+      this.evictions.count++;
+      this.evictions.ports += result.evicted.ports;
+      this.evictions.connections += result.evicted.connections ?? 0;
+      this.evictions.lastAt = new Date(now);
+    }
     if (result.result === 'error') {
       this.lastError = {
         at: new Date(now),
@@ -313,7 +329,10 @@ export class Reconciler {
       this.#health.converged(now);
       if (this.#lastError !== null) this.#log.info('sync succeeds again', { trigger: result.trigger });
       this.#lastError = null;
-      if (result.result !== 'noop' || result.drift) this.#log.info('sync', { ...summary(result) });
+      // A noop after a refused transaction is logged too: the warning before it needs its outcome.
+      if (result.result !== 'noop' || result.drift || result.retried) {
+        this.#log.info('sync', { ...summary(result) });
+      }
     }
     this.#emit(this.#listeners, result);
   }

@@ -8,11 +8,12 @@ import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import { effectiveDecision } from '@slipstream/shared/core/decide';
 import { desiredRuleset } from '@slipstream/shared/core/ruleset';
 import { EXAMPLES_DIR } from './cli.ts';
+import { readOffloadedFlows } from './conntrack.ts';
 import { NapiKernel } from './kernel.ts';
 import { FileSource } from './sources/files.ts';
 import type { ServiceSource } from './sources/source.ts';
 import { requireNetns, StartupError } from './startup.ts';
-import { formatStatus, type NodeStatus, portStatuses, readConntrack } from './status.ts';
+import { formatStatus, type NodeStatus, portStatuses } from './status.ts';
 
 const USAGE = `usage: npm run status -- [--daemon URL] [--services DIR | --kubeconfig FILE] [--netns NAME] [--policy FILE] [--output table|json]
 
@@ -107,12 +108,13 @@ async function main(argv: string[]): Promise<number> {
       capabilities,
       policy,
     });
-    const offloaded = await readConntrack(netns);
+    const offloaded = await readOffloadedFlows(netns ? { netns } : {});
     const status: NodeStatus = {
       source: 'local',
       degraded: !capabilities.flowtable || capabilities.flowtableCounter === false,
       ...(capabilities.reason ? { degradedReason: capabilities.reason } : {}),
       tablePresent: current !== null,
+      ...(current?.flowtable ? { devices: { hooked: current.flowtable.devices } } : {}),
       ports: portStatuses(snapshot.services, desired, current, offloaded, (s) =>
         effectiveDecision(s, policy, snapshot.namespaces.get(s.namespace)),
       ),

@@ -1,5 +1,5 @@
-// `slipstream status`, the pure parts: conntrack counting, the per-port rows against a desired
-// and a kernel ruleset, and the table for people.
+// `slipstream status`, the pure parts: the per-port rows against a desired and a kernel ruleset
+// and conntrack's counts (parsed in conntrack.ts), and the table for people.
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,15 +9,9 @@ import { desiredRuleset, elementKey, type Ruleset } from '@slipstream/shared/cor
 import type { Namespace, Service } from '@slipstream/shared/core/service';
 import { describe, expect, it } from 'vitest';
 import { EXAMPLES_DIR } from './cli.ts';
+import { parseOffloaded } from './conntrack.ts';
 import { parseManifests } from './sources/manifests.ts';
-import {
-  countOffloaded,
-  flowKey,
-  formatStatus,
-  type NodeStatus,
-  type PortStatus,
-  portStatuses,
-} from './status.ts';
+import { formatStatus, type NodeStatus, type PortStatus, portStatuses, shortBytes } from './status.ts';
 
 // `conntrack -L` lines as conntrack-tools 1.4 prints them (original tuple, reply tuple, flags).
 const TCP_OFFLOADED =
@@ -34,48 +28,6 @@ const TCP_NOT_OFFLOADED =
   'tcp      6 86399 ESTABLISHED src=10.0.1.2 dst=10.96.10.10 sport=50000 dport=5432 packets=5 bytes=300 src=10.0.2.2 dst=10.0.1.2 sport=5432 dport=50000 packets=4 bytes=250 [ASSURED] mark=0 use=1';
 const UDP_UNREPLIED =
   'udp      17 29 src=10.0.1.2 dst=10.96.0.10 sport=53012 dport=53 packets=1 bytes=72 [UNREPLIED] src=10.0.2.9 dst=10.0.1.2 sport=53 dport=53012 packets=0 bytes=0 mark=0 use=1';
-
-describe('countOffloaded', () => {
-  it('counts [OFFLOAD] entries by original destination, protocol and port', () => {
-    const counts = countOffloaded(
-      [
-        TCP_OFFLOADED,
-        TCP_OFFLOADED_IPERF3,
-        TCP_OFFLOADED_IPERF3_2,
-        UDP_OFFLOADED,
-        TCP6_OFFLOADED,
-        TCP_NOT_OFFLOADED,
-        UDP_UNREPLIED,
-        '',
-      ].join('\n'),
-    );
-    expect(Object.fromEntries(counts)).toEqual({
-      [flowKey('10.96.0.10', 6, 5201)]: 1,
-      [flowKey('10.96.20.20', 6, 5201)]: 2, // [HW_OFFLOAD] counts too
-      [flowKey('10.96.20.20', 17, 5201)]: 1,
-      [flowKey('fd00:10:96::1e', 6, 8080)]: 1,
-    });
-  });
-
-  it('keys by the original tuple (the ClusterIP), never by the reply tuple (the Pod)', () => {
-    const counts = countOffloaded(TCP_OFFLOADED);
-    expect(counts.get(flowKey('10.96.0.10', 6, 5201))).toBe(1);
-    expect(counts.has(flowKey('10.0.1.2', 6, 46864))).toBe(false);
-    expect(counts.size).toBe(1);
-  });
-
-  it('nothing offloaded, empty output, or lines that are not entries: no counts', () => {
-    expect(countOffloaded([TCP_NOT_OFFLOADED, UDP_UNREPLIED].join('\n')).size).toBe(0);
-    expect(countOffloaded('').size).toBe(0);
-    expect(
-      countOffloaded('conntrack v1.4.7 (conntrack-tools): 7 flow entries have been shown.\n[OFFLOAD]\n').size,
-    ).toBe(0);
-  });
-
-  it('accepts CRLF-free text with leading blanks and trailing newlines', () => {
-    expect(countOffloaded(`\n  ${UDP_OFFLOADED}\n\n`).get(flowKey('10.96.20.20', 17, 5201))).toBe(1);
-  });
-});
 
 // The shipped examples, as the daemon's embedded mode reads them.
 function examples(): { services: Service[]; namespaces: Map<string, Namespace> } {
@@ -139,6 +91,7 @@ describe('portStatuses', () => {
       inKernel: true,
       vips: ['clusterIP'],
       offloaded: null,
+      offloadedBytes: null,
     });
     expect(row(rows, 'shop/search', '9200/TCP')).toMatchObject({ decision: 'offload', threshold: 200 });
     for (const [service, port] of [
@@ -241,8 +194,16 @@ describe('portStatuses', () => {
   });
 
   it('offloaded connections are summed over the port elements (both families, per protocol)', () => {
-    const counts = countOffloaded(
-      [TCP_OFFLOADED, TCP_OFFLOADED_IPERF3, TCP_OFFLOADED_IPERF3_2, UDP_OFFLOADED, TCP6_OFFLOADED].join('\n'),
+    const counts = parseOffloaded(
+      [
+        TCP_OFFLOADED,
+        TCP_OFFLOADED_IPERF3,
+        TCP_OFFLOADED_IPERF3_2,
+        UDP_OFFLOADED,
+        TCP6_OFFLOADED,
+        TCP_NOT_OFFLOADED,
+        UDP_UNREPLIED,
+      ].join('\n'),
     );
     const rows = portStatuses(
       services,
@@ -252,11 +213,15 @@ describe('portStatuses', () => {
       decisionOf,
     );
     expect(row(rows, 'media/iperf3', '5201/TCP').offloaded).toBe(2);
+    expect(row(rows, 'media/iperf3', '5201/TCP').offloadedBytes).toBe(901605305 + 781204 + 1053002 + 21004);
+    expect(row(rows, 'media/iperf3', '5201/UDP').offloadedBytes).toBe(130796576 + 168);
+    expect(row(rows, 'shop/postgres', '5432/TCP').offloadedBytes).toBe(0);
     expect(row(rows, 'media/iperf3', '5201/UDP').offloaded).toBe(1);
     expect(row(rows, 'shop/catalog', '8080/TCP').offloaded).toBe(1);
     expect(row(rows, 'shop/postgres', '5432/TCP').offloaded).toBe(0);
     // 10.96.0.10:5201 is no Service port: counted by conntrack, shown nowhere. Kept ports: unknown.
     expect(row(rows, 'platform/dns', '53/TCP').offloaded).toBeNull();
+    expect(row(rows, 'platform/dns', '53/TCP').offloadedBytes).toBeNull();
   });
 });
 
@@ -271,6 +236,7 @@ describe('formatStatus', () => {
       reason: 'iperf3: iperf3 bulk transfer',
       inKernel: true,
       offloaded: 3,
+      offloadedBytes: 841605305,
     },
     {
       service: 'media/iperf3',
@@ -281,6 +247,7 @@ describe('formatStatus', () => {
       reason: 'iperf3: iperf3 bulk transfer',
       inKernel: false,
       offloaded: null,
+      offloadedBytes: null,
     },
     {
       service: 'platform/dns',
@@ -291,6 +258,7 @@ describe('formatStatus', () => {
       reason: 'dns: DNS is request/response; flows end before any threshold',
       inKernel: null,
       offloaded: null,
+      offloadedBytes: null,
     },
   ];
 
@@ -307,14 +275,48 @@ describe('formatStatus', () => {
     );
     expect(lines[1]).toBe('table inet slipstream: present');
     expect(lines[3]).toMatch(
-      /^SERVICE\s+PORT\s+DECISION\s+THRESHOLD\s+IN KERNEL\s+VIPS\s+OFFLOADED\s+REASON$/,
+      /^SERVICE\s+PORT\s+DECISION\s+THRESHOLD\s+IN KERNEL\s+VIPS\s+OFFLOADED\s+BYTES\s+REASON$/,
     );
-    expect(lines[4]).toMatch(/^media\/iperf3\s+5201\/TCP \(iperf3\)\s+offload\s+20\s+yes\s+-\s+3\s+iperf3: /);
+    expect(lines[4]).toMatch(
+      /^media\/iperf3\s+5201\/TCP \(iperf3\)\s+offload\s+20\s+yes\s+-\s+3\s+842M\s+iperf3: /,
+    );
     expect(lines[5]).toMatch(
-      /^media\/iperf3\s+5201\/UDP \(iperf3-udp\)\s+offload\s+20\s+NO\s+-\s+-\s+iperf3: /,
+      /^media\/iperf3\s+5201\/UDP \(iperf3-udp\)\s+offload\s+20\s+NO\s+-\s+-\s+-\s+iperf3: /,
     );
-    expect(lines[6]).toMatch(/^platform\/dns\s+53\/UDP \(dns\)\s+keep\s+-\s+-\s+-\s+-\s+dns: /);
+    expect(lines[6]).toMatch(/^platform\/dns\s+53\/UDP \(dns\)\s+keep\s+-\s+-\s+-\s+-\s+-\s+dns: /);
     expect(lines).toHaveLength(7);
+  });
+
+  it('lists the hooked devices and the links left out, with the reason', () => {
+    const lines = formatStatus({
+      degraded: false,
+      tablePresent: true,
+      devices: {
+        hooked: ['eth0', 'vc'],
+        excluded: [
+          { name: 'lo', reason: 'loopback: forwarded traffic never enters through it' },
+          { name: 'docker0', reason: 'matched by --flowtable-exclude docker*' },
+        ],
+      },
+      ports: [],
+    }).split('\n');
+    expect(lines.slice(1, 5)).toEqual([
+      'table inet slipstream: present',
+      'flowtable devices: eth0, vc',
+      '  not hooked: lo: loopback: forwarded traffic never enters through it',
+      '  not hooked: docker0: matched by --flowtable-exclude docker*',
+    ]);
+  });
+
+  it('prints bytes short', () => {
+    expect([0, 999, 1000, 15_300, 841_605_305, 2e12].map(shortBytes)).toEqual([
+      '0',
+      '999',
+      '1.0K',
+      '15K',
+      '842M',
+      '2.0T',
+    ]);
   });
 
   it('without a reason, and with no table', () => {

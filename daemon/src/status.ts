@@ -1,12 +1,20 @@
 // `slipstream status`: for every Service port, the decision, threshold and reason, whether this
-// node's kernel holds it, and how many of its connections are offloaded right now. The rows are
+// node's kernel holds it, and how many of its connections are offloaded right now with their
+// bytes; and which links the flowtable hooks, and why the others are left out. The rows are
 // computed by a pure function from (desired ruleset, kernel ruleset, conntrack counts); reading
-// the kernel and conntrack happens at the edges (statusMain).
+// the kernel and conntrack happens at the edges (daemon.ts, status-main.ts).
 
 import type { Decision } from '@slipstream/shared/core/decide';
-import { elementKey, type Ruleset, serviceVips, type VipKind } from '@slipstream/shared/core/ruleset';
+import {
+  elementHit,
+  elementKey,
+  type Ruleset,
+  serviceVips,
+  type VipKind,
+} from '@slipstream/shared/core/ruleset';
 import type { Service, ServicePort } from '@slipstream/shared/core/service';
-import { flowKey, parseConntrackLine, readOffloaded } from './conntrack.ts';
+import { type FlowCount, flowKey, type OffloadedFlows } from './conntrack.ts';
+import type { ExcludedDevice } from './devices.ts';
 
 export type PortState =
   /** Offloaded: every element of this port is in the kernel with its threshold. */
@@ -33,6 +41,15 @@ export interface PortStatus {
   inKernel: boolean | null;
   /** Connections to this port's ClusterIPs that conntrack marks [OFFLOAD] now (null: unknown). */
   offloaded: number | null;
+  /** The bytes those connections carried, both directions (null: unknown). */
+  offloadedBytes: number | null;
+}
+
+export interface DeviceStatus {
+  /** What the flowtable hooks (the kernel's own list when it was read). */
+  hooked: string[];
+  /** Links left out, with the reason (the daemon's choice; absent when computed without it). */
+  excluded?: ExcludedDevice[];
 }
 
 export interface NodeStatus {
@@ -45,6 +62,8 @@ export interface NodeStatus {
   quarantined?: number;
   /** The daemon's readiness, when the rows come from it. */
   ready?: { ready: boolean; reason: string };
+  /** The flowtable's devices (absent without a flowtable). */
+  devices?: DeviceStatus;
   ports: PortStatus[];
 }
 
@@ -58,14 +77,21 @@ const PROTO_NUMBER: Record<string, number> = { TCP: 6, UDP: 17 };
 
 export { flowKey };
 
-/** Counts [OFFLOAD] entries by original destination, from `conntrack -L` text. */
-export function countOffloaded(conntrackText: string): Map<string, number> {
-  const counts = new Map<string, number>();
-  for (const line of conntrackText.split('\n')) {
-    const entry = parseConntrackLine(line);
-    if (entry?.offloaded) counts.set(entry.key, (counts.get(entry.key) ?? 0) + 1);
+/** Offloaded connections by the element they hit (nodePort flows are keyed by a node address). */
+function flowsByElement(desired: Ruleset, offloaded: OffloadedFlows): Map<string, FlowCount> {
+  const out = new Map<string, FlowCount>();
+  for (const [key, count] of offloaded) {
+    const [address, protocol, port] = key.split(' ');
+    const hit = elementHit(desired, address!, Number(protocol), Number(port));
+    if (!hit) continue;
+    const k = elementKey(hit);
+    const sum = out.get(k) ?? { connections: 0, packets: 0, bytes: 0 };
+    sum.connections += count.connections;
+    sum.packets += count.packets;
+    sum.bytes += count.bytes;
+    out.set(k, sum);
   }
-  return counts;
+  return out;
 }
 
 /** Which kinds of address reach this port through the kernel now. */
@@ -94,12 +120,13 @@ export function portStatuses(
   services: readonly Service[],
   desired: Ruleset,
   kernel: Ruleset | null,
-  offloaded: Map<string, number> | null,
+  offloaded: OffloadedFlows | null,
   /** The full decision (with per-port reasons); the ruleset keeps only the Service-level line. */
   decisionOf: (service: Service) => Decision,
   quarantined: ReadonlyMap<string, QuarantineView> = new Map(),
 ): PortStatus[] {
   const rows: PortStatus[] = [];
+  const byElement = offloaded ? flowsByElement(desired, offloaded) : null;
   const sorted = [...services].sort((a, b) =>
     `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`),
   );
@@ -126,6 +153,7 @@ export function portStatuses(
         ...(problems ? { problems } : {}),
         inKernel: null,
         offloaded: null,
+        offloadedBytes: null,
       });
       continue;
     }
@@ -144,16 +172,20 @@ export function portStatuses(
       const kinds = vipKinds(service, p, kernel);
       let inKernel: boolean | null = null;
       let count: number | null = null;
+      let bytes: number | null = null;
       if (on) {
         inKernel =
           kernel !== null &&
           elements.length > 0 &&
           elements.every((e) => kernel.elements.get(elementKey(e!))?.threshold === e!.threshold);
-        if (offloaded) {
-          count = elements.reduce(
-            (sum, e) => sum + (offloaded.get(flowKey(e!.address, e!.protocol, e!.port)) ?? 0),
-            0,
-          );
+        if (byElement) {
+          count = 0;
+          bytes = 0;
+          for (const e of elements) {
+            const flows = byElement.get(elementKey(e!));
+            count += flows?.connections ?? 0;
+            bytes += flows?.bytes ?? 0;
+          }
         }
       }
       // Per-port reason when the decision was made per port; else the Service-level line.
@@ -174,26 +206,29 @@ export function portStatuses(
         inKernel,
         vips: on ? kinds : [],
         offloaded: count,
+        offloadedBytes: bytes,
       });
     }
   }
   return rows;
 }
 
-/** Offloaded connections by original destination (in a netns when given); null when conntrack cannot be read. */
-export async function readConntrack(netns?: string): Promise<Map<string, number> | null> {
-  try {
-    const { flows } = await readOffloaded(netns ? { netns } : {});
-    return new Map([...flows].map(([key, count]) => [key, count.connections]));
-  } catch {
-    return null;
-  }
-}
-
 function cell(value: string, width: number): string {
   return value.length > width ? `${value.slice(0, width - 1)}…` : value.padEnd(width);
 }
 
+/** 1234567 -> `1.2M` (decimal units, like `ip -h`). */
+export function shortBytes(n: number): string {
+  if (n < 1000) return String(n);
+  const units = ['K', 'M', 'G', 'T', 'P'];
+  let v = n;
+  let u = -1;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return `${v < 10 ? v.toFixed(1) : Math.round(v)}${units[u]}`;
+}
 const VIP_TEXT: Record<VipKind, string> = {
   clusterIP: 'cluster',
   externalIP: 'external',
@@ -221,8 +256,22 @@ export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
     lines.push('(no daemon answered: computed from the sources; quarantine unknown)');
   if (status.ready && !status.ready.ready) lines.push(`daemon: NOT READY: ${status.ready.reason}`);
   if (status.quarantined) lines.push(`quarantined Services: ${status.quarantined}`);
+  if (status.devices) {
+    lines.push(`flowtable devices: ${status.devices.hooked.join(', ') || '(none)'}`);
+    for (const d of status.devices.excluded ?? []) lines.push(`  not hooked: ${d.name}: ${d.reason}`);
+  }
   lines.push('');
-  const header = ['SERVICE', 'PORT', 'DECISION', 'THRESHOLD', 'IN KERNEL', 'VIPS', 'OFFLOADED', 'REASON'];
+  const header = [
+    'SERVICE',
+    'PORT',
+    'DECISION',
+    'THRESHOLD',
+    'IN KERNEL',
+    'VIPS',
+    'OFFLOADED',
+    'BYTES',
+    'REASON',
+  ];
   const rows = status.ports.map((r) => [
     r.service,
     r.port,
@@ -231,10 +280,12 @@ export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
     STATE_TEXT[r.state],
     r.vips && r.vips.length > 0 ? r.vips.map((k) => VIP_TEXT[k]).join(',') : '-',
     r.offloaded === null ? '-' : String(r.offloaded),
+    r.offloadedBytes === null || r.offloadedBytes === undefined ? '-' : shortBytes(r.offloadedBytes),
     r.reason,
   ]);
+  const last = header.length - 1;
   const widths = header.map((h, i) =>
-    i === 7 ? reasonWidth : rows.reduce((w, row) => Math.max(w, Math.min(row[i]!.length, 40)), h.length),
+    i === last ? reasonWidth : rows.reduce((w, row) => Math.max(w, Math.min(row[i]!.length, 40)), h.length),
   );
   const render = (row: string[]) =>
     row

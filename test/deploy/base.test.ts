@@ -17,6 +17,7 @@ import type { INamespace } from 'kubernetes-models/v1/Namespace';
 import type { IPodSpec } from 'kubernetes-models/v1/PodSpec';
 import type { IService } from 'kubernetes-models/v1/Service';
 import { describe, expect, it } from 'vitest';
+import { parseDaemonArgs } from '../../daemon/src/cli.ts';
 import { selectorMatches } from '../lib/label-selector.ts';
 import { has, type KubeObject, NAMESPACE, one, REPO, render, TARGETS } from './manifests.ts';
 import {
@@ -180,6 +181,17 @@ describe('daemon DaemonSet', () => {
     ] as const) {
       expect(probe?.httpGet).toMatchObject({ host: '127.0.0.1', path, port: 'health', scheme: 'HTTP' });
     }
+  });
+
+  it('passes arguments the daemon parses, the flowtable patterns at their default', () => {
+    const options = parseDaemonArgs(daemonContainer().args ?? [], { KUBERNETES_SERVICE_HOST: '10.96.0.1' });
+    if (options === 'help') throw new Error('the DaemonSet asks for help');
+    expect(options.source).toEqual({ kind: 'kubernetes' });
+    // The fields are there to be edited; as shipped they mean "every UP link but loopback".
+    expect(daemonContainer().args).toEqual(
+      expect.arrayContaining(['--flowtable-include', '--flowtable-exclude']),
+    );
+    expect(options.devices).toEqual({ include: [], exclude: [] });
   });
 
   it('uses the in-cluster API (neither --services nor --kubeconfig) and does not clean up', () => {

@@ -13,7 +13,6 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import {
-  bulkConnection,
   type CtEntry,
   chainCounter,
   chainNames,
@@ -23,31 +22,18 @@ import {
   failures,
   type LogLine,
   type NftJson,
-  parseConntrack,
-  parseLog,
   verdictMap,
 } from './evidence.ts';
 import { runInVm, type VmResult } from './lab.ts';
-
-/** Boot + daemon start (tens of seconds under emulation, more on a loaded host) + traffic. */
-const VM_TIMEOUT_MS = 540_000;
-const HOOK_TIMEOUT_MS = VM_TIMEOUT_MS + 30_000;
-
-function report(name: string, r: VmResult): void {
-  const t = r.timings;
-  console.info(`[vmlab] ${name}: boot ${t.bootMs} ms, scenario ${t.scenarioMs} ms, total ${t.totalMs} ms`);
-}
-
-/** A daemon that died while starting (see daemon_wait_started in lib.sh) was started again: say so. */
-async function reportCrashes(r: VmResult): Promise<void> {
-  const crashes = await r.readText('daemon-crashes.txt').catch(() => '');
-  if (crashes)
-    console.warn(`[vmlab] WARNING: the daemon died while starting and was started again:\n${crashes}`);
-}
-
-function tail(text: string, lines = 60): string {
-  return text.trimEnd().split('\n').slice(-lines).join('\n');
-}
+import {
+  type Evidence,
+  evidence,
+  expectBulk,
+  HOOK_TIMEOUT_MS,
+  report,
+  reportCrashes,
+  VM_TIMEOUT_MS,
+} from './suite.ts';
 
 interface Snapshot {
   elapsedMs: number;
@@ -55,41 +41,9 @@ interface Snapshot {
   running: Record<string, boolean>;
 }
 
-/** Reads what a scenario wrote; a missing file fails the test with the console's tail. */
-async function evidence(r: VmResult) {
-  const why = `scenario rc=${r.rc}; evidence in ${r.labDir}; console (last lines):\n${tail(r.console)}`;
-  const read = async <T>(name: string, parse: (text: string) => T): Promise<T> => {
-    let text: string;
-    try {
-      text = await r.readText(name);
-    } catch {
-      throw new Error(`${name} is missing in ${r.labDir}; ${why}`);
-    }
-    return parse(text);
-  };
-  return {
-    why,
-    json: <T>(name: string) => read(name, (t) => JSON.parse(t) as T),
-    ct: (name: string) => read(name, parseConntrack),
-    log: (name: string) => read(name, parseLog),
-    text: (name: string) => read(name, (t) => t),
-  };
-}
-
-/** Asserts the bulk connection to a Service port is (not) [OFFLOAD]; returns it. */
-function expectBulk(ct: CtEntry[], proto: string, dst: string, port: number, offload: boolean): CtEntry {
-  const conn = bulkConnection(ct, proto, dst, port);
-  const what = describeConnections(ct, proto, dst, port);
-  expect(conn, `a ${proto} connection to ${dst}:${port} in conntrack:\n${what}`).toBeDefined();
-  expect(conn!.offload, `${dst}:${port}/${proto} should ${offload ? '' : 'NOT '}be [OFFLOAD]:\n${what}`).toBe(
-    offload,
-  );
-  return conn!;
-}
-
 describe('daemon end to end: decisions in the data plane (one VM boot)', () => {
   let r: VmResult;
-  let ev: Awaited<ReturnType<typeof evidence>>;
+  let ev: Evidence;
   let ct1: CtEntry[];
   let nft1: NftJson;
   let observer1: Record<string, number>;
@@ -143,7 +97,8 @@ describe('daemon end to end: decisions in the data plane (one VM boot)', () => {
     );
 
     const db = expectBulk(ct1, 'tcp', '10.96.1.10', 5432, true);
-    // conntrack's counters stop when a flow moves to the flowtable: offloaded right after packet 20.
+    // Offloaded right after packet 20: the observer saw the packets before it (conntrack's counters go on
+    // counting after offload: the flowtable's counter flag).
     expect(db.packets, db.line).toBeGreaterThan(20);
     expect(
       observer1.db,
@@ -196,7 +151,6 @@ describe('daemon end to end: decisions in the data plane (one VM boot)', () => {
         `threshold 2000: offloaded at ${t2000.packets} packets, ${observer1.t2000} slow-path packets`,
     );
     expect(t20.packets, t20.line).toBeGreaterThan(20);
-    expect(t20.packets, t20.line).toBeLessThan(200);
     expect(t2000.packets, t2000.line).toBeGreaterThan(2000);
     expect(observer1.t20, 'slow-path packets, threshold 20').toBeLessThan(200);
     expect(observer1.t2000, 'slow-path packets, threshold 2000').toBeGreaterThan(2000);
@@ -255,7 +209,7 @@ describe('daemon end to end: decisions in the data plane (one VM boot)', () => {
 
 describe('daemon end to end: device churn, restart and kill under offloaded traffic (one VM boot)', () => {
   let r: VmResult;
-  let ev: Awaited<ReturnType<typeof evidence>>;
+  let ev: Evidence;
   let log1: LogLine[];
   let log2: LogLine[];
 
@@ -375,14 +329,20 @@ describe('daemon end to end: device churn, restart and kill under offloaded traf
     expect(monitor.filter((l) => !l.includes('zz-canary') && !canaryGeneration(l))).toEqual([]);
     expect(monitor.filter(canaryGeneration).length, 'one generation per canary change').toBe(2);
 
-    // The same connections are still offloaded, and not one more packet of theirs reached conntrack.
+    // The same connections are still offloaded, and not one more packet of theirs took the slow path.
     const deleted = await ev.ct('ct-deleted.txt');
     const restarted = await ev.ct('ct-restarted.txt');
-    for (const vip of ['10.96.2.10', '10.96.2.20']) {
+    const slowBefore = commentCounters(await ev.json<NftJson>('observer-before-restart.json'), 'observer');
+    const slowAfter = commentCounters(await ev.json<NftJson>('observer-restarted.json'), 'observer');
+    for (const [vip, key] of [
+      ['10.96.2.10', 'A'],
+      ['10.96.2.20', 'N'],
+    ] as const) {
       const was = expectBulk(deleted, 'tcp', vip, 5432, true);
       const now = expectBulk(restarted, 'tcp', vip, 5432, true);
       expect(now.sport, `${vip}: the same connection`).toBe(was.sport);
-      expect(now.packets, `${vip}: no slow-path packet during the restart`).toBe(was.packets);
+      expect(slowAfter[key]! - slowBefore[key]!, `${vip}: no slow-path packet during the restart`).toBe(0);
+      expect(now.packets, `${vip}: conntrack went on counting`).toBeGreaterThan(was.packets);
     }
   });
 
@@ -392,11 +352,16 @@ describe('daemon end to end: device churn, restart and kill under offloaded traf
     expect(await ev.text('table-after-kill.txt')).toBe(await ev.text('table-before.txt'));
     const restarted = await ev.ct('ct-restarted.txt');
     const killed = await ev.ct('ct-killed.txt');
-    for (const vip of ['10.96.2.10', '10.96.2.20']) {
+    const slowBefore = commentCounters(await ev.json<NftJson>('observer-restarted.json'), 'observer');
+    const slowAfter = commentCounters(await ev.json<NftJson>('observer-killed.json'), 'observer');
+    for (const [vip, key] of [
+      ['10.96.2.10', 'A'],
+      ['10.96.2.20', 'N'],
+    ] as const) {
       const was = expectBulk(restarted, 'tcp', vip, 5432, true);
       const now = expectBulk(killed, 'tcp', vip, 5432, true);
       expect(now.sport).toBe(was.sport);
-      expect(now.packets).toBe(was.packets);
+      expect(slowAfter[key]! - slowBefore[key]!, `${vip}: no slow-path packet after the kill`).toBe(0);
     }
   });
 });

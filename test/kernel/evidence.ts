@@ -15,6 +15,9 @@ export interface CtEntry {
   dst: string;
   sport: number;
   dport: number;
+  /** Reply direction's source: the backend (after kube-proxy's DNAT) and its port. */
+  replySrc: string;
+  replySport: number;
   /** Packets and bytes of the original direction, of the reply direction, and both. */
   origPackets: number;
   replyPackets: number;
@@ -42,6 +45,8 @@ export function parseConntrack(text: string): CtEntry[] {
       dst: all('dst')[0] ?? '',
       sport: Number(all('sport')[0] ?? Number.NaN),
       dport: Number(all('dport')[0] ?? Number.NaN),
+      replySrc: all('src')[1] ?? '',
+      replySport: Number(all('sport')[1] ?? Number.NaN),
       origPackets: packets[0] ?? 0,
       replyPackets: packets[1] ?? 0,
       packets: (packets[0] ?? 0) + (packets[1] ?? 0),

@@ -42,6 +42,18 @@ export interface SyncResult {
   verified?: boolean | null;
   /** What the sync changed, in short. */
   change?: string;
+  /**
+   * Offload ended for ports that still had offloaded connections: the flowtable was re-created
+   * (loop/evict.ts). `connections` null: conntrack could not be read, so it was not skipped. What it
+   * cost: the conntrack read and the re-creating transaction (ms).
+   */
+  evicted?: {
+    ports: number;
+    connections: number | null;
+    examples: string[];
+    conntrackMs: number;
+    commitMs: number;
+  };
   /** Inputs not yet received (nothing is written until every source has reported once). */
   waitingFor?: string[];
   error?: string;

@@ -96,6 +96,12 @@ export class SyncTrace {
       'slipstream.sync.drift': result.drift,
       'slipstream.quarantined': result.quarantined,
     });
+    if (result.evicted) {
+      this.#span.setAttributes({
+        'slipstream.evicted.ports': result.evicted.ports,
+        'slipstream.evicted.connections': result.evicted.connections ?? -1,
+      });
+    }
     if (result.result === 'error') {
       const message = result.error ?? 'sync failed';
       this.#span.recordException(error instanceof Error ? error : new Error(message));

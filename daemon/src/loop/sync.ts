@@ -7,13 +7,20 @@
 // Service (isolate.ts): the Services whose part the kernel refuses are quarantined, everything
 // else is committed. Only a table structure the kernel refuses with no Service in it fails the
 // sync as a whole.
+//
+// After link events the kernel's own flowtable device list is read (cheap: no elements): the
+// kernel unhooks a deleted link by itself, and never hooks the link created again under its name.
+// After the last commit, ports whose elements went and that still have offloaded connections are
+// evicted (evict.ts).
 
 import { type Logger, LogOnce } from '@slipstream/shared/adapters/log';
 import { type Change, describeChange, diff, isEmpty } from '@slipstream/shared/core/diff';
 import type { Capabilities, Contribution, Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Service } from '@slipstream/shared/core/service';
+import type { OffloadedFlows } from '../conntrack.ts';
 import { errorClassOf, errorDetail, errorText, type Kernel } from '../kernel.ts';
 import { DesiredState } from './desired.ts';
+import { Evictor } from './evict.ts';
 import type { InputSnapshot, InputStore } from './inputs.ts';
 import { isolate, StructureRefused } from './isolate.ts';
 import type { Quarantine } from './quarantine.ts';
@@ -31,6 +38,11 @@ export interface SyncerOptions {
   /** After a sync that brought the kernel to what is wanted: for each Service change it took in, ms from seen to committed. */
   onProgrammed?: (latenciesMs: number[]) => void;
   now?: () => number;
+  /**
+   * Reads the offloaded connections (conntrack) to decide whether removed ports need an eviction;
+   * null: unreadable (then they are evicted anyway). Absent: offloaded connections are never evicted.
+   */
+  readOffloaded?: () => Promise<OffloadedFlows | null>;
 }
 
 export interface SyncRun {
@@ -63,6 +75,7 @@ export class Syncer {
   readonly #o: SyncerOptions;
   readonly #desired = new DesiredState();
   readonly #problems = new LogOnce();
+  readonly #evictor: Evictor;
   #belief: Ruleset | null | undefined = undefined;
   #capabilities: Capabilities | null = null;
   #readBackNext = true;
@@ -71,6 +84,7 @@ export class Syncer {
 
   constructor(options: SyncerOptions) {
     this.#o = options;
+    this.#evictor = new Evictor(options.kernel, options.readOffloaded);
   }
 
   /** What the kernel holds, as far as this daemon knows (null: no table; undefined: not known). */
@@ -119,7 +133,7 @@ export class Syncer {
   }
 
   async #run(triggers: ReadonlySet<Trigger>, result: SyncResult, trace: SyncTrace): Promise<boolean> {
-    const { kernel, quarantine, logger } = this.#o;
+    const { kernel, quarantine } = this.#o;
     const readBack =
       this.#readBackNext ||
       this.#belief === undefined ||
@@ -144,7 +158,20 @@ export class Syncer {
       return false;
     }
     if (readBack) await this.#readBack(result);
+    else if (caps.flowtable) await this.#readHooked(snapshot.devices, triggers);
 
+    const again = await this.#program(snapshot, caps, result, trace);
+    await this.#evictor.afterCommits(this.#belief, caps, trace, result);
+    return again;
+  }
+
+  async #program(
+    snapshot: InputSnapshot,
+    caps: Capabilities,
+    result: SyncResult,
+    trace: SyncTrace,
+  ): Promise<boolean> {
+    const { quarantine, logger } = this.#o;
     // compute
     const computeSpan = trace.child('compute');
     const computed = this.#desired.compute(snapshot, caps, this.#belief, (key, s) =>
@@ -172,8 +199,7 @@ export class Syncer {
 
     // diff
     const diffSpan = trace.child('diff');
-    let change = computed.patched ? computed.patched.change : diff(this.#belief ?? null, desired);
-    change = await this.#withLiveDevices(change, desired, caps);
+    const change = computed.patched ? computed.patched.change : diff(this.#belief ?? null, desired);
     diffSpan.setAttributes({ 'slipstream.ops': change.ops.length });
     endChild(diffSpan);
     result.elementsAdded = change.summary.elementsAdded;
@@ -309,6 +335,7 @@ export class Syncer {
       endChild(span, error, errorText(error));
       throw error;
     }
+    this.#evictor.committed(change);
     endChild(span);
   }
 
@@ -337,17 +364,21 @@ export class Syncer {
   }
 
   /**
-   * A device the flowtable should drop may be gone already (the kernel unhooks a deleted link by
-   * itself): re-read the kernel's device list so that only devices that are still hooked are removed.
+   * The kernel's own device list, after link events or when a device is to be dropped: the kernel
+   * unhooks a deleted link by itself (nothing to remove), and a link created again under the same
+   * name is not hooked (to be added again, though the names did not change).
    */
-  async #withLiveDevices(change: Change, desired: Ruleset, caps: Capabilities): Promise<Change> {
+  async #readHooked(devices: readonly string[], triggers: ReadonlySet<Trigger>): Promise<void> {
     const belief = this.#belief;
-    if (change.summary.devicesRemoved.length === 0 || !belief?.flowtable || !caps.flowtable) return change;
-    const devices = await this.#o.kernel.readFlowtableDevices();
-    if (!devices) return change;
-    this.#belief = { ...belief, flowtable: { ...belief.flowtable, devices } };
+    const ft = belief?.flowtable;
+    if (!belief || !ft) return;
+    const wanted = new Set(devices);
+    if (!triggers.has('link') && ft.devices.every((d) => wanted.has(d))) return;
+    const hooked = await this.#o.kernel.readFlowtableDevices();
+    if (!hooked || (hooked.length === ft.devices.length && hooked.every((d, i) => d === ft.devices[i])))
+      return;
+    this.#belief = { ...belief, flowtable: { ...ft, devices: hooked } };
     this.#desired.invalidate();
-    return diff(this.#belief, desired);
   }
 
   #hold(

@@ -170,6 +170,48 @@ describe('diff', () => {
     expect(change.summary.devicesRemoved).toEqual(['veth9']);
   });
 
+  it('re-creates the flowtable when asked (eviction): flushed users, delete, add with every device, rules again', () => {
+    const input = scenarioInput(loadScenario('thresholds-shared'));
+    const before = desiredRuleset({ ...input, devices: ['eth0', 'veth9'] });
+    const after = desiredRuleset(withoutService({ ...input, devices: ['eth0', 'veth9'] }, 'data/pg-a'));
+    const change = diff(before, after, { recreateFlowtable: true });
+    const ops = show(change);
+    // In one transaction, in an order the kernel accepts: no rule uses the flowtable when it goes.
+    expect(ops.indexOf('delete-flowtable')).toBeGreaterThan(
+      Math.max(...ops.flatMap((o, i) => (o.startsWith('flush-chain') ? [i] : []))),
+    );
+    expect(ops).toContain('add-flowtable eth0,veth9');
+    expect(ops.indexOf('add-flowtable eth0,veth9')).toBeGreaterThan(ops.indexOf('delete-flowtable'));
+    const rules = ops.filter((o) => o.startsWith('add-rule'));
+    expect(rules.length).toBeGreaterThan(0);
+    expect(rules.every((o) => o.endsWith('offload'))).toBe(true);
+    expect(ops.indexOf(rules[0]!)).toBeGreaterThan(ops.indexOf('add-flowtable eth0,veth9'));
+    expect(change.summary).toMatchObject({ flowtableRecreated: true, devicesAdded: [], devicesRemoved: [] });
+    expect(change.summary.elementsRemoved).toBeGreaterThan(0);
+    // Every threshold chain still in use is flushed and refilled; no other chain is touched.
+    const thresholds = [...after.chains.keys()].filter((c) => c.startsWith('threshold-')).sort();
+    expect(ops.filter((o) => o.startsWith('flush-chain')).map((o) => o.slice(12))).toEqual(
+      expect.arrayContaining(thresholds),
+    );
+    expect(ops.some((o) => o === 'flush-chain forward')).toBe(false);
+
+    // Without elements to change, it re-creates the flowtable alone; without the option, nothing.
+    expect(isEmpty(diff(after, clone(after)))).toBe(true);
+    const alone = show(diff(after, clone(after), { recreateFlowtable: true }));
+    expect(alone.filter((o) => !o.startsWith('flush-chain') && !o.startsWith('add-rule'))).toEqual([
+      'delete-flowtable',
+      'add-flowtable eth0,veth9',
+    ]);
+  });
+
+  it('does not re-create what is not there: no flowtable (degraded), or no table yet', () => {
+    const input = scenarioInput(loadScenario('dual-stack'));
+    const degraded = desiredRuleset({ ...input, capabilities: { flowtable: false } });
+    expect(isEmpty(diff(degraded, clone(degraded), { recreateFlowtable: true }))).toBe(true);
+    const full = desiredRuleset(input);
+    expect(show(diff(null, full, { recreateFlowtable: true }))).toEqual(show(diff(null, full)));
+  });
+
   it('moves between degraded and full mode by rewriting the threshold chains', () => {
     const input = scenarioInput(loadScenario('dual-stack'));
     const degraded = desiredRuleset({ ...input, capabilities: { flowtable: false } });

@@ -11,7 +11,8 @@
 //   4. delete-elements (before adds: an element whose verdict changed is deleted and re-added),
 //      delete-set-elements (node addresses no longer this node's)
 //   5. delete-map, delete-object (foreign objects, by handle), delete-flowtable (one with another
-//      hook), delete-flowtable-devices (devices no longer wanted, in place: same flowtable)
+//      hook, or re-created to evict its flows), delete-flowtable-devices (devices no longer wanted,
+//      in place: same flowtable)
 //   6. delete-chain: chains no longer used (flushed in 2; their elements are gone by now)
 //   7. add-flowtable: created, devices added, or its flags set (each carries the wanted flags)
 //   8. add-map, add-set
@@ -21,6 +22,9 @@
 //
 // Objects are never re-created to change them when the kernel can change them in place: an
 // unrelated device leaving the flowtable keeps the flowtable (and every offloaded flow in it).
+// The one exception is asked for: `recreateFlowtable` deletes and re-adds the flowtable in the
+// transaction, the only way a 6.1 kernel offers to send offloaded flows back to the slow path
+// without touching their conntrack entries (see the daemon's loop/evict.ts).
 
 import type { RulesetDelta } from './delta.ts';
 import {
@@ -80,6 +84,8 @@ export interface ChangeSummary {
   addressesRemoved: number;
   /** Objects deleted because they are not as Slipstream writes them (`map svc4: size 3`). */
   objectsReplaced: string[];
+  /** The flowtable is deleted and re-added as it was (`recreateFlowtable`): its flows leave it. */
+  flowtableRecreated?: boolean;
   /** Keys of the Services whose elements change (from the desired and current bookkeeping). */
   services: string[];
 }
@@ -172,11 +178,22 @@ export const DELETABLE_BY_HANDLE: ReadonlySet<string> = new Set([
   'ct expectation',
 ]);
 
+export interface DiffOptions {
+  /**
+   * Delete the flowtable and add it again (with the wanted devices and flags) in the same
+   * transaction, the rules that use it flushed and re-added around it: every offloaded flow
+   * leaves it, and a flow whose element stays is offloaded again at its next packet. Ignored
+   * when there is no flowtable to re-create.
+   */
+  recreateFlowtable?: boolean;
+}
+
 /**
  * The minimal Change from `current` (null: no table) to `desired`. Empty (`isEmpty`) exactly when
- * the two rulesets describe the same kernel state (bookkeeping is not compared).
+ * the two rulesets describe the same kernel state (bookkeeping is not compared), unless
+ * `options.recreateFlowtable` asks for more.
  */
-export function diff(current: Ruleset | null, desired: Ruleset): Change {
+export function diff(current: Ruleset | null, desired: Ruleset, options: DiffOptions = {}): Change {
   const summary = emptySummary();
   const ops: Op[] = [];
   const services = new Set<string>();
@@ -219,6 +236,12 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
   const replacedFlowtable = curForeign.some(
     (o) => o.kind === 'flowtable' && o.name === desired.flowtable?.name,
   );
+  const recreate =
+    options.recreateFlowtable === true &&
+    !replacedFlowtable &&
+    curFlowtable !== null &&
+    desired.flowtable !== null &&
+    curFlowtable.name === desired.flowtable.name;
 
   // Flowtable devices and flags.
   const wantFt = desired.flowtable;
@@ -229,6 +252,13 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
     if (!curFlowtable || replacedFlowtable) {
       addFlowtable = { name: wantFt.name, devices: [...wantFt.devices], counter: wantFt.counter === true };
       summary.devicesAdded = [...wantFt.devices];
+    } else if (recreate) {
+      addFlowtable = { name: wantFt.name, devices: [...wantFt.devices], counter: wantFt.counter === true };
+      const had = new Set(curFlowtable.devices);
+      const want = new Set(wantFt.devices);
+      summary.devicesAdded = wantFt.devices.filter((d) => !had.has(d));
+      summary.devicesRemoved = curFlowtable.devices.filter((d) => !want.has(d));
+      summary.flowtableRecreated = true;
     } else {
       const have = new Set(curFlowtable.devices);
       const want = new Set(wantFt.devices);
@@ -246,7 +276,7 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
     deleteFlowtable = true;
     summary.devicesRemoved = [...curFlowtable.devices];
   }
-  const flowtableGoes = deleteFlowtable || replacedFlowtable;
+  const flowtableGoes = deleteFlowtable || replacedFlowtable || recreate;
 
   // Chains: new, rewritten, deleted (by name: Slipstream's own names; by handle: any other).
   const addChains: Chain[] = [];
@@ -354,7 +384,9 @@ export function diff(current: Ruleset | null, desired: Ruleset): Change {
     if (object.handle !== null)
       ops.push({ op: 'delete-object', object: { ...object, handle: object.handle } });
   }
-  if (deleteFlowtable && curFlowtable) ops.push({ op: 'delete-flowtable', name: curFlowtable.name });
+  if ((deleteFlowtable || recreate) && curFlowtable) {
+    ops.push({ op: 'delete-flowtable', name: curFlowtable.name });
+  }
   if (removeDevices.length > 0 && curFlowtable) {
     ops.push({ op: 'delete-flowtable-devices', name: curFlowtable.name, devices: removeDevices });
   }
@@ -456,6 +488,7 @@ export function describeChange(change: Change): string {
   if (s.rebuild) parts.push('rebuild table');
   if (s.tableCreated) parts.push('create table');
   if (s.objectsReplaced.length) parts.push(`replace ${s.objectsReplaced.join('; ')}`);
+  if (s.flowtableRecreated) parts.push('re-create flowtable');
   if (s.elementsAdded) parts.push(`+${s.elementsAdded} elements`);
   if (s.elementsRemoved) parts.push(`-${s.elementsRemoved} elements`);
   if (s.chainsAdded.length) parts.push(`+chains ${s.chainsAdded.join(',')}`);

@@ -39,6 +39,16 @@ describe('changeText', () => {
     ]);
   });
 
+  it('re-creates the flowtable (eviction) in one buffer: flush its users, delete, add, rules again', () => {
+    expect(changeText(diff(dual, structuredClone(dual), { recreateFlowtable: true })).split('\n')).toEqual([
+      'flush chain inet slipstream threshold-20',
+      'delete flowtable inet slipstream ft',
+      'add flowtable inet slipstream ft { hook ingress priority 0; devices = { "eth0", "eth1" }; counter; }',
+      'add rule inet slipstream threshold-20 ct packets > 20 counter flow add @ft',
+      '',
+    ]);
+  });
+
   it('turns the counter flag on in place when an adopted flowtable lacks it', () => {
     const without = { ...dual, flowtable: { ...dual.flowtable!, counter: false } };
     expect(changeText(diff(without, dual))).toBe(

@@ -23,8 +23,9 @@
 #      table-before.txt, table-after-restart.txt, table-after-kill.txt   nft -a list table inet slipstream
 #                                   (handles included, counter values blanked)
 #      ct-restarted.txt             conntrack after the restarted daemon's start-up sync
+#      observer-before-restart.json, observer-restarted.json   slow-path counters around the restart
 #   4. SIGKILL of the restarted daemon: the table stays
-#      ct-killed.txt                conntrack after the kill
+#      ct-killed.txt, observer-killed.json   conntrack and slow-path counters after the kill
 #      monitor.txt                  nft monitor output over steps 3 and 4, then a canary table added and
 #                                   deleted on purpose (proves the monitor was listening)
 #   env.json, summary.json          kernel; pids and exit statuses
@@ -149,6 +150,7 @@ nft monitor >"$LAB/monitor.txt" 2>&1 &
 MONITOR=$!
 sleep 1
 table_listing >"$LAB/table-before.txt"
+nft -j list table inet "$OBSERVER_TABLE" >"$LAB/observer-before-restart.json"
 log "restart: SIGTERM"
 kill -TERM "$DAEMON1"
 wait "$DAEMON1" && rc1=0 || rc1=$?
@@ -158,6 +160,7 @@ DAEMON2=$DAEMON_PID
 sleep 1
 table_listing >"$LAB/table-after-restart.txt"
 conntrack_snapshot "$LAB/ct-restarted.txt"
+nft -j list table inet "$OBSERVER_TABLE" >"$LAB/observer-restarted.json"
 log "restarted"
 
 # --- 4. SIGKILL -----------------------------------------------------------------------------------------
@@ -166,6 +169,7 @@ wait "$DAEMON2" && rc2=0 || rc2=$?
 sleep 1
 table_listing >"$LAB/table-after-kill.txt"
 conntrack_snapshot "$LAB/ct-killed.txt"
+nft -j list table inet "$OBSERVER_TABLE" >"$LAB/observer-killed.json"
 log "killed"
 
 # The canary: a change made on purpose must show up in the monitor's output.

@@ -246,12 +246,13 @@ put_manifest() {
 }
 
 # daemon_start DIR LOGFILE [ARGS...]: starts the daemon (embedded mode, --min-sync-period 100ms) in the
-# background, JSON log lines to LOGFILE; sets DAEMON_PID.
+# background, JSON log lines to LOGFILE; sets DAEMON_PID. DAEMON_PATH, when set, is the daemon's PATH (e.g.
+# with a wrapper in front of a command it runs).
 daemon_start() {
   DAEMON_DIR=$1 DAEMON_LOG=$2
   shift 2
   DAEMON_ARGS=("$@")
-  OTEL_TRACES_EXPORTER=none "$NODE" daemon/src/main.ts --services "$DAEMON_DIR" --min-sync-period 100ms "$@" \
+  PATH="${DAEMON_PATH:-$PATH}" OTEL_TRACES_EXPORTER=none "$NODE" daemon/src/main.ts --services "$DAEMON_DIR" --min-sync-period 100ms "$@" \
     </dev/null >/dev/null 2>>"$DAEMON_LOG" &
   DAEMON_PID=$!
 }
