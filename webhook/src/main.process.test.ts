@@ -1,5 +1,6 @@
 // The webhook as a real process (main.ts): start-up, reviews, reloads, traces, signals, exit codes.
 
+import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -93,6 +94,31 @@ describe('npm run webhook (a real process)', () => {
       expect(String((ready.json as { policy: string }).policy)).toMatch(/^everything@1#/);
     } finally {
       await webhook.stop();
+    }
+  });
+
+  it('SIGUSR1 opens no inspector and SIGHUP re-reads the policy: the webhook says so and keeps serving', async () => {
+    const webhook = await spawnWebhook();
+    const logged = async (what: string) => {
+      const end = Date.now() + 15_000;
+      while (!webhook.logs.some((l) => String(l.msg).startsWith(what))) {
+        if (Date.now() > end) throw new Error(`no "${what}" line: ${JSON.stringify(webhook.logs)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    try {
+      webhook.child.kill('SIGUSR1');
+      await logged('SIGUSR1 ignored');
+      // The inspector would listen on 127.0.0.1:9229; the webhook's only listener is its review port.
+      const own = execFileSync('ss', ['-ltnpH'], { encoding: 'utf8' })
+        .split('\n')
+        .filter((l) => l.includes(`pid=${webhook.child.pid},`));
+      expect(own.map((l) => l.split(/\s+/)[3])).toEqual([new URL(webhook.url).host]);
+      webhook.child.kill('SIGHUP');
+      await logged('SIGHUP: reloading');
+      expect((await postReview(webhook.url, postgres.review)).status).toBe(200);
+    } finally {
+      expect(await webhook.stop()).toBe(0);
     }
   });
 

@@ -12,8 +12,12 @@ const { parseWebhookArgs, USAGE } = await import('./cli.ts');
 const { UsageError } = await import('@slipstream/shared/adapters/cli-args');
 const { StartupError, startWebhook } = await import('./webhook.ts');
 const { createLogger } = await import('@slipstream/shared/adapters/log');
+const { guardProcess } = await import('@slipstream/shared/adapters/process');
 const log = createLogger();
 let served = false;
+let running: { reload(): void } | undefined;
+// SIGUSR1 never opens an inspector (whatever flags started Node); SIGHUP re-reads the policy.
+guardProcess(log, () => running?.reload());
 
 async function main(): Promise<number> {
   let options: ReturnType<typeof parseWebhookArgs>;
@@ -31,6 +35,7 @@ async function main(): Promise<number> {
   let webhook: Awaited<ReturnType<typeof startWebhook>>;
   try {
     webhook = await startWebhook(options, { log, tracer: telemetry.tracer, tracing: telemetry.exportTarget });
+    running = webhook;
   } catch (error) {
     if (!(error instanceof StartupError)) throw error;
     log.error(`cannot start: ${error.message}`, { error: error.detail });

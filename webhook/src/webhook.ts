@@ -31,6 +31,8 @@ export interface WebhookDeps {
 
 export interface RunningWebhook {
   server: WebhookServer;
+  /** SIGHUP: re-reads the policy file now (it is also watched). */
+  reload(): void;
   /** Stops the bootstrap, finishes open reviews, closes the server and the policy watch. */
   stop(): Promise<void>;
 }
@@ -154,6 +156,7 @@ export async function startWebhook(options: WebhookOptions, deps: WebhookDeps): 
   const running = server;
   return {
     server: running,
+    reload: () => policy.check(),
     async stop() {
       await bootstrap?.stop();
       await running.close();
