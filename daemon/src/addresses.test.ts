@@ -6,7 +6,7 @@ import { until } from '../../test/lib/process.ts';
 import { AddressWatcher, listAddresses, parseAddresses } from './addresses.ts';
 
 describe('parseAddresses', () => {
-  it('keeps the global addresses of UP links, canonical, and drops loopback, link-local and DOWN links', () => {
+  it('keeps the global addresses of every link, DOWN ones too, canonical, and drops loopback and link-local ones', () => {
     const output = JSON.stringify([
       { ifname: 'lo', flags: ['LOOPBACK', 'UP'], addr_info: [{ local: '127.0.0.1', scope: 'host' }] },
       {
@@ -22,7 +22,7 @@ describe('parseAddresses', () => {
       { ifname: 'eth1', flags: ['BROADCAST'], addr_info: [{ local: '10.9.9.9', scope: 'global' }] },
       { ifname: 'weird', flags: ['UP'], addr_info: [{ local: 'not-an-address' }, 'x'] },
     ]);
-    expect(parseAddresses(output)).toEqual(['192.168.50.10', 'fd00:50::10']);
+    expect(parseAddresses(output)).toEqual(['10.9.9.9', '192.168.50.10', 'fd00:50::10']);
     expect(parseAddresses('not json')).toEqual([]);
   });
 });
@@ -55,6 +55,9 @@ describe.skipIf(!canUseNetns())("this node's addresses in a private network name
       await until('the new address', () => seen.some((a) => a.includes('10.77.1.1')));
       ip('addr', 'del', '10.77.0.1/24', 'dev', 'va');
       await until('the address gone', () => seen.at(-1)?.join(' ') === '10.77.1.1');
+      // A link going DOWN keeps its IPv4 addresses local: nothing changes.
+      ip('link', 'set', 'va', 'down');
+      expect(await listAddresses(ns)).toEqual(['10.77.1.1']);
     } finally {
       watcher.stop();
     }

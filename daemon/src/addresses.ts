@@ -1,8 +1,10 @@
 // This node's own addresses: the destinations that nodePort traffic is addressed to (kube-proxy
 // DNATs `<node address>:<nodePort>` to a pod). Listed with `ip -json address show` and followed
-// with `ip monitor address`. Chosen: every address of an UP link but loopback ones and link-local
-// ones (169.254.0.0/16, fe80::/10): the addresses kube-proxy answers nodePorts on by default
-// (`--nodeport-addresses` unset), less those no client off the node can reach.
+// with `ip monitor address`. Chosen: every address but loopback ones and link-local ones
+// (169.254.0.0/16, fe80::/10): the addresses kube-proxy answers nodePorts on by default
+// (`--nodeport-addresses` unset), less those no client off the node can reach. A DOWN link's
+// addresses count too: they stay local (the kernel still delivers to them through other links),
+// and a link going DOWN and UP must cost no write.
 
 import type { Logger } from '@slipstream/shared/adapters/log';
 import { canonicalAddress } from '@slipstream/shared/core/address';
@@ -22,7 +24,7 @@ export function parseAddresses(output: string): string[] {
   for (const link of data) {
     if (!isRecord(link)) continue;
     const flags = Array.isArray(link.flags) ? link.flags : [];
-    if (!flags.includes('UP') || flags.includes('LOOPBACK') || link.link_type === 'loopback') continue;
+    if (flags.includes('LOOPBACK') || link.link_type === 'loopback') continue;
     const infos = Array.isArray(link.addr_info) ? link.addr_info : [];
     for (const info of infos) {
       if (!isRecord(info) || typeof info.local !== 'string' || info.scope === 'link' || info.scope === 'host')

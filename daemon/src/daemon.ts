@@ -196,7 +196,7 @@ async function start(
     logger,
     onChange: (nodeAddresses) => {
       reconciler.update({ nodeAddresses });
-      reconciler.request('link');
+      reconciler.request('address');
     },
   });
   closers.push(() => addresses.stop());

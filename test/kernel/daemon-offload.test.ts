@@ -23,6 +23,7 @@ import {
   type LogLine,
   type NftJson,
   verdictMap,
+  writesBeyondAddresses,
 } from './evidence.ts';
 import { runInVm, type VmResult } from './lab.ts';
 import {
@@ -197,8 +198,9 @@ describe('daemon end to end: decisions in the data plane (one VM boot)', () => {
     expect(phase2.conditionsMet, JSON.stringify(phase2)).toBe(true);
     expect(phase2.running.toggle2).toBe(true);
     const ct2 = await ev.ct('ct-phase2.txt');
+    // Its state is not asserted: on a loaded host the flow may have ended (TIME_WAIT) by the snapshot; its
+    // packets and the observer's count say it ran on the slow path.
     const conn = expectBulk(ct2, 'tcp', '10.96.1.60', 5432, false);
-    expect(conn.state, conn.line).toBe('ESTABLISHED');
     expect(conn.packets, `far past the old threshold: ${conn.line}`).toBeGreaterThan(3000);
     const observer2 = commentCounters(await ev.json<NftJson>('nft-phase2.json'), 'observer');
     expect(observer2.toggle! - observer1.toggle!, 'the new flow took the slow path').toBeGreaterThanOrEqual(
@@ -273,11 +275,9 @@ describe('daemon end to end: device churn, restart and kill under offloaded traf
     const stop = log1.findIndex((l) => l.msg.startsWith('stopping'));
     const afterDelete = log1.slice(del.logLineBefore, stop < 0 ? undefined : stop);
     expect(failures(afterDelete), 'failed or refused transactions after the deletion').toEqual([]);
-    // The kernel unhooks a deleted link by itself; the daemon must not rewrite (recreate) the flowtable.
-    expect(
-      afterDelete.filter((l) => l.msg === 'sync' && Number(l.writes) > 0),
-      'kernel writes after the deletion',
-    ).toEqual([]);
+    // The kernel unhooks a deleted link by itself; the daemon must not rewrite (recreate) the flowtable. The
+    // pod's addresses went with its veth: that is the only write.
+    expect(writesBeyondAddresses(afterDelete), 'kernel writes after the deletion').toEqual([]);
 
     const ct = await ev.ct('ct-deleted.txt');
     const a = expectBulk(ct, 'tcp', '10.96.2.10', 5432, true);

@@ -67,13 +67,17 @@ export function connectionsTo(entries: CtEntry[], proto: string, dst: string, dp
  * The bulk connection to a Service port: of the connections to it, the one that carried the most bytes
  * from the client (iperf3 opens a small control connection next to its data connection). Undefined if none.
  */
+const CLOSED = new Set(['TIME_WAIT', 'CLOSE', 'CLOSE_WAIT', 'LAST_ACK', 'FIN_WAIT']);
+
+/** The live connection to a Service port that carried the most bytes. */
 export function bulkConnection(
   entries: CtEntry[],
   proto: string,
   dst: string,
   dport: number,
 ): CtEntry | undefined {
-  const conns = connectionsTo(entries, proto, dst, dport);
+  // A TCP connection that has ended (an earlier flow to the same port) is never the one measured.
+  const conns = connectionsTo(entries, proto, dst, dport).filter((c) => !CLOSED.has(c.state));
   return conns.length === 0 ? undefined : conns.reduce((a, b) => (b.origBytes > a.origBytes ? b : a));
 }
 
@@ -116,6 +120,7 @@ export interface NftJson {
       elem?: Array<[{ concat: Array<string | number> }, unknown]>;
     };
     flowtable?: { family: string; table: string; name: string; dev?: string | string[] };
+    set?: { family: string; table: string; name: string; elem?: unknown[] };
     chain?: { family: string; table: string; name: string };
     table?: { family: string; name: string };
     [key: string]: unknown;
@@ -166,6 +171,11 @@ export function verdictMap(json: NftJson, table: string, map: string): Map<strin
   return out;
 }
 
+/** The elements of a set, as nft -j prints them (addresses are strings). */
+export function setElements(json: NftJson, table: string, name: string): unknown[] {
+  return json.nftables.find((o) => o.set?.table === table && o.set.name === name)?.set?.elem ?? [];
+}
+
 /** The devices of a flowtable, or undefined when it is not there. */
 export function flowtableDevices(json: NftJson, table: string, name = 'ft'): string[] | undefined {
   const ft = json.nftables.find((o) => o.flowtable?.table === table && o.flowtable.name === name)?.flowtable;
@@ -198,6 +208,21 @@ export function parseLog(text: string): LogLine[] {
 }
 
 /** Log lines that report a failed or refused transaction, or any error. */
+/**
+ * Syncs that wrote anything but this node's addresses (nodePorts' sets): a link that goes, or goes DOWN,
+ * takes its addresses with it, which is one small set change that touches no flowtable and no flow.
+ */
+export function writesBeyondAddresses(lines: LogLine[]): LogLine[] {
+  return lines.filter(
+    (l) =>
+      l.msg === 'sync' &&
+      Number(l.writes) > 0 &&
+      !String(l.change ?? '')
+        .split('; ')
+        .every((part) => /^[+-]\d+ node addresses$/.test(part)),
+  );
+}
+
 export function failures(lines: LogLine[]): LogLine[] {
   return lines.filter(
     (l) =>

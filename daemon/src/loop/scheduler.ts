@@ -6,7 +6,17 @@
 
 import { Backoff, type BackoffOptions } from '@slipstream/shared/adapters/backoff';
 
-export type Trigger = 'startup' | 'service' | 'namespace' | 'link' | 'policy' | 'drift' | 'retry' | 'resync';
+export type Trigger =
+  | 'startup'
+  | 'service'
+  | 'namespace'
+  | 'link'
+  /** This node's addresses changed (nodePorts): unlike `link`, the flowtable's devices are not re-read. */
+  | 'address'
+  | 'policy'
+  | 'drift'
+  | 'retry'
+  | 'resync';
 
 export interface RunOutcome {
   /** The sync failed: retry after the backoff. */

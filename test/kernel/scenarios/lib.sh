@@ -336,10 +336,13 @@ iperf_servers() {
   for port in "$@"; do wait_listen "$ns" "$port" 60; done
 }
 
-# ct_packets PROTO CLUSTER_IP PORT FILE: the most packets (original + reply direction) that one connection to
-# CLUSTER_IP:PORT has in FILE (a conntrack_snapshot); 0 if there is none.
+# A TCP connection that has ended (an earlier flow to the same port) is never the one a scenario measures.
+CT_CLOSED=' (TIME_WAIT|CLOSE|CLOSE_WAIT|LAST_ACK|FIN_WAIT) '
+
+# ct_packets PROTO CLUSTER_IP PORT FILE: the most packets (original + reply direction) that one live connection
+# to CLUSTER_IP:PORT has in FILE (a conntrack_snapshot); 0 if there is none.
 ct_packets() {
-  grep -E "^$1 .* dst=$2 .*dport=$3 " "$4" 2>/dev/null |
+  grep -E "^$1 .* dst=$2 .*dport=$3 " "$4" 2>/dev/null | grep -vE "$CT_CLOSED" |
     awk '{ n = 0; for (i = 1; i <= NF; i++) if ($i ~ /^packets=/) { sub(/^packets=/, "", $i); n += $i } if (n > m) m = n } END { print m + 0 }'
 }
 
@@ -347,7 +350,7 @@ ct_packets() {
 # CLUSTER_IP:PORT with the most bytes in FILE (a conntrack_snapshot); 0 if there is none. Without the flowtable's
 # `counter` flag conntrack stops counting a connection once it is offloaded.
 ct_bytes() {
-  grep -E "^$1 .* dst=$2 .*dport=$3 .*\[OFFLOAD\]" "$4" 2>/dev/null |
+  grep -E "^$1 .* dst=$2 .*dport=$3 .*\[OFFLOAD\]" "$4" 2>/dev/null | grep -vE "$CT_CLOSED" |
     awk '{ n = 0; for (i = 1; i <= NF; i++) if ($i ~ /^bytes=/) { sub(/^bytes=/, "", $i); n += $i } if (n > m) m = n } END { print m + 0 }'
 }
 
