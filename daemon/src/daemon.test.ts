@@ -281,6 +281,42 @@ describe.skipIf(!isRoot)('startDaemon / runOnce / cleanup (MemoryKernel, private
     }
   });
 
+  it('a link created again under its name is hooked again, even when the kernel still lists its old hook at first', async () => {
+    // The kernel unregisters a deleted link (dropping its hook) asynchronously: the first device list
+    // read after the link events can still name it.
+    class LateUnregister extends MemoryKernel {
+      stale: string[] | null = null;
+      override async readFlowtableDevices(): Promise<string[] | null> {
+        const stale = this.stale;
+        this.stale = null;
+        return stale ?? super.readFlowtableDevices();
+      }
+    }
+    const kernel = new LateUnregister({ flowtable: true });
+    const ip = (...args: string[]) => execFileSync('ip', ['-n', ns, ...args]);
+    ip('link', 'add', 'dr', 'type', 'veth', 'peer', 'name', 'dr1');
+    ip('link', 'set', 'dr', 'up');
+    try {
+      await start(kernel);
+      await until('dr hooked', () => kernel.table?.flowtable?.devices.includes('dr') === true);
+      kernel.stale = [...kernel.table!.flowtable!.devices];
+      // What the kernel does when dr goes: its hook is dropped (no nf_tables event for that).
+      kernel.tamper(
+        (t) => {
+          t!.flowtable!.devices = t!.flowtable!.devices.filter((d) => d !== 'dr');
+          return t;
+        },
+        { silent: true },
+      );
+      execFileSync('ip', ['-n', ns, '-batch', '-'], {
+        input: 'link del dr\nlink add dr type veth peer name dr1\nlink set dr up\n',
+      });
+      await until('dr hooked again', () => kernel.table?.flowtable?.devices.includes('dr') === true);
+    } finally {
+      ip('link', 'delete', 'dr');
+    }
+  });
+
   it('a start-up that fails closes what it opened (kernel, link monitor) and says what is wrong', async () => {
     const blocker: Server = createServer();
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));

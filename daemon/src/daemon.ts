@@ -24,6 +24,9 @@ import { type NodeStatus, portStatuses } from './status.ts';
 
 export { requireNetns, StartupError };
 
+/** How long after a link change the kernel's flowtable devices are read once more. */
+const LINK_RELOOK_MS = 1500;
+
 export interface DaemonDeps {
   logger: Logger;
   /** Opens the kernel edge (tests may pass a MemoryKernel). */
@@ -180,17 +183,25 @@ async function start(
     choice = selector.select(listed);
     return choice.hooked;
   };
+  // The kernel unregisters a deleted link (and drops its flowtable hook) asynchronously: a link
+  // deleted and created again under its name may still be listed as hooked right after. So the
+  // kernel's device list is read after every link change and once more a little later.
+  let relook: NodeJS.Timeout | undefined;
   const links = new LinkWatcher({
     ...(options.netns ? { netns: options.netns } : {}),
     logger,
     onChange: (listed) => {
-      // Also when the names stay the same (a link created again under its name): the sync reads
-      // the kernel's own device list after every link event.
       reconciler.update({ devices: choose(listed) });
       reconciler.request('link');
+      clearTimeout(relook);
+      relook = setTimeout(() => reconciler.request('link'), LINK_RELOOK_MS);
+      relook.unref();
     },
   });
-  closers.push(() => links.stop());
+  closers.push(() => {
+    clearTimeout(relook);
+    links.stop();
+  });
   const addresses = new AddressWatcher({
     ...(options.netns ? { netns: options.netns } : {}),
     logger,

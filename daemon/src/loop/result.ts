@@ -63,7 +63,17 @@ export interface SyncResult {
   durationMs: number;
 }
 
-const ORDER: Trigger[] = ['startup', 'drift', 'resync', 'retry', 'policy', 'namespace', 'link', 'address', 'service'];
+const ORDER: Trigger[] = [
+  'startup',
+  'drift',
+  'resync',
+  'retry',
+  'policy',
+  'namespace',
+  'link',
+  'address',
+  'service',
+];
 
 export function mainTrigger(triggers: ReadonlySet<Trigger>): Trigger {
   return ORDER.find((t) => triggers.has(t)) ?? 'resync';
