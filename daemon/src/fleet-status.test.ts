@@ -131,4 +131,16 @@ describe('fleetStatus', () => {
       'quarantined Services: a: 2',
     ]);
   });
+
+  it('two daemons of one node (a rollout) are both counted, each named by its pod', () => {
+    const old = node('a', [row({ threshold: 100 })]);
+    old.pod = 'daemon-old';
+    const fleet = fleetStatus([node('a', [row()]), old, node('b', [row()])], []);
+    expect(fleet.answered).toEqual(['a/daemon-a', 'a/daemon-old', 'b']);
+    expect(fleet.ports[0]).toMatchObject({
+      nodes: 3,
+      threshold: 20,
+      disagree: [{ node: 'a/daemon-old', threshold: 100 }],
+    });
+  });
 });

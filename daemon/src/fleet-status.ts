@@ -79,7 +79,12 @@ export function fleetStatus(
   unreachable: readonly UnreachableDaemon[],
   namespace?: string,
 ): FleetStatus {
-  const nodes = [...reports].sort((a, b) => a.node.localeCompare(b.node));
+  // Two daemons answering for one node (a rollout's old and new pod): each named by its pod.
+  const seen = new Map<string, number>();
+  for (const r of reports) seen.set(r.node, (seen.get(r.node) ?? 0) + 1);
+  const nodes = reports
+    .map((r) => ((seen.get(r.node) ?? 0) > 1 ? { ...r, node: `${r.node}/${r.pod}` } : r))
+    .sort((a, b) => a.node.localeCompare(b.node));
   const rows = new Map<string, { service: string; port: string; byNode: Map<string, PortStatus> }>();
   for (const r of nodes) {
     for (const row of r.status.ports) {
