@@ -229,7 +229,7 @@ export function shortBytes(n: number): string {
   }
   return `${v < 10 ? v.toFixed(1) : Math.round(v)}${units[u]}`;
 }
-const VIP_TEXT: Record<VipKind, string> = {
+export const VIP_TEXT: Record<VipKind, string> = {
   clusterIP: 'cluster',
   externalIP: 'external',
   loadBalancer: 'lb',
@@ -242,6 +242,20 @@ const STATE_TEXT: Record<PortState, string> = {
   missing: 'NO',
   keep: '-',
 };
+
+/** Fixed-width columns as wide as their widest cell (at most 40), the last one `lastWidth`. */
+export function formatTable(header: string[], rows: string[][], lastWidth: number): string[] {
+  const last = header.length - 1;
+  const widths = header.map((h, i) =>
+    i === last ? lastWidth : rows.reduce((w, row) => Math.max(w, Math.min(row[i]!.length, 40)), h.length),
+  );
+  const render = (row: string[]) =>
+    row
+      .map((c, i) => cell(c, widths[i]!))
+      .join('  ')
+      .trimEnd();
+  return [render(header), ...rows.map(render)];
+}
 
 /** The table for people. */
 export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
@@ -283,17 +297,7 @@ export function formatStatus(status: NodeStatus, reasonWidth = 70): string {
     r.offloadedBytes === null || r.offloadedBytes === undefined ? '-' : shortBytes(r.offloadedBytes),
     r.reason,
   ]);
-  const last = header.length - 1;
-  const widths = header.map((h, i) =>
-    i === last ? reasonWidth : rows.reduce((w, row) => Math.max(w, Math.min(row[i]!.length, 40)), h.length),
-  );
-  const render = (row: string[]) =>
-    row
-      .map((c, i) => cell(c, widths[i]!))
-      .join('  ')
-      .trimEnd();
-  lines.push(render(header));
-  for (const row of rows) lines.push(render(row));
+  for (const line of formatTable(header, rows, reasonWidth)) lines.push(line);
   const problems = new Map<string, string>();
   for (const r of status.ports) if (r.problems) problems.set(r.service, r.problems);
   if (problems.size > 0) {

@@ -18,7 +18,8 @@ import type { IPodSpec } from 'kubernetes-models/v1/PodSpec';
 import type { IService } from 'kubernetes-models/v1/Service';
 import { describe, expect, it } from 'vitest';
 import { parseDaemonArgs } from '../../daemon/src/cli.ts';
-import { selectorMatches } from '../lib/label-selector.ts';
+import { DAEMON_NAMESPACE, DAEMON_SELECTOR, STATUS_PORT } from '../../daemon/src/daemon-pods.ts';
+import { parseLabelSelector, selectorMatches } from '../lib/label-selector.ts';
 import { has, type KubeObject, NAMESPACE, one, REPO, render, TARGETS } from './manifests.ts';
 import {
   container,
@@ -360,6 +361,29 @@ describe('RBAC', () => {
     expect(binding.subjects).toEqual([
       { kind: 'ServiceAccount', name: 'slipstream-daemon', namespace: NAMESPACE },
     ]);
+  });
+
+  it('gives the status reader (kubectl slipstream) only pods get/list and pods/portforward create, in its namespace', () => {
+    const role = one<IRole>(base(), 'Role', 'slipstream-status-reader');
+    expect(role.metadata?.namespace).toBe(NAMESPACE);
+    expect(role.rules).toEqual([
+      { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list'] },
+      { apiGroups: [''], resources: ['pods/portforward'], verbs: ['create'] },
+    ]);
+  });
+
+  it('points kubectl slipstream at the daemon pods and their loopback status port', () => {
+    expect(DAEMON_NAMESPACE).toBe(NAMESPACE);
+    const labels = daemon().spec!.template.metadata!.labels!;
+    expect(selectorMatches(parseLabelSelector(DAEMON_SELECTOR), labels)).toBe(true);
+    // Only the daemons: no other pod of the install matches.
+    for (const o of base()) {
+      const template = (o as { spec?: { template?: { metadata?: { labels?: Record<string, string> } } } })
+        .spec?.template;
+      if (o.kind !== 'DaemonSet' && template?.metadata?.labels)
+        expect(selectorMatches(parseLabelSelector(DAEMON_SELECTOR), template.metadata.labels)).toBe(false);
+    }
+    expect(flag(daemonContainer().args, '--health-listen')).toBe(`127.0.0.1:${STATUS_PORT}`);
   });
 
   it('lets the webhook touch only its own Secret by name, plus create (unscopable by name), in its namespace', () => {
