@@ -9,19 +9,12 @@
 import type { Logger } from '@slipstream/shared/adapters/log';
 import { canonicalAddress } from '@slipstream/shared/core/address';
 import { isRecord } from '@slipstream/shared/core/record';
-import { IpMonitor, ipJson } from './ip-monitor.ts';
+import { IpMonitor, ipJson, jsonArray } from './ip-monitor.ts';
 
 /** Parses `ip -json address show`: the node addresses, canonical, unique, sorted. Unknown shapes are skipped. */
 export function parseAddresses(output: string): string[] {
-  let data: unknown;
-  try {
-    data = JSON.parse(output);
-  } catch {
-    return [];
-  }
-  if (!Array.isArray(data)) return [];
   const out = new Set<string>();
-  for (const link of data) {
+  for (const link of jsonArray(output)) {
     if (!isRecord(link)) continue;
     const flags = Array.isArray(link.flags) ? link.flags : [];
     if (flags.includes('LOOPBACK') || link.link_type === 'loopback') continue;

@@ -10,7 +10,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { HostPort } from '@slipstream/shared/adapters/cli-args';
 import type { Logger } from '@slipstream/shared/adapters/log';
-import { writeMetrics } from '@slipstream/shared/adapters/metrics';
+import { listenHttp, writeMetrics } from '@slipstream/shared/adapters/metrics';
 import type { Registry } from 'prom-client';
 import type { NodeStatus } from './status.ts';
 
@@ -61,15 +61,5 @@ export function serveEndpoints(listen: HostPort, endpoints: Endpoints, logger: L
       else res.end();
     });
   });
-  // A probe that never completes must not pin a socket.
-  server.requestTimeout = 10_000;
-  server.headersTimeout = 5_000;
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(listen.port, listen.host, () => {
-      server.off('error', reject);
-      logger.info('health endpoint listening', { address: server.address() });
-      resolve(server);
-    });
-  });
+  return listenHttp(server, listen, logger, 'health endpoint listening');
 }

@@ -26,6 +26,16 @@ export function ipJson(netns: string | undefined, args: string[]): Promise<strin
   });
 }
 
+/** The array `ip -json ... show` printed; [] for anything else (a shape we do not know is skipped). */
+export function jsonArray(output: string): unknown[] {
+  try {
+    const data: unknown = JSON.parse(output);
+    return Array.isArray(data) ? data : [];
+  } catch {
+    return [];
+  }
+}
+
 export interface IpMonitorOptions<T> {
   netns?: string;
   /** What `ip monitor` follows: `link`, `address`, ... */

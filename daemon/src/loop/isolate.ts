@@ -13,7 +13,7 @@
 // A single Service whose part is refused is a culprit; everything else reaches the kernel.
 // k culprits among n Services cost O(k log n) transactions.
 
-import { type Change, diff, isEmpty } from '@slipstream/shared/core/diff';
+import { type Change, diff, emptySummary, isEmpty } from '@slipstream/shared/core/diff';
 import {
   type Capabilities,
   type Chain,
@@ -25,24 +25,7 @@ import {
 
 export const UNOWNED = '(unowned)';
 
-const CANARY: Change = {
-  ops: [{ op: 'add-table' }],
-  summary: {
-    tableCreated: false,
-    rebuild: false,
-    elementsAdded: 0,
-    elementsRemoved: 0,
-    chainsAdded: [],
-    chainsRemoved: [],
-    chainsRewritten: [],
-    devicesAdded: [],
-    devicesRemoved: [],
-    addressesAdded: 0,
-    addressesRemoved: 0,
-    objectsReplaced: [],
-    services: [],
-  },
-};
+const CANARY: Change = { ops: [{ op: 'add-table' }], summary: emptySummary() };
 
 export interface Culprit {
   key: string;

@@ -60,14 +60,26 @@ export function serveMetrics(listen: HostPort, registry: Registry, logger: Logge
       else res.end();
     });
   });
-  // A scraper that never completes a request must not pin a socket.
+  return listenHttp(server, listen, logger, 'metrics listening');
+}
+
+/**
+ * Listens on `listen` and logs `message` with the address; rejects when it cannot. A client that
+ * never completes a request (a probe, a scraper) must not pin a socket: bounded request times.
+ */
+export function listenHttp(
+  server: Server,
+  listen: HostPort,
+  logger: Logger,
+  message: string,
+): Promise<Server> {
   server.requestTimeout = 10_000;
   server.headersTimeout = 5_000;
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(listen.port, listen.host, () => {
       server.off('error', reject);
-      logger.info('metrics listening', { address: server.address() });
+      logger.info(message, { address: server.address() });
       resolve(server);
     });
   });

@@ -99,7 +99,8 @@ export function isEmpty(change: Change): boolean {
   return change.ops.length === 0;
 }
 
-function emptySummary(): ChangeSummary {
+/** A summary of no change. */
+export function emptySummary(): ChangeSummary {
   return {
     tableCreated: false,
     rebuild: false,
