@@ -4,7 +4,7 @@
 // nodes whose decision or threshold differs (a node still on an older policy). Pure: reading the
 // daemons is daemon-pods.ts.
 
-import type { VipKind } from '@slipstream/shared/core/ruleset';
+import type { VipKind } from '@slipstream/shared/core/desired-ruleset';
 import { formatTable, type NodeStatus, type PortStatus, shortBytes, VIP_TEXT } from './status.ts';
 
 /** One daemon's answer. */

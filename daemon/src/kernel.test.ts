@@ -1,8 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { desiredRuleset } from '@slipstream/shared/core/desired-ruleset';
 import { diff } from '@slipstream/shared/core/diff';
 import { parseTable } from '@slipstream/shared/core/nft-listing';
-import { desiredRuleset, type Ruleset } from '@slipstream/shared/core/ruleset';
+import type { Ruleset } from '@slipstream/shared/core/ruleset';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { canUseNetns } from '../../test/lib/netns.ts';

@@ -7,9 +7,10 @@ import {
 import { memoryLogger, silentLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { HINT_KEYS, NAMESPACE_OPT_OUT_LABEL, USER_KEYS } from '@slipstream/shared/core/contract';
+import { desiredRuleset } from '@slipstream/shared/core/desired-ruleset';
 import { diff } from '@slipstream/shared/core/diff';
 import { parsePolicy } from '@slipstream/shared/core/policy';
-import { desiredRuleset, type Ruleset } from '@slipstream/shared/core/ruleset';
+import type { Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Service } from '@slipstream/shared/core/service';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';

@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { silentLogger } from '@slipstream/shared/adapters/log';
 import { watchPolicy } from '@slipstream/shared/adapters/policy-watch';
 import { effectiveDecision } from '@slipstream/shared/core/decide';
-import { desiredRuleset } from '@slipstream/shared/core/ruleset';
+import { desiredRuleset } from '@slipstream/shared/core/desired-ruleset';
 import { EXAMPLES_DIR } from './cli.ts';
 import { readOffloadedFlows } from './conntrack.ts';
 import { NapiKernel } from './kernel.ts';

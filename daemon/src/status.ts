@@ -5,13 +5,8 @@
 // the kernel and conntrack happens at the edges (daemon.ts, status-main.ts).
 
 import type { Decision } from '@slipstream/shared/core/decide';
-import {
-  elementHit,
-  elementKey,
-  type Ruleset,
-  serviceVips,
-  type VipKind,
-} from '@slipstream/shared/core/ruleset';
+import { serviceVips, type VipKind } from '@slipstream/shared/core/desired-ruleset';
+import { elementHit, elementKey, type Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Service, ServicePort } from '@slipstream/shared/core/service';
 import { type FlowCount, flowKey, type OffloadedFlows } from './conntrack.ts';
 import type { ExcludedDevice } from './devices.ts';

@@ -9,17 +9,15 @@ import {
   type ThresholdRefs,
   thresholdRefs,
 } from '@slipstream/shared/core/delta';
-import type { Change } from '@slipstream/shared/core/diff';
-import { diffDelta } from '@slipstream/shared/core/diff';
 import {
   assembleRuleset,
-  type Capabilities,
   type Contribution,
   contribution,
   type DecisionMemo,
-  type Ruleset,
-  type ServiceEntry,
-} from '@slipstream/shared/core/ruleset';
+} from '@slipstream/shared/core/desired-ruleset';
+import type { Change } from '@slipstream/shared/core/diff';
+import { diffDelta } from '@slipstream/shared/core/diff';
+import type { Capabilities, Ruleset, ServiceEntry } from '@slipstream/shared/core/ruleset';
 import type { Service } from '@slipstream/shared/core/service';
 import type { InputSnapshot } from './inputs.ts';
 

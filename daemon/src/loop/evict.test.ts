@@ -13,7 +13,8 @@ import {
 import { silentLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { NAMESPACE_OPT_OUT_LABEL, USER_KEYS } from '@slipstream/shared/core/contract';
-import { desiredRuleset, elementKey } from '@slipstream/shared/core/ruleset';
+import { desiredRuleset } from '@slipstream/shared/core/desired-ruleset';
+import { elementKey } from '@slipstream/shared/core/ruleset';
 import type { Namespace, Service } from '@slipstream/shared/core/service';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../../test/fixtures/services/load.ts';

@@ -14,8 +14,9 @@
 // evicted (evict.ts).
 
 import { type Logger, LogOnce } from '@slipstream/shared/adapters/log';
+import type { Contribution } from '@slipstream/shared/core/desired-ruleset';
 import { type Change, describeChange, diff, isEmpty } from '@slipstream/shared/core/diff';
-import type { Capabilities, Contribution, Ruleset } from '@slipstream/shared/core/ruleset';
+import type { Capabilities, Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Service } from '@slipstream/shared/core/service';
 import type { OffloadedFlows } from '../conntrack.ts';
 import { errorClassOf, errorDetail, errorText, type Kernel } from '../kernel.ts';

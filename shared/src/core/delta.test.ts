@@ -3,8 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { loadDefaultPolicy } from '../adapters/policy-files.ts';
 import { USER_KEYS } from './contract.ts';
 import { applyServiceDelta, isConflictFree, thresholdRefs } from './delta.ts';
+import { contribution, desiredRuleset } from './desired-ruleset.ts';
 import { diff, diffDelta } from './diff.ts';
-import { contribution, desiredRuleset } from './ruleset.ts';
 import { type Service, serviceKey } from './service.ts';
 
 describe('applyServiceDelta and diffDelta (incremental)', () => {

@@ -8,13 +8,11 @@
 // conflict depends on the order of all Services, so `applyServiceDelta` refuses (returns null)
 // and the caller recomputes in full. `isConflictFree` tells whether a full result qualifies.
 
+import { CONFLICT_REASON, type Contribution, newEntry } from './desired-ruleset.ts';
 import {
   type Capabilities,
   type Chain,
-  CONFLICT_REASON,
-  type Contribution,
   type Element,
-  newEntry,
   parseThresholdChainName,
   type Ruleset,
   thresholdChain,

@@ -5,10 +5,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput, scenarioNames } from '../../../test/fixtures/services/load.ts';
+import { desiredRuleset } from './desired-ruleset.ts';
 import { diff, isEmpty } from './diff.ts';
 import { parseFlowtable, parseRule, parseTable } from './nft-listing.ts';
 import { changeText, rulesetText } from './nft-text.ts';
-import { desiredRuleset, type Ruleset } from './ruleset.ts';
+import type { Ruleset } from './ruleset.ts';
 
 const T = { family: 'inet', table: 'slipstream' };
 

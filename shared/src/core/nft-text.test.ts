@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput, scenarioNames } from '../../../test/fixtures/services/load.ts';
+import { desiredRuleset } from './desired-ruleset.ts';
 import { type Change, diff } from './diff.ts';
 import { changeText, opText, rulesetText, UnwritableError } from './nft-text.ts';
-import { desiredRuleset, emptyRuleset } from './ruleset.ts';
+import { emptyRuleset } from './ruleset.ts';
 
 const golden = (name: string) =>
   readFileSync(new URL(`../../../test/fixtures/nft/${name}.nft`, import.meta.url), 'utf8');
