@@ -4,7 +4,7 @@
 // events to tell the loop when anyone else touched it. `MemoryKernel` (memory-kernel.ts) is its
 // in-memory twin for unit tests.
 
-import { type Change, isEmpty } from '@slipstream/shared/core/diff';
+import { type Change, isEmpty } from '@slipstream/shared/core/change';
 import { LIST_TABLE, parseTable } from '@slipstream/shared/core/nft-listing';
 import { changeText } from '@slipstream/shared/core/nft-text';
 import {

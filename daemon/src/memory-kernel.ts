@@ -6,8 +6,8 @@
 // (`rulesetText`: the commands that would create it). Edits by "someone else" (`tamper`) are
 // reported to watchers like the kernel's change events.
 
-import type { Change, Op } from '@slipstream/shared/core/diff';
-import { isEmpty } from '@slipstream/shared/core/diff';
+import type { Change, Op } from '@slipstream/shared/core/change';
+import { isEmpty } from '@slipstream/shared/core/change';
 import { rulesetText } from '@slipstream/shared/core/nft-text';
 import {
   bareTable,

@@ -3,6 +3,7 @@
 // O(Services)). Each Service is computed on its own: one that throws is reported (and then
 // quarantined by the caller), never holds back the others. Quarantined Services are left out.
 
+import type { Change } from '@slipstream/shared/core/change';
 import {
   applyServiceDelta,
   isConflictFree,
@@ -15,7 +16,6 @@ import {
   contribution,
   type DecisionMemo,
 } from '@slipstream/shared/core/desired-ruleset';
-import type { Change } from '@slipstream/shared/core/diff';
 import { diffDelta } from '@slipstream/shared/core/diff';
 import type { Capabilities, Ruleset, ServiceEntry } from '@slipstream/shared/core/ruleset';
 import type { Service } from '@slipstream/shared/core/service';

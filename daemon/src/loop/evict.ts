@@ -18,7 +18,8 @@
 // of the sync (then nothing can offload them any more: their elements are gone). A failed
 // eviction keeps them for the next sync.
 
-import { type Change, diff } from '@slipstream/shared/core/diff';
+import type { Change } from '@slipstream/shared/core/change';
+import { diff } from '@slipstream/shared/core/diff';
 import { type Capabilities, type Element, elementKey, type Ruleset } from '@slipstream/shared/core/ruleset';
 import { flowKey, type OffloadedFlows } from '../conntrack.ts';
 import { errorText, type Kernel } from '../kernel.ts';

@@ -13,7 +13,8 @@
 // A single Service whose part is refused is a culprit; everything else reaches the kernel.
 // k culprits among n Services cost O(k log n) transactions.
 
-import { type Change, diff, emptySummary, isEmpty } from '@slipstream/shared/core/diff';
+import { type Change, emptySummary, isEmpty } from '@slipstream/shared/core/change';
+import { diff } from '@slipstream/shared/core/diff';
 import {
   type Capabilities,
   type Chain,

@@ -5,7 +5,7 @@
 
 import { type Context, context, type Link, type Span, SpanStatusCode, trace } from '@opentelemetry/api';
 import { spanContextFromTraceparent } from '@slipstream/shared/adapters/telemetry';
-import type { Change } from '@slipstream/shared/core/diff';
+import type { Change } from '@slipstream/shared/core/change';
 import type { Ruleset, ServiceEntry } from '@slipstream/shared/core/ruleset';
 import type { SyncResult } from './result.ts';
 

@@ -14,8 +14,9 @@
 // evicted (evict.ts).
 
 import { type Logger, LogOnce } from '@slipstream/shared/adapters/log';
+import { type Change, describeChange, isEmpty } from '@slipstream/shared/core/change';
 import type { Contribution } from '@slipstream/shared/core/desired-ruleset';
-import { type Change, describeChange, diff, isEmpty } from '@slipstream/shared/core/diff';
+import { diff } from '@slipstream/shared/core/diff';
 import type { Capabilities, Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Service } from '@slipstream/shared/core/service';
 import type { OffloadedFlows } from '../conntrack.ts';

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput } from '../../../test/fixtures/services/load.ts';
+import { type Change, isEmpty, type Op } from './change.ts';
 import { USER_KEYS } from './contract.ts';
 import { type DesiredInput, desiredRuleset } from './desired-ruleset.ts';
-import { type Change, diff, isEmpty, type Op } from './diff.ts';
+import { diff } from './diff.ts';
 import type { Ruleset } from './ruleset.ts';
 import type { Service } from './service.ts';
 

@@ -26,9 +26,9 @@
 // transaction, the only way a 6.1 kernel offers to send offloaded flows back to the slow path
 // without touching their conntrack entries (see the daemon's loop/evict.ts).
 
+import { type Change, emptySummary, type Op } from './change.ts';
 import type { RulesetDelta } from './delta.ts';
 import {
-  type BaseChain,
   baseEqual,
   type Chain,
   type Element,
@@ -40,83 +40,10 @@ import {
   type MapId,
   NODE_SET_NAMES,
   parseThresholdChainName,
-  type RuleSpec,
   type Ruleset,
   rulesEqual,
   thresholdChainName,
 } from './ruleset.ts';
-
-export type Op =
-  | { op: 'add-table' }
-  | { op: 'delete-table' }
-  | { op: 'flush-chain'; chain: string }
-  | { op: 'flush-map'; family: MapId }
-  | { op: 'delete-elements'; family: MapId; elements: Element[] }
-  | { op: 'delete-set-elements'; family: Family; addresses: string[] }
-  | { op: 'delete-map'; family: MapId }
-  | { op: 'delete-set'; family: Family }
-  | { op: 'delete-object'; object: ForeignObject & { handle: number } }
-  | { op: 'delete-flowtable'; name: string }
-  | { op: 'delete-flowtable-devices'; name: string; devices: string[] }
-  | { op: 'delete-chain'; chain: string }
-  | { op: 'add-flowtable'; name: string; devices: string[]; counter: boolean }
-  | { op: 'add-map'; family: MapId }
-  | { op: 'add-set'; family: Family }
-  | { op: 'add-chain'; chain: string; base: BaseChain | null }
-  | { op: 'add-elements'; family: MapId; elements: Element[] }
-  | { op: 'add-set-elements'; family: Family; addresses: string[] }
-  | { op: 'add-rule'; chain: string; rule: RuleSpec; flowtable: string | null };
-
-export interface ChangeSummary {
-  tableCreated: boolean;
-  /** The table is deleted and re-created: it held an object that cannot be deleted by itself. */
-  rebuild: boolean;
-  elementsAdded: number;
-  elementsRemoved: number;
-  chainsAdded: string[];
-  chainsRemoved: string[];
-  /** Chains whose rules are rewritten (flushed and re-added). */
-  chainsRewritten: string[];
-  devicesAdded: string[];
-  devicesRemoved: string[];
-  /** Node addresses added to and removed from the node address sets. */
-  addressesAdded: number;
-  addressesRemoved: number;
-  /** Objects deleted because they are not as Slipstream writes them (`map svc4: size 3`). */
-  objectsReplaced: string[];
-  /** The flowtable is deleted and re-added as it was (`recreateFlowtable`): its flows leave it. */
-  flowtableRecreated?: boolean;
-  /** Keys of the Services whose elements change (from the desired and current bookkeeping). */
-  services: string[];
-}
-
-export interface Change {
-  ops: Op[];
-  summary: ChangeSummary;
-}
-
-export function isEmpty(change: Change): boolean {
-  return change.ops.length === 0;
-}
-
-/** A summary of no change. */
-export function emptySummary(): ChangeSummary {
-  return {
-    tableCreated: false,
-    rebuild: false,
-    elementsAdded: 0,
-    elementsRemoved: 0,
-    chainsAdded: [],
-    chainsRemoved: [],
-    chainsRewritten: [],
-    devicesAdded: [],
-    devicesRemoved: [],
-    addressesAdded: 0,
-    addressesRemoved: 0,
-    objectsReplaced: [],
-    services: [],
-  };
-}
 
 /** An element with its key (the map key it was found under: not recomputed). */
 interface Keyed {
@@ -480,24 +407,4 @@ export function diffDelta(delta: RulesetDelta, desired: Ruleset): Change {
   summary.chainsRemoved = deleteChains;
   summary.services = [...services].sort();
   return { ops, summary };
-}
-
-/** A short description of a Change for logs and spans: counts, not contents. */
-export function describeChange(change: Change): string {
-  const s = change.summary;
-  const parts: string[] = [];
-  if (s.rebuild) parts.push('rebuild table');
-  if (s.tableCreated) parts.push('create table');
-  if (s.objectsReplaced.length) parts.push(`replace ${s.objectsReplaced.join('; ')}`);
-  if (s.flowtableRecreated) parts.push('re-create flowtable');
-  if (s.elementsAdded) parts.push(`+${s.elementsAdded} elements`);
-  if (s.elementsRemoved) parts.push(`-${s.elementsRemoved} elements`);
-  if (s.chainsAdded.length) parts.push(`+chains ${s.chainsAdded.join(',')}`);
-  if (s.chainsRemoved.length) parts.push(`-chains ${s.chainsRemoved.join(',')}`);
-  if (s.chainsRewritten.length) parts.push(`rewrite ${s.chainsRewritten.join(',')}`);
-  if (s.devicesAdded.length) parts.push(`+devices ${s.devicesAdded.join(',')}`);
-  if (s.devicesRemoved.length) parts.push(`-devices ${s.devicesRemoved.join(',')}`);
-  if (s.addressesAdded) parts.push(`+${s.addressesAdded} node addresses`);
-  if (s.addressesRemoved) parts.push(`-${s.addressesRemoved} node addresses`);
-  return parts.join('; ') || 'no change';
 }

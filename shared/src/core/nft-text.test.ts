@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { loadScenario, scenarioInput, scenarioNames } from '../../../test/fixtures/services/load.ts';
+import type { Change } from './change.ts';
 import { desiredRuleset } from './desired-ruleset.ts';
-import { type Change, diff } from './diff.ts';
+import { diff } from './diff.ts';
 import { changeText, opText, rulesetText, UnwritableError } from './nft-text.ts';
 import { emptyRuleset } from './ruleset.ts';
 

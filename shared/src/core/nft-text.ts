@@ -15,7 +15,8 @@
 // ~0.75 s against ~1.05 s).
 
 import { isIPv4, isIPv6 } from './address.ts';
-import { type Change, DELETABLE_BY_HANDLE, diff, type Op } from './diff.ts';
+import type { Change, Op } from './change.ts';
+import { DELETABLE_BY_HANDLE, diff } from './diff.ts';
 import {
   type BaseChain,
   type Element,
