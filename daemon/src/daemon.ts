@@ -44,7 +44,7 @@ export interface RunningDaemon {
   /** Which links the flowtable hooks, and why the others are left out (the latest listing). */
   devices(): DeviceChoice;
   health: Server | undefined;
-  /** The metrics (the eviction counter is incremented through it). */
+  /** The daemon's Prometheus metrics (fed by the loop's sync results and conntrack samples). */
   metrics: DaemonMetrics;
   /** The --metrics-listen listener. */
   metricsListener: Server | undefined;

@@ -4,6 +4,7 @@
 import { silentLogger } from '@slipstream/shared/adapters/log';
 import { createMetricsRegistry } from '@slipstream/shared/adapters/metrics';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import { USER_KEYS } from '@slipstream/shared/core/contract';
 import type { Service } from '@slipstream/shared/core/service';
 import type { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -223,11 +224,28 @@ describe('DaemonMetrics', () => {
     expect(await value(registry, 'slipstream_offloaded_connections', { threshold: 'none' })).toBe(1);
   });
 
-  it('counts evictions through its method', async () => {
-    const { registry, metrics } = setup();
+  it('counts the evictions the loop made: offload ended for a port that still had offloaded connections', async () => {
+    const pg: Service = {
+      ...service('pg', '10.96.7.7'),
+      annotations: { [USER_KEYS.acceleration]: 'enabled' },
+    };
+    const r = new Reconciler({
+      kernel: new MemoryKernel({ links: ['eth0'] }),
+      policy,
+      minSyncIntervalMs: 10,
+      resyncIntervalMs: 0,
+      logger: silentLogger,
+      readOffloaded: async () =>
+        new Map([[flowKey('10.96.7.7', 6, 5432), { connections: 2, packets: 40, bytes: 4000 }]]),
+    });
+    reconcilers.push(r);
+    r.update({ services: [pg], namespaces: [], devices: ['eth0'] });
+    const registry = createMetricsRegistry('daemon');
+    new DaemonMetrics(registry, r);
+    await r.start();
     expect(await value(registry, 'slipstream_evictions_total')).toBe(0);
-    metrics.evicted();
-    metrics.evicted(2);
-    expect(await value(registry, 'slipstream_evictions_total')).toBe(3);
+    r.setService({ ...pg, annotations: { [USER_KEYS.acceleration]: 'disabled' } });
+    expect(await r.sync('service')).toMatchObject({ result: 'ok', evicted: { ports: 1, connections: 2 } });
+    expect(await value(registry, 'slipstream_evictions_total')).toBe(1);
   });
 });

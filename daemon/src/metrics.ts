@@ -231,11 +231,7 @@ export class DaemonMetrics {
     }
     this.#lastSync.set(Date.now() / 1000);
     if (r.drift) this.#drift.inc();
-  }
-
-  /** Counts an eviction step (offload ended for one or more Service ports). */
-  evicted(steps = 1): void {
-    this.#evictions.inc(steps);
+    if (r.evicted) this.#evictions.inc();
   }
 
   /** A conntrack sample: offloaded connections and bytes by the threshold of the element they hit. */

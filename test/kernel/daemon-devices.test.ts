@@ -5,18 +5,9 @@
  * devices. Slow-path packets are counted per connection by the observer table (forward hook, after
  * Slipstream's chain). No timing assertions (emulated, shared host); times are printed.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test } from 'vitest';
 import { failures, type LogLine, writesBeyondAddresses } from './evidence.ts';
-import { runInVm, type VmResult } from './lab.ts';
-import {
-  type Evidence,
-  evidence,
-  expectBulk,
-  HOOK_TIMEOUT_MS,
-  report,
-  reportCrashes,
-  VM_TIMEOUT_MS,
-} from './suite.ts';
+import { bootScenario, type Evidence, expectBulk, HOOK_TIMEOUT_MS } from './suite.ts';
 
 interface DownUp {
   baseline: { slowPathA: number };
@@ -35,27 +26,14 @@ interface DownUp {
 const words = (s: string) => s.trim().split(/\s+/).filter(Boolean).sort();
 
 describe('daemon end to end: link churn under an offloaded flow (one VM boot)', () => {
-  let r: VmResult;
   let ev: Evidence;
   let log: LogLine[];
 
+  const vm = bootScenario('daemon-devices', 'bash test/kernel/scenarios/daemon-devices.sh');
   beforeAll(async () => {
-    r = await runInVm({ scenario: 'bash test/kernel/scenarios/daemon-devices.sh', timeoutMs: VM_TIMEOUT_MS });
-    report('daemon-devices', r);
-    await reportCrashes(r);
-    ev = await evidence(r);
-    expect(r.rc, ev.why).toBe(0);
+    ({ ev } = vm);
     log = await ev.log('daemon.log');
   }, HOOK_TIMEOUT_MS);
-
-  let failed = false;
-  afterEach((ctx) => {
-    if (ctx.task.result?.state === 'fail') failed = true;
-  });
-  afterAll(async () => {
-    if (r && (failed || r.rc !== 0)) console.info(`[vmlab] evidence kept in ${r.labDir}`);
-    else await r?.cleanup();
-  });
 
   test('8a. an unrelated link DOWN and UP: zero writes, the same flowtable, no slow-path packet beyond the kernel’s own', async () => {
     const d = await ev.json<DownUp>('downup.json');

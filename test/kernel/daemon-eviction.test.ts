@@ -6,18 +6,9 @@
  * backend, while another Service's connection loses a few packets at most. Slow-path packets are counted per
  * connection by the observer table. No timing assertions (emulated, shared host); times are printed.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test } from 'vitest';
 import { bulkConnection, type CtEntry, type LogLine } from './evidence.ts';
-import { runInVm, type VmResult } from './lab.ts';
-import {
-  type Evidence,
-  evidence,
-  expectBulk,
-  HOOK_TIMEOUT_MS,
-  report,
-  reportCrashes,
-  VM_TIMEOUT_MS,
-} from './suite.ts';
+import { bootScenario, type Evidence, expectBulk, HOOK_TIMEOUT_MS } from './suite.ts';
 
 interface Window {
   writtenAt: string;
@@ -53,30 +44,14 @@ function expectEvicted(before: CtEntry[], after: CtEntry[], vip: string): CtEntr
 }
 
 describe('daemon end to end: counters and eviction (one VM boot)', () => {
-  let r: VmResult;
   let ev: Evidence;
   let log: LogLine[];
 
+  const vm = bootScenario('daemon-eviction', 'bash test/kernel/scenarios/daemon-eviction.sh');
   beforeAll(async () => {
-    r = await runInVm({
-      scenario: 'bash test/kernel/scenarios/daemon-eviction.sh',
-      timeoutMs: VM_TIMEOUT_MS,
-    });
-    report('daemon-eviction', r);
-    await reportCrashes(r);
-    ev = await evidence(r);
-    expect(r.rc, ev.why).toBe(0);
+    ({ ev } = vm);
     log = await ev.log('daemon.log');
   }, HOOK_TIMEOUT_MS);
-
-  let failed = false;
-  afterEach((ctx) => {
-    if (ctx.task.result?.state === 'fail') failed = true;
-  });
-  afterAll(async () => {
-    if (r && (failed || r.rc !== 0)) console.info(`[vmlab] evidence kept in ${r.labDir}`);
-    else await r?.cleanup();
-  });
 
   test('9a. conntrack keeps counting an offloaded connection; status reports its connections and bytes', async () => {
     const first = expectBulk(await ev.ct('ct-counters-1.txt'), 'tcp', '10.96.5.10', 5432, true);

@@ -11,7 +11,7 @@
  *                                  restarted (zero kernel writes) and killed (the rules stay)
  * No timing assertions: the host is shared and the VM is emulated (TCG). Times are printed for humans.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test } from 'vitest';
 import {
   type CtEntry,
   chainCounter,
@@ -25,16 +25,7 @@ import {
   verdictMap,
   writesBeyondAddresses,
 } from './evidence.ts';
-import { runInVm, type VmResult } from './lab.ts';
-import {
-  type Evidence,
-  evidence,
-  expectBulk,
-  HOOK_TIMEOUT_MS,
-  report,
-  reportCrashes,
-  VM_TIMEOUT_MS,
-} from './suite.ts';
+import { bootScenario, type Evidence, expectBulk, HOOK_TIMEOUT_MS } from './suite.ts';
 
 interface Snapshot {
   elapsedMs: number;
@@ -43,38 +34,21 @@ interface Snapshot {
 }
 
 describe('daemon end to end: decisions in the data plane (one VM boot)', () => {
-  let r: VmResult;
   let ev: Evidence;
   let ct1: CtEntry[];
   let nft1: NftJson;
   let observer1: Record<string, number>;
   let log: LogLine[];
 
+  const vm = bootScenario('daemon-services', 'bash test/kernel/scenarios/daemon-services.sh');
   beforeAll(async () => {
-    r = await runInVm({
-      scenario: 'bash test/kernel/scenarios/daemon-services.sh',
-      timeoutMs: VM_TIMEOUT_MS,
-    });
-    report('daemon-services', r);
-    await reportCrashes(r);
-    ev = await evidence(r);
-    expect(r.rc, ev.why).toBe(0);
+    ({ ev } = vm);
     ct1 = await ev.ct('ct-phase1.txt');
     nft1 = await ev.json<NftJson>('nft-phase1.json');
     observer1 = commentCounters(nft1, 'observer');
     log = await ev.log('daemon.log');
     console.info(`[vmlab] slow-path packets per Service port (observer): ${JSON.stringify(observer1)}`);
   }, HOOK_TIMEOUT_MS);
-
-  // A failure keeps the evidence (the VM's lab directory) for inspection.
-  let failed = false;
-  afterEach((ctx) => {
-    if (ctx.task.result?.state === 'fail') failed = true;
-  });
-  afterAll(async () => {
-    if (r && (failed || r.rc !== 0)) console.info(`[vmlab] evidence kept in ${r.labDir}`);
-    else await r?.cleanup();
-  });
 
   test('the real daemon programmed the table once, without failures, and not degraded', async () => {
     const startup = log.find((l) => l.msg === 'sync' && l.trigger === 'startup');
@@ -210,33 +184,16 @@ describe('daemon end to end: decisions in the data plane (one VM boot)', () => {
 });
 
 describe('daemon end to end: device churn, restart and kill under offloaded traffic (one VM boot)', () => {
-  let r: VmResult;
   let ev: Evidence;
   let log1: LogLine[];
   let log2: LogLine[];
 
+  const vm = bootScenario('daemon-lifecycle', 'bash test/kernel/scenarios/daemon-lifecycle.sh');
   beforeAll(async () => {
-    r = await runInVm({
-      scenario: 'bash test/kernel/scenarios/daemon-lifecycle.sh',
-      timeoutMs: VM_TIMEOUT_MS,
-    });
-    report('daemon-lifecycle', r);
-    await reportCrashes(r);
-    ev = await evidence(r);
-    expect(r.rc, ev.why).toBe(0);
+    ({ ev } = vm);
     log1 = await ev.log('daemon-1.log');
     log2 = await ev.log('daemon-2.log');
   }, HOOK_TIMEOUT_MS);
-
-  // A failure keeps the evidence (the VM's lab directory) for inspection.
-  let failed = false;
-  afterEach((ctx) => {
-    if (ctx.task.result?.state === 'fail') failed = true;
-  });
-  afterAll(async () => {
-    if (r && (failed || r.rc !== 0)) console.info(`[vmlab] evidence kept in ${r.labDir}`);
-    else await r?.cleanup();
-  });
 
   test('5a. a new pod veth is hooked into the flowtable and its flows are offloaded', async () => {
     const added = await ev.json<{ hookedAfterMs: number; devicesBefore: string; devicesAfter: string }>(

@@ -5,18 +5,9 @@
  * threshold. Two ports of that Service carry their own thresholds (5432 at 20, http at 100); the observer's
  * forward-hook counters count what still took the slow path. No timing assertions (TCG, shared host).
  */
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test } from 'vitest';
 import { type CtEntry, commentCounters, type NftJson, setElements, verdictMap } from './evidence.ts';
-import { runInVm, type VmResult } from './lab.ts';
-import {
-  type Evidence,
-  evidence,
-  expectBulk,
-  HOOK_TIMEOUT_MS,
-  report,
-  reportCrashes,
-  VM_TIMEOUT_MS,
-} from './suite.ts';
+import { bootScenario, type Evidence, expectBulk, HOOK_TIMEOUT_MS } from './suite.ts';
 
 interface Flows {
   elapsedMs: number;
@@ -26,34 +17,21 @@ interface Flows {
 }
 
 describe('daemon end to end: ClusterIP, externalIP, load balancer IP and nodePort (one VM boot)', () => {
-  let r: VmResult;
   let ev: Evidence;
   let ct: CtEntry[];
   let nft: NftJson;
   let observer: Record<string, number>;
   let flows: Flows;
 
+  const vm = bootScenario('daemon-vips', 'bash test/kernel/scenarios/daemon-vips.sh');
   beforeAll(async () => {
-    r = await runInVm({ scenario: 'bash test/kernel/scenarios/daemon-vips.sh', timeoutMs: VM_TIMEOUT_MS });
-    report('daemon-vips', r);
-    await reportCrashes(r);
-    ev = await evidence(r);
-    expect(r.rc, ev.why).toBe(0);
+    ({ ev } = vm);
     ct = await ev.ct('ct.txt');
     nft = await ev.json<NftJson>('nft.json');
     observer = commentCounters(nft, 'observer');
     flows = await ev.json<Flows>('flows.json');
     console.info(`[vmlab] slow-path packets per address (observer): ${JSON.stringify(observer)}`);
   }, HOOK_TIMEOUT_MS);
-
-  let failed = false;
-  afterEach((ctx) => {
-    if (ctx.task.result?.state === 'fail') failed = true;
-  });
-  afterAll(async () => {
-    if (r && (failed || r.rc !== 0)) console.info(`[vmlab] evidence kept in ${r.labDir}`);
-    else await r?.cleanup();
-  });
 
   test('every address of the Service has its element, and the nodePort is matched on the node address set', () => {
     expect(flows.conditionsMet, JSON.stringify(flows)).toBe(true);

@@ -2,9 +2,9 @@
  * What the suites that run the real daemon in the VM share: the timeouts, the report lines, reading a
  * scenario's evidence (a missing file fails with the console's tail) and the [OFFLOAD] assertion.
  */
-import { expect } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { bulkConnection, type CtEntry, describeConnections, parseConntrack, parseLog } from './evidence.ts';
-import type { VmResult } from './lab.ts';
+import { runInVm, type VmResult } from './lab.ts';
 
 /**
  * Boot + daemon start (tens of seconds under emulation) + traffic; a host loaded by other work (load
@@ -67,4 +67,35 @@ export function expectBulk(
     offload,
   );
   return conn!;
+}
+
+export interface BootedScenario {
+  r: VmResult;
+  ev: Evidence;
+}
+
+/**
+ * One VM boot for the enclosing describe block: runs `scenario`, reports its timings and any daemon crash,
+ * and fails the block (with the console's tail) when the scenario failed. The evidence is kept when a test
+ * or the scenario failed, removed otherwise. Call it before the block's own beforeAll, which may read it.
+ */
+export function bootScenario(name: string, scenario: string): BootedScenario {
+  const booted = {} as BootedScenario;
+  let failed = false;
+  beforeAll(async () => {
+    booted.r = await runInVm({ scenario, timeoutMs: VM_TIMEOUT_MS });
+    report(name, booted.r);
+    await reportCrashes(booted.r);
+    booted.ev = await evidence(booted.r);
+    expect(booted.r.rc, booted.ev.why).toBe(0);
+  }, HOOK_TIMEOUT_MS);
+  afterEach((ctx) => {
+    if (ctx.task.result?.state === 'fail') failed = true;
+  });
+  afterAll(async () => {
+    const r = booted.r;
+    if (r && (failed || r.rc !== 0)) console.info(`[vmlab] evidence kept in ${r.labDir}`);
+    else await r?.cleanup();
+  });
+  return booted;
 }
