@@ -9,6 +9,7 @@ import { desiredRuleset } from '@slipstream/shared/core/desired-ruleset';
 import { elementKey, type Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Namespace, Service } from '@slipstream/shared/core/service';
 import { describe, expect, it } from 'vitest';
+import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { EXAMPLES_DIR } from './cli.ts';
 import { parseOffloaded } from './conntrack.ts';
 import { parseManifests } from './sources/manifests.ts';
@@ -223,6 +224,30 @@ describe('portStatuses', () => {
     // 10.96.0.10:5201 is no Service port: counted by conntrack, shown nowhere. Kept ports: unknown.
     expect(row(rows, 'platform/dns', '53/TCP').offloaded).toBeNull();
     expect(row(rows, 'platform/dns', '53/TCP').offloadedBytes).toBeNull();
+  });
+
+  it("a nodePort connection (to this node's address) counts on its port, with the ClusterIP and load balancer ones", () => {
+    const s = loadScenario('vips');
+    const vipsDesired = desiredRuleset(scenarioInput(s));
+    const line = (dst: string, dport: number, bytes: number) =>
+      `tcp      6 src=10.0.9.9 dst=${dst} sport=40000 dport=${dport} packets=10 bytes=${bytes} src=10.244.1.5 dst=10.0.9.9 sport=8443 dport=40000 packets=10 bytes=${bytes} [OFFLOAD] mark=0 use=2`;
+    const counts = parseOffloaded(
+      [
+        line('192.168.50.10', 30443, 100), // a node address, the https nodePort
+        line('10.0.0.7', 30443, 200), // the other node address
+        line('10.96.40.1', 443, 300), // the ClusterIP
+        line('203.0.113.40', 443, 400), // the load balancer IP
+        line('10.9.9.9', 30443, 800), // not this node: kube-proxy does not answer there either
+      ].join('\n'),
+    );
+    const rows = portStatuses(s.services, vipsDesired, vipsDesired, counts, (svc) =>
+      effectiveDecision(svc, policy, s.namespaces.get(svc.namespace)),
+    );
+    const https = row(rows, 'ingress/controller', '443/TCP');
+    expect(https).toMatchObject({ offloaded: 4, offloadedBytes: 2 * (100 + 200 + 300 + 400) });
+    expect(https.vips).toEqual(
+      expect.arrayContaining(['clusterIP', 'externalIP', 'loadBalancer', 'nodePort']),
+    );
   });
 });
 
