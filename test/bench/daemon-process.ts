@@ -2,7 +2,7 @@
 // container's command, its node flags, its arguments and its environment are read from
 // deploy/base/daemon/daemonset.yaml (so the figures follow the manifest), and only what cannot be
 // the same here is replaced: the policy file (the ConfigMap's source, deploy/base/policy.yaml),
-// the health listener's port, the API server (a kubeconfig for the stand-in instead of the
+// the health and metrics listeners' addresses, the API server (a kubeconfig for the stand-in instead of the
 // in-cluster service account) and the network namespace (a private one).
 //
 // Memory is read from /proc/PID/status (VmRSS, RssAnon, RssFile, VmHWM). A diagnostic run may
@@ -146,6 +146,9 @@ export class DaemonProcess {
     const port = await freePort();
     let args = withFlag(shape.args, '--policy', POLICY);
     args = withFlag(args, '--health-listen', `127.0.0.1:${port}`);
+    // `$(POD_IP):9470` in the Pod (a fieldRef); loopback here, on a port of its own.
+    if (args.includes('--metrics-listen'))
+      args = withFlag(args, '--metrics-listen', `127.0.0.1:${await freePort()}`);
     args = [...args, ...options.source, '--netns', options.netns];
     const nodeFlags = options.nodeFlags ?? shape.nodeFlags;
     const command = [
