@@ -6,7 +6,7 @@
 // in-cluster service account) and the network namespace (a private one).
 //
 // Memory is read from /proc/PID/status (VmRSS, RssAnon, RssFile, VmHWM). A diagnostic run may
-// preload daemon-memreport.ts, which answers SIGUSR2 with process.memoryUsage().
+// preload daemon-memreport.mjs, which answers SIGUSR2 with process.memoryUsage().
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -20,7 +20,7 @@ import { round, stopChild } from './daemon-lab.ts';
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const DAEMONSET = join(ROOT, 'deploy/base/daemon/daemonset.yaml');
 const POLICY = join(ROOT, 'deploy/base/policy.yaml');
-const MEMREPORT = fileURLToPath(new URL('./daemon-memreport.ts', import.meta.url));
+const MEMREPORT = fileURLToPath(new URL('./daemon-memreport.mjs', import.meta.url));
 
 interface Container {
   name: string;

@@ -232,7 +232,12 @@ describe('both components', () => {
       '--no-concurrent-recompilation',
       'webhook/build/main.mjs',
     ]);
-    expect(daemonContainer().command).toEqual(['node', '--disable-sigusr1', 'daemon/build/main.mjs']);
+    expect(daemonContainer().command).toEqual([
+      'node',
+      '--disable-sigusr1',
+      '--max-semi-space-size=1',
+      'daemon/build/main.mjs',
+    ]);
     for (const [, , c] of both()) expect(c.workingDir).toBe('/app');
   });
 

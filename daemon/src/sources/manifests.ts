@@ -38,6 +38,15 @@ export const MAX_NESTING = 64;
 /** Alias nodes per document (`*ref`); each may stand for a whole subtree. */
 export const MAX_ALIASES = 100;
 
+/**
+ * A copy with strings of its own. js-yaml's strings are slices of the file's text, and a V8
+ * sliced string keeps its whole parent alive: every manifest file's text would stay in the heap
+ * for as long as one of its Services does (26 MB with 100,000 Services).
+ */
+function detached<T>(value: T): T {
+  return structuredClone(value);
+}
+
 /** Which document (1-based) holds `position`: the `---` markers before it, a leading one opening the first. */
 function documentAt(text: string, position: number): number {
   const before = text.slice(0, position);
@@ -113,7 +122,7 @@ export function parseManifests(text: string, file = 'manifest'): ParseResult {
     }
     if (kind === 'Namespace') {
       const read = readNamespace(value);
-      if (read.ok) content.namespaces.push(read.value);
+      if (read.ok) content.namespaces.push(detached(read.value));
       else content.rejected.push({ ref: `${label} ${where}`, error: read.error });
       return;
     }
@@ -127,7 +136,7 @@ export function parseManifests(text: string, file = 'manifest'): ParseResult {
       return;
     }
     const read = readService(value);
-    if (read.ok) content.services.push(read.value);
+    if (read.ok) content.services.push(detached(read.value));
     else content.rejected.push({ ref, error: read.error });
   };
   for (const [index, value] of values.entries()) {
