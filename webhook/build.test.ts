@@ -5,10 +5,10 @@
 import { existsSync } from 'node:fs';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { buildBundle, WEBHOOK } from '../scripts/build.ts';
 import { decodePatch, loadFixtures } from '../test/lib/admission-fixtures.ts';
 import { postReview } from '../test/lib/webhook-client.ts';
 import { productionEntry, spawnWebhook } from '../test/lib/webhook-process.ts';
-import { BUNDLE_MAIN, buildWebhook } from './build.ts';
 import type { AdmissionReviewResponse } from './src/admission.ts';
 import { review } from './src/review.ts';
 
@@ -29,13 +29,13 @@ const postgres = loadFixtures(policy.id).find((f) => f.name === 'postgres-create
 
 describe('npm run build', () => {
   beforeAll(async () => {
-    await buildWebhook();
+    await buildBundle(WEBHOOK);
   }, 60_000);
 
   it('writes the entry point and the review worker, and the Deployment runs the entry point', () => {
-    expect(existsSync(BUNDLE_MAIN)).toBe(true);
-    expect(existsSync(BUNDLE_MAIN.replace('main.mjs', 'review-worker.mjs'))).toBe(true);
-    expect(productionEntry().at(-1)).toBe(BUNDLE_MAIN);
+    expect(existsSync(WEBHOOK.main)).toBe(true);
+    expect(existsSync(WEBHOOK.main.replace('main.mjs', 'review-worker.mjs'))).toBe(true);
+    expect(productionEntry().at(-1)).toBe(WEBHOOK.main);
   });
 
   it('runs as production does: the shipped policy, small reviews on the event loop, large ones on the worker', async () => {

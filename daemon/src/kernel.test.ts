@@ -4,10 +4,10 @@ import { desiredRuleset } from '@slipstream/shared/core/desired-ruleset';
 import { diff } from '@slipstream/shared/core/diff';
 import { parseTable } from '@slipstream/shared/core/nft-listing';
 import type { Ruleset } from '@slipstream/shared/core/ruleset';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { canUseNetns } from '../../test/lib/netns.ts';
-import { NapiKernel, type NftRunner } from './kernel.ts';
+import { type KernelEvent, NapiKernel, type NftRunner } from './kernel.ts';
 import { CliRunner } from './kernel-cli.ts';
 import { MemoryKernel } from './memory-kernel.ts';
 
@@ -152,5 +152,24 @@ describe.skipIf(!canUseNetns())('NapiKernel in a private network namespace', () 
     });
     expect(kernel.writes).toBe(writes);
     expect(view(await kernel.readTable())).toEqual(view(before));
+  });
+
+  it('reads back on a context of its own: commits after a read-back are still its own, others are foreign', async () => {
+    const events: KernelEvent[] = [];
+    const unwatch = kernel.watch((e) => events.push(e));
+    try {
+      const before = await kernel.readTable(); // the reader's context is freed after this
+      await kernel.apply(diff(before, desired('dual-stack', false)));
+      await kernel.readTable();
+      await kernel.apply(diff(await kernel.readTable(), desired('sctp', false)));
+      execFileSync('ip', ['netns', 'exec', ns, 'nft', 'add', 'chain', 'inet', 'slipstream', 'other']);
+      await vi.waitFor(() => expect(events.some((e) => e.type === 'foreign-change')).toBe(true));
+      const foreign = events.filter((e) => e.type === 'foreign-change');
+      expect(foreign).toHaveLength(1);
+      expect(foreign[0]).toMatchObject({ process: 'nft' });
+    } finally {
+      unwatch();
+      execFileSync('ip', ['netns', 'exec', ns, 'nft', 'delete', 'chain', 'inet', 'slipstream', 'other']);
+    }
   });
 });

@@ -81,7 +81,8 @@ export interface Kernel {
 
 /** The slice of nftables-napi's NftContext the kernel edge uses. */
 export interface NftRunner {
-  run(commands: string | object, options?: { check?: boolean }): Promise<unknown>;
+  /** `release`: free what the run left cached (nftables-napi RunOptions.release); a hint. */
+  run(commands: string | object, options?: { check?: boolean; release?: boolean }): Promise<unknown>;
   /** The netlink port id of the runner's socket (0: not known), to recognize its own commits. */
   readonly portId?: number;
   close(): void;
@@ -101,6 +102,7 @@ export interface NapiKernelOptions {
 
 export class NapiKernel implements Kernel {
   readonly #runner: NftRunner;
+  readonly #reader: NftRunner | null;
   readonly #monitor: NftMonitor | null;
   readonly #listeners = new Set<(event: KernelEvent) => void>();
   /** Our own commits' event batches, waiting to be checked against what was sent. */
@@ -111,9 +113,11 @@ export class NapiKernel implements Kernel {
   #writes = 0;
 
   /** `monitor`: the table's event watch (null: none; `watch` then reports `unavailable`). */
-  constructor(runner: NftRunner, monitor: NftMonitor | null = null) {
+  /** `reader`: runs the table listings (readTable), released after each; default `runner`. */
+  constructor(runner: NftRunner, monitor: NftMonitor | null = null, reader: NftRunner | null = null) {
     this.#runner = runner;
     this.#monitor = monitor;
+    this.#reader = reader;
     if (!monitor) this.#unavailable = 'no nf_tables event monitor';
   }
 
@@ -121,10 +125,12 @@ export class NapiKernel implements Kernel {
   static async open(options: NapiKernelOptions = {}): Promise<NapiKernel> {
     const napi = (await import('nftables-napi')) as typeof import('nftables-napi');
     const netns = options.netns ? netnsPath(options.netns) : undefined;
-    const ctx = new napi.NftContext({
-      ...(netns ? { netns } : {}),
-      ...(options.onStray ? { onStray: options.onStray } : {}),
-    });
+    const context = () =>
+      new napi.NftContext({
+        ...(netns ? { netns } : {}),
+        ...(options.onStray ? { onStray: options.onStray } : {}),
+      });
+    const ctx = context();
     let kernel: NapiKernel | undefined;
     let monitor: NftMonitor | null = null;
     let why = '';
@@ -138,7 +144,7 @@ export class NapiKernel implements Kernel {
     } catch (error) {
       why = `cannot watch nf_tables events: ${(error as Error).message}`;
     }
-    kernel = new NapiKernel(ctx, monitor);
+    kernel = new NapiKernel(ctx, monitor, context());
     if (!monitor) kernel.#unavailable = why;
     return kernel;
   }
@@ -205,7 +211,13 @@ export class NapiKernel implements Kernel {
   async readTable(): Promise<Ruleset | null> {
     let table: Ruleset | null;
     try {
-      table = parseTable(await this.#runner.run(LIST_TABLE));
+      // On a context of its own, released after the listing: libnftables would keep every listed
+      // element cached (~1 KB each) until the next commit, at 100,000 elements most of the
+      // daemon's memory. (Not the writer's context: its port id tells our commits apart.)
+      const listing = this.#reader
+        ? await this.#reader.run(LIST_TABLE, { release: true })
+        : await this.#runner.run(LIST_TABLE);
+      table = parseTable(listing);
     } catch (error) {
       if (errorClassOf(error) === 'no-such-object') return null;
       throw error;
@@ -288,6 +300,7 @@ export class NapiKernel implements Kernel {
   close(): void {
     this.#monitor?.close();
     this.#runner.close();
+    this.#reader?.close();
   }
 }
 

@@ -11,7 +11,7 @@ export interface NativeRunResult {
 }
 
 export interface NativeContext {
-  run(commands: string, check: boolean): Promise<NativeRunResult>;
+  run(commands: string, check: boolean, release: boolean): Promise<NativeRunResult>;
   close(): void;
   /** The netlink port id of the libnftables socket (0 until the first run creates it). */
   portId(): number;

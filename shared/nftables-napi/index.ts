@@ -35,6 +35,13 @@ export interface RunOptions {
    * the transaction: nothing is committed.
    */
   check?: boolean;
+  /**
+   * Free libnftables' context after this run (the next run opens a new one) and return freed
+   * native memory to the kernel (malloc_trim). libnftables otherwise keeps its cache, every
+   * object and element it listed or checked (~1 KB per map element), until a later run sees a
+   * new generation: a listing of 100,000 elements stays resident. The port id changes with it.
+   */
+  release?: boolean;
 }
 
 const FLOWTABLE_TEXT = /\bflowtables?\b|\bflow\s+(?:add|offload)\b/i;
@@ -170,8 +177,9 @@ export class NftContext {
     }
     if (this.#closed) return Promise.reject(new Error('NftContext is closed'));
     const check = options.check === true;
+    const release = options.release === true;
     return enqueue(async () => {
-      const res = await this.#runNative(text, check);
+      const res = await this.#runNative(text, check, release);
       const stray = res.stray.trim();
       if (stray !== '') this.#onStray?.(stray);
       if (res.rc === 0) return parseNftOutput(res.output);
@@ -208,9 +216,9 @@ export class NftContext {
     void enqueue(async () => this.#native.close());
   }
 
-  async #runNative(text: string, check: boolean): Promise<NativeRunResult> {
+  async #runNative(text: string, check: boolean, release = false): Promise<NativeRunResult> {
     try {
-      return await this.#native.run(text, check);
+      return await this.#native.run(text, check, release);
     } catch (err) {
       // Setting up the run failed (namespace, netlink socket): not an nft error text.
       const message = err instanceof Error ? err.message : String(err);

@@ -281,6 +281,34 @@ describe('check mode', () => {
   });
 });
 
+describe('release', () => {
+  it('frees the context after that run (its socket with it) and opens a new one for the next', async () => {
+    const own = new NftContext({ netns: nsPath(NS) });
+    try {
+      await own.run(
+        'add table inet released; add set inet released s { type ipv4_addr; elements = { 10.0.0.1 } }',
+      );
+      const port = own.portId;
+      expect(port).not.toBe(0);
+      await own.run('list tables');
+      expect(own.portId).toBe(port); // kept without release
+
+      const listed = await own.run('list set inet released s', { release: true });
+      expect(items(listed, 'set')[0]).toMatchObject({ name: 's', elem: ['10.0.0.1'] });
+      expect(own.portId).toBe(0); // the libnftables context and its netlink socket are gone
+
+      await own.run('add element inet released s { 10.0.0.2 }');
+      expect(own.portId).not.toBe(0);
+      expect(items(await own.run('list set inet released s'), 'set')[0]?.elem).toEqual([
+        '10.0.0.1',
+        '10.0.0.2',
+      ]);
+    } finally {
+      own.close();
+    }
+  });
+});
+
 describe('transactions', () => {
   it('commits nothing when one command of a text run fails in the kernel', async () => {
     await rejection(

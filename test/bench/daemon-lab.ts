@@ -144,7 +144,7 @@ export class TimingRunner implements NftRunner {
     this.#inner = inner;
   }
 
-  async run(commands: string | object, options?: { check?: boolean }): Promise<unknown> {
+  async run(commands: string | object, options?: { check?: boolean; release?: boolean }): Promise<unknown> {
     const record: RunRecord = {
       kind: kindOf(commands, options?.check === true),
       start: performance.now(),
@@ -164,6 +164,10 @@ export class TimingRunner implements NftRunner {
     } finally {
       record.end = performance.now();
     }
+  }
+
+  get portId(): number | undefined {
+    return this.#inner.portId;
   }
 
   close(): void {

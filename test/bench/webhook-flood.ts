@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { Agent, request } from 'node:https';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { MAX_PORTS } from '../../webhook/src/bounds.ts';
+import { MAX_PORTS } from '@slipstream/shared/core/bounds';
 import { percentile } from './https-load.ts';
 
 const KIB = 1024;

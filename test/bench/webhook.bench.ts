@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
-import { BUNDLE_MAIN, buildWebhook } from '../../webhook/build.ts';
+import { buildBundle, WEBHOOK } from '../../scripts/build.ts';
 import { review } from '../../webhook/src/review.ts';
 import { selfSignedCertificate } from '../../webhook/src/tls.ts';
 import { loadFixtures } from '../lib/admission-fixtures.ts';
@@ -138,11 +138,11 @@ export async function run(): Promise<Figures> {
   const dir = mkdtempSync(join(tmpdir(), 'slipstream-bench-'));
   const children: ChildProcess[] = [];
   try {
-    await buildWebhook();
+    await buildBundle(WEBHOOK);
     const production = productionEntry();
     note(`production command: node ${production.map((a) => a.replace(REPO, '')).join(' ')}`);
-    const bundleOnly = [BUNDLE_MAIN];
-    const semiSpaceOnly = [...production.filter((a) => a.startsWith('--max-semi-space-size')), BUNDLE_MAIN];
+    const bundleOnly = [WEBHOOK.main];
+    const semiSpaceOnly = [...production.filter((a) => a.startsWith('--max-semi-space-size')), WEBHOOK.main];
 
     // The request: the recorded PostgreSQL CREATE; the baseline's answer: the webhook's real answer to it.
     const policy = loadDefaultPolicy();

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { BUILD_DIR, BUNDLE_MAIN } from '../../webhook/build.ts';
+import { BUNDLES, DAEMON, WEBHOOK } from '../../scripts/build.ts';
 import { REPO, render, TARGETS } from './manifests.ts';
 import { container, daemonSet, webhookDeployment } from './workloads.ts';
 
@@ -224,7 +224,7 @@ describe('Dockerfile', () => {
     }
   });
 
-  it('contains what the manifests run: /app as working directory, the daemon sources, the webhook bundle', () => {
+  it('contains what the manifests run: /app as working directory, both bundles beside the sources', () => {
     const runtime = stage('runtime');
     const workdir = runtime.instructions.filter((i) => i.keyword === 'WORKDIR').at(-1)?.args;
     const copies = runtime.instructions.filter((i) => i.keyword === 'COPY').map((i) => copyParts(i.args));
@@ -234,44 +234,37 @@ describe('Dockerfile', () => {
       .instructions.filter((i) => i.keyword === 'WORKDIR')
       .at(-1)?.args;
     expect(buildWorkdir).toBe(workdir);
-    const copiedDirs = stage('build')
-      .instructions.filter((i) => i.keyword === 'COPY')
-      .map((i) => copyParts(i.args))
-      .filter((c) => !c.flags.has('from'))
-      .flatMap((c) => c.sources);
     const objects = render(TARGETS.base);
     const script = (c: { command?: string[] }) => c.command?.at(-1) ?? '';
 
-    const daemon = container(daemonSet(objects), 'daemon');
-    expect(daemon.workingDir).toBe(workdir);
-    expect(daemon.command?.[0]).toBe('node');
-    expect(
-      copiedDirs.some((dir) => dir.endsWith('/') && script(daemon).startsWith(dir)),
-      script(daemon),
-    ).toBe(true);
-
-    // The webhook's script is the bundle: built by `npm run build` in the bundle stage (into the
-    // directory webhook/build.ts writes), after the sources it bundles, and copied from there.
-    const webhook = container(webhookDeployment(objects), 'webhook');
-    expect(webhook.workingDir).toBe(workdir);
-    expect(webhook.command?.[0]).toBe('node');
-    const buildDir = relative(REPO, BUILD_DIR);
-    expect(script(webhook)).toBe(`${buildDir}/${basename(BUNDLE_MAIN)}`);
+    // Each component's script is its bundle: built by `npm run build` in the bundle stage (into the
+    // directory scripts/build.ts writes), after the sources it bundles, and copied from there. The
+    // build stage's copy of the repository (the addon, the shipped policy) lies around it.
     const bundle = stage('bundle');
     const steps = bundle.instructions.map((i) =>
       i.keyword === 'COPY' ? copyParts(i.args).sources.join(' ') : i.args,
     );
     const built = steps.findIndex((x) => /\bnpm run build\b/.test(x));
-    expect(built).toBeGreaterThan(steps.indexOf('webhook/'));
     expect(built).toBeGreaterThan(steps.indexOf('shared/'));
     expect(bundle.instructions.filter((i) => i.keyword === 'WORKDIR').at(-1)?.args).toBe(workdir);
     const scripts = (
       JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
     ).scripts;
-    expect(scripts.build).toBe('node webhook/build.ts');
-    const fromBundle = copies.find((c) => c.flags.get('from') === 'bundle');
-    expect(fromBundle?.sources).toEqual([`${workdir}/${buildDir}`]);
-    expect(fromBundle?.dest).toBe(buildDir);
+    expect(scripts.build).toBe('node scripts/build.ts');
+    const fromBundle = copies.filter((c) => c.flags.get('from') === 'bundle');
+    for (const [b, workload] of [
+      [WEBHOOK, container(webhookDeployment(objects), 'webhook')],
+      [DAEMON, container(daemonSet(objects), 'daemon')],
+    ] as const) {
+      expect(workload.workingDir, b.name).toBe(workdir);
+      expect(workload.command?.[0], b.name).toBe('node');
+      const buildDir = relative(REPO, b.dir);
+      expect(script(workload), b.name).toBe(`${buildDir}/${basename(b.main)}`);
+      expect(built, b.name).toBeGreaterThan(steps.indexOf(`${b.name}/`));
+      const copied = fromBundle.find((c) => c.sources[0] === `${workdir}/${buildDir}`);
+      expect(copied?.dest, b.name).toBe(buildDir);
+    }
+    expect(fromBundle).toHaveLength(BUNDLES.length);
   });
 
   it('runs by default exactly what the webhook Deployment runs', () => {

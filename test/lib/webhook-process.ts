@@ -10,7 +10,7 @@ import { type LogEntry, Proc, ROOT, WAIT_MS, WEBHOOK_MAIN } from './process.ts';
 
 /**
  * Node's options and the script of the webhook container in the base Deployment: what production
- * runs (the bundle, which `buildWebhook()` must have built).
+ * runs (the bundle, which `buildBundle(WEBHOOK)` must have built).
  */
 export function productionEntry(): string[] {
   const text = readFileSync(join(ROOT, 'deploy/base/webhook/deployment.yaml'), 'utf8');

@@ -2,13 +2,13 @@
 // against the object the API server sent. Every other annotation, including the user's
 // `slipstream.dev/*` keys, is carried over untouched.
 
+import { annotationBytes } from '@slipstream/shared/core/bounds';
 import { HINT_KEYS, HINT_PREFIX } from '@slipstream/shared/core/contract';
 import type { Decision } from '@slipstream/shared/core/decide';
 import { formatHints } from '@slipstream/shared/core/hints';
 import { isRecord } from '@slipstream/shared/core/record';
 import fastJsonPatch from 'fast-json-patch';
 import type { JsonPatchOperation } from './admission.ts';
-import { annotationBytes } from './bounds.ts';
 
 export interface HintPatch {
   ops: JsonPatchOperation[];

@@ -1,4 +1,5 @@
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import { annotationBytes, MAX_ANNOTATION_BYTES, MAX_PORTS } from '@slipstream/shared/core/bounds';
 import { HINT_KEYS } from '@slipstream/shared/core/contract';
 import { parsePolicy } from '@slipstream/shared/core/policy';
 import { describe, expect, it } from 'vitest';
@@ -8,7 +9,6 @@ import {
   decodePatch,
   loadFixtures,
 } from '../../test/lib/admission-fixtures.ts';
-import { annotationBytes, MAX_ANNOTATION_BYTES, MAX_PORTS } from './bounds.ts';
 import { review } from './review.ts';
 
 const policy = loadDefaultPolicy();

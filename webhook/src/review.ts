@@ -3,13 +3,14 @@
 // `outcome` for the caller's span. Every reviewable request is allowed: Service creation must
 // never depend on Slipstream, so the worst answer is "allowed, unchanged, with a warning".
 //
-// That includes a Service beyond what one review evaluates (bounds.ts). A 4xx would end the same
+// That includes a Service beyond what one review evaluates (shared/src/core/bounds.ts). A 4xx would end the same
 // way under failurePolicy: Ignore (admitted unchanged) but as a failed call: the user sees
 // nothing, the API server logs an error and counts a fail-open. "Allowed, no patch, a warning"
 // admits it just as fast, tells the user why in kubectl's output, and sends no patch, which
 // matters because a patch that fails to apply, or makes the object invalid, fails the write
 // whatever the failurePolicy.
 
+import { beyondBounds, MAX_ANNOTATION_BYTES } from '@slipstream/shared/core/bounds';
 import { type Decision, decide } from '@slipstream/shared/core/decide';
 import { formatOffload } from '@slipstream/shared/core/hints';
 import type { Policy } from '@slipstream/shared/core/policy';
@@ -22,7 +23,6 @@ import {
   type AdmissionReviewResponse,
   readAdmissionReview,
 } from './admission.ts';
-import { beyondBounds, MAX_ANNOTATION_BYTES } from './bounds.ts';
 import { hintPatch } from './patch.ts';
 import { warning } from './warnings.ts';
 

@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { type LogLine, memoryLogger } from '@slipstream/shared/adapters/log';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FileSource, type FileSourceOptions } from './files.ts';
+import { MAX_OBJECTS } from './manifests.ts';
 import type { Trigger } from './source.ts';
 
 const eventually = (fn: () => void | Promise<void>) => vi.waitFor(fn, { timeout: 15_000, interval: 10 });
@@ -192,6 +193,33 @@ describe('FileSource', () => {
     await eventually(() => expect(names(source)).toEqual(['shop/fixed', 'shop/postgres']));
     expect(source.fileErrors().map((e) => e.file)).toEqual([join(dir, 'new.yaml')]);
     expect(logs.some((l) => l.level === 'info' && l.msg.includes('readable again'))).toBe(true);
+  });
+
+  it('bounds what one file may cost: an oversized file or one of too many objects fails alone, named', async () => {
+    writeFileSync(join(dir, 'services.yaml'), SERVICES);
+    writeFileSync(join(dir, 'big.yaml'), `${SERVICES.replaceAll('shop', 'big')}\n# ${'x'.repeat(9000)}\n`);
+    const many = Array(MAX_OBJECTS + 1).fill(
+      '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"n"}}',
+    );
+    writeFileSync(join(dir, 'many.yaml'), many.join('\n---\n'));
+    const { source } = make({ maxFileBytes: 8192 });
+    await source.start();
+    expect(names(source)).toEqual(['shop/dns', 'shop/postgres']);
+    const errors = new Map(source.fileErrors().map((e) => [e.file, e.error]));
+    expect(errors.get(join(dir, 'big.yaml'))).toBe('file is larger than 8192 bytes');
+    expect(errors.get(join(dir, 'many.yaml'))).toBe('file is larger than 8192 bytes');
+    const named = logs.filter((l) => l.level === 'warn').map((l) => l.fields?.file);
+    expect(named.sort()).toEqual([join(dir, 'big.yaml'), join(dir, 'many.yaml')]);
+
+    const roomy = make({ maxFileBytes: 16 * 1024 * 1024 }).source;
+    await roomy.start();
+    expect(names(roomy)).toEqual(['big/dns', 'big/postgres', 'shop/dns', 'shop/postgres']);
+    expect(roomy.fileErrors()).toEqual([
+      {
+        file: join(dir, 'many.yaml'),
+        error: `more than ${MAX_OBJECTS} objects (documents and List items) in one file; split it`,
+      },
+    ]);
   });
 
   it('lets the later file win for a Service declared twice, and falls back when it goes', async () => {

@@ -10,6 +10,8 @@
 // mtime or ctime changed (and re-parses only when the bytes changed). A file that fails to parse
 // keeps its last good content and is logged once per distinct error; a deleted file removes
 // its objects. When two files declare the same Service, the file that sorts last wins.
+// What one file may cost is bounded: its size here (maxFileBytes), its objects, nesting and
+// aliases in manifests.ts; a file past a bound fails alone, named in the log and fileErrors().
 
 import { createHash } from 'node:crypto';
 import { type FSWatcher, watch } from 'node:fs';

@@ -2,11 +2,22 @@
 // it. A file may hold many YAML documents and `kind: List` (or any `*List` with `items`); other
 // kinds and API groups are ignored. Any YAML error fails the whole file, so that a half-written
 // file never removes objects.
+//
+// Parsed by js-yaml, which builds plain values from the parser's events: no document tree with
+// source positions, which the `yaml` package builds for every node first (20x the time and most of
+// the daemon's start-up garbage with 100,000 Services; RESULTS.md). YAML 1.2 core schema, as
+// Kubernetes reads YAML: no timestamps, no merge keys.
+//
+// What one file may cost is bounded: its size (files.ts), its objects (MAX_OBJECTS), nesting
+// (MAX_NESTING) and aliases (MAX_ALIASES); past them the file fails as a whole and its last good
+// content is kept. A Service past the per-Service bounds (shared/src/core/bounds.ts: ports,
+// annotation bytes) is rejected alone, the file's other objects load.
 
 import { basename } from 'node:path';
+import { beyondBounds } from '@slipstream/shared/core/bounds';
 import { isRecord } from '@slipstream/shared/core/record';
 import { type Namespace, readNamespace, readService, type Service } from '@slipstream/shared/core/service';
-import { parseAllDocuments } from 'yaml';
+import { loadAll, YAMLException } from 'js-yaml';
 import type { Rejected } from './source.ts';
 
 export interface ManifestContent {
@@ -20,6 +31,29 @@ export interface ManifestContent {
 export type ParseResult = { ok: true; content: ManifestContent } | { ok: false; error: string };
 
 const MAX_LIST_DEPTH = 4;
+/** Objects (documents and List items) in one file: 10x what a file of the benchmark holds. */
+export const MAX_OBJECTS = 10_000;
+/** Collection nesting, as the webhook bounds a review's body. A Service needs 5 levels. */
+export const MAX_NESTING = 64;
+/** Alias nodes per document (`*ref`); each may stand for a whole subtree. */
+export const MAX_ALIASES = 100;
+
+/**
+ * A copy with strings of its own. js-yaml's strings are slices of the file's text, and a V8
+ * sliced string keeps its whole parent alive: every manifest file's text would stay in the heap
+ * for as long as one of its Services does (26 MB with 100,000 Services).
+ */
+function detached<T>(value: T): T {
+  return structuredClone(value);
+}
+
+/** Which document (1-based) holds `position`: the `---` markers before it, a leading one opening the first. */
+function documentAt(text: string, position: number): number {
+  const before = text.slice(0, position);
+  const markers = before.match(/^---(?=[ \t\r\n]|$)/gm)?.length ?? 0;
+  const leading = /^(?:[ \t]*(?:#.*)?\r?\n|%.*\r?\n)*---(?=[ \t\r\n]|$)/.test(text) ? 1 : 0;
+  return markers - leading + 1;
+}
 
 function metaString(object: Record<string, unknown>, field: string): string | undefined {
   const metadata = object.metadata;
@@ -37,23 +71,26 @@ export function parseManifests(text: string, file = 'manifest'): ParseResult {
   const label = basename(file);
   let values: unknown[];
   try {
-    const documents = parseAllDocuments(text, { prettyErrors: true, uniqueKeys: false });
-    if (!Array.isArray(documents)) return { ok: true, content }; // an empty stream
-    values = [];
-    for (const [index, document] of documents.entries()) {
-      const error = document.errors[0];
-      if (error) {
-        const where = documents.length > 1 ? ` (document ${index + 1})` : '';
-        return { ok: false, error: `${error.message.split('\n')[0]}${where}` };
-      }
-      values.push(document.toJS({ maxAliasCount: 100 }));
-    }
+    values = loadAll(text, { json: true, maxDepth: MAX_NESTING, maxAliases: MAX_ALIASES });
   } catch (error) {
-    return { ok: false, error: error instanceof Error ? error.message : String(error) };
+    if (!(error instanceof YAMLException)) {
+      return { ok: false, error: error instanceof Error ? error.message : String(error) };
+    }
+    // The reason and where, not the exception's message: that repeats the source around it.
+    const mark = error.mark;
+    if (!mark) return { ok: false, error: error.reason };
+    const documents = text.match(/^---(?=[ \t\r\n]|$)/gm)?.length ?? 0;
+    const where = documents > 0 ? ` (document ${documentAt(text, mark.position)})` : '';
+    return {
+      ok: false,
+      error: `${error.reason} at line ${mark.line + 1}, column ${mark.column + 1}${where}`,
+    };
   }
+  let objects = 0;
 
   const visit = (value: unknown, where: string, depth: number): void => {
     if (value === null || value === undefined) return; // an empty document
+    objects++;
     if (!isRecord(value) || typeof value.kind !== 'string') {
       content.ignored++;
       return;
@@ -85,7 +122,7 @@ export function parseManifests(text: string, file = 'manifest'): ParseResult {
     }
     if (kind === 'Namespace') {
       const read = readNamespace(value);
-      if (read.ok) content.namespaces.push(read.value);
+      if (read.ok) content.namespaces.push(detached(read.value));
       else content.rejected.push({ ref: `${label} ${where}`, error: read.error });
       return;
     }
@@ -93,10 +130,23 @@ export function parseManifests(text: string, file = 'manifest'): ParseResult {
       content.rejected.push({ ref: `${label} ${where}`, error: 'Service has no metadata.name' });
       return;
     }
+    const beyond = beyondBounds(value);
+    if (beyond !== undefined) {
+      content.rejected.push({ ref, error: beyond });
+      return;
+    }
     const read = readService(value);
-    if (read.ok) content.services.push(read.value);
+    if (read.ok) content.services.push(detached(read.value));
     else content.rejected.push({ ref, error: read.error });
   };
-  for (const [index, value] of values.entries()) visit(value, `document ${index + 1}`, 0);
+  for (const [index, value] of values.entries()) {
+    visit(value, `document ${index + 1}`, 0);
+    if (objects > MAX_OBJECTS) {
+      return {
+        ok: false,
+        error: `more than ${MAX_OBJECTS} objects (documents and List items) in one file; split it`,
+      };
+    }
+  }
   return { ok: true, content };
 }

@@ -22,6 +22,7 @@
 
 #include <dirent.h>
 #include <linux/netlink.h>
+#include <malloc.h>
 #include <nftables/libnftables.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -130,13 +131,15 @@ class StderrCapture {
 
 class RunWorker : public Napi::AsyncWorker {
  public:
-  RunWorker(Napi::Env env, NftContextNative* owner, Napi::Object self, std::string commands, bool check)
+  RunWorker(Napi::Env env, NftContextNative* owner, Napi::Object self, std::string commands, bool check,
+            bool release)
       : Napi::AsyncWorker(env, "nftables-napi:run"),
         deferred_(Napi::Promise::Deferred::New(env)),
         owner_(owner),
         self_(Napi::Persistent(self)),
         commands_(std::move(commands)),
-        check_(check) {}
+        check_(check),
+        release_(release) {}
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
@@ -169,6 +172,19 @@ class RunWorker : public Napi::AsyncWorker {
     output_ = out != nullptr ? out : "";
     error_ = errText != nullptr ? errText : "";
     stray_ = capture.text();
+    if (release_) {
+      // libnftables keeps its cache (every listed element, ~1 KB each) in the context until a
+      // later run finds the generation changed. Freeing the context frees it; the next run opens
+      // a new one. malloc_trim hands the freed pages back to the kernel instead of keeping them
+      // in glibc's arenas.
+      commands_.clear();
+      commands_.shrink_to_fit();
+      nft_ctx_free(owner_->ctx_);
+      owner_->ctx_ = nullptr;
+      owner_->portId_ = 0;
+      owner_->socketFd_ = -1;
+      malloc_trim(0);
+    }
   }
 
   void OnOK() override {
@@ -200,6 +216,7 @@ class RunWorker : public Napi::AsyncWorker {
   Napi::ObjectReference self_;  // keeps the JS object (and so owner_) alive while in flight
   std::string commands_;
   bool check_;
+  bool release_;
   int rc_ = 0;
   int errno_ = 0;
   std::string output_;
@@ -310,7 +327,9 @@ Napi::Value NftContextNative::Run(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   bool check = info.Length() > 1 && info[1].ToBoolean().Value();
-  auto* worker = new RunWorker(env, this, info.This().As<Napi::Object>(), std::move(commands), check);
+  bool release = info.Length() > 2 && info[2].ToBoolean().Value();
+  auto* worker =
+      new RunWorker(env, this, info.This().As<Napi::Object>(), std::move(commands), check, release);
   busy_ = true;
   Napi::Promise promise = worker->Promise();
   worker->Queue();

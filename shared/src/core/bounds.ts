@@ -1,9 +1,11 @@
-// What one review may cost. The body is already bounded (1 MiB, nesting 64: body.ts); within it,
-// the cost of deciding grows with the number of ports (~10 us each, measured) and the cost of
-// patching with the annotations. Past these bounds the Service is allowed unchanged with a
-// warning (see review.ts for why that, and not a 4xx, fits failurePolicy: Ignore).
+// What one Service may cost, wherever it comes from: a review of the webhook (whose body is already
+// bounded, 1 MiB and nesting 64: webhook/src/body.ts) or a manifest of the daemon's files source
+// (daemon/src/sources/manifests.ts). The cost of deciding grows with the number of ports (~10 us
+// each, measured) and the cost of patching with the annotations. Past these bounds the webhook
+// allows the Service unchanged with a warning (see webhook/src/review.ts for why that, and not a
+// 4xx, fits failurePolicy: Ignore); the daemon rejects that Service, naming its file.
 
-import { isRecord } from '@slipstream/shared/core/record';
+import { isRecord } from './record.ts';
 
 /**
  * Ports a review evaluates. Real Services have a handful; port lists generated for media or
@@ -35,7 +37,7 @@ export function annotationBytes(
   return total;
 }
 
-/** Why this object is beyond what a review evaluates, or undefined when it is within bounds. */
+/** Why this object is beyond what one Service may cost, or undefined when it is within bounds. */
 export function beyondBounds(object: unknown): string | undefined {
   if (!isRecord(object)) return undefined;
   const spec = isRecord(object.spec) ? object.spec : undefined;
