@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { build } from 'esbuild';
 import { parse } from 'yaml';
+import { NODE_BUNDLE } from '../scripts/build.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = dirname(HERE);
@@ -55,17 +56,9 @@ export async function buildPlugin(
     entryPoints: [join(HERE, 'src/kubectl-main.ts')],
     absWorkingDir: REPO,
     outfile: join(stage, 'kubectl-slipstream.mjs'),
-    bundle: true,
-    format: 'esm',
-    platform: 'node',
-    target: 'node24',
-    // CommonJS dependencies call require() for Node built-ins; an ES module has no require of its own.
-    banner: {
-      js: "import { createRequire as __slipstreamCreateRequire } from 'node:module'; const require = __slipstreamCreateRequire(import.meta.url);",
-    },
+    ...NODE_BUNDLE,
     minify: true,
     legalComments: 'eof',
-    logLevel: 'warning',
   });
   writeFileSync(join(stage, 'kubectl-slipstream'), LAUNCHER);
   chmodSync(join(stage, 'kubectl-slipstream'), 0o755);

@@ -14,7 +14,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { build, type Plugin } from 'esbuild';
+import { type BuildOptions, build, type Plugin } from 'esbuild';
 
 const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 
@@ -75,6 +75,19 @@ function ownImportMetaUrl(b: Bundle): Plugin {
   };
 }
 
+/** What every bundle of ours is: one ES module tree for Node 24 (the kubectl plugin's too). */
+export const NODE_BUNDLE = {
+  bundle: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node24',
+  // CommonJS dependencies call require() for Node built-ins; an ES module has no require of its own.
+  banner: {
+    js: "import { createRequire as __slipstreamCreateRequire } from 'node:module'; const require = __slipstreamCreateRequire(import.meta.url);",
+  },
+  logLevel: 'warning',
+} satisfies BuildOptions;
+
 export async function buildBundle(b: Bundle): Promise<void> {
   rmSync(b.dir, { recursive: true, force: true });
   mkdirSync(b.dir, { recursive: true });
@@ -83,15 +96,8 @@ export async function buildBundle(b: Bundle): Promise<void> {
     absWorkingDir: REPO,
     outdir: b.dir,
     outExtension: { '.js': '.mjs' },
-    bundle: true,
+    ...NODE_BUNDLE,
     splitting: true,
-    format: 'esm',
-    platform: 'node',
-    target: 'node24',
-    // CommonJS dependencies call require() for Node built-ins; an ES module has no require of its own.
-    banner: {
-      js: "import { createRequire as __slipstreamCreateRequire } from 'node:module'; const require = __slipstreamCreateRequire(import.meta.url);",
-    },
     minifySyntax: true,
     minifyWhitespace: true,
     // Licences in a file of their own: one non-Latin-1 character in a chunk makes V8 hold its whole
@@ -99,7 +105,6 @@ export async function buildBundle(b: Bundle): Promise<void> {
     legalComments: 'external',
     sourcemap: 'linked',
     metafile: true,
-    logLevel: 'warning',
     plugins: [ownImportMetaUrl(b)],
   });
   writeFileSync(join(b.dir, 'meta.json'), JSON.stringify(result.metafile));
