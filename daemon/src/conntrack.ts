@@ -8,6 +8,7 @@
 
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { type Element, elementHit, type Ruleset } from '@slipstream/shared/core/ruleset';
 
 /** Key under which conntrack counts are kept: `<address> <protocol number> <port>`. */
 export function flowKey(address: string, protocol: number, port: number): string {
@@ -86,6 +87,29 @@ export function countEntry(into: OffloadedFlows, entry: ConntrackEntry): void {
     count.packets += entry.packets;
     count.bytes += entry.bytes;
   } else into.set(entry.key, { connections: 1, packets: entry.packets, bytes: entry.bytes });
+}
+
+/**
+ * Offloaded connections grouped by `group` of the element each hits in `ruleset` (undefined: it
+ * hits none; a nodePort connection hits by a node address); a null group leaves the flow out.
+ */
+export function groupByElement(
+  ruleset: Pick<Ruleset, 'elements' | 'nodeAddresses'>,
+  flows: OffloadedFlows,
+  group: (element: Element | undefined) => string | null,
+): Map<string, FlowCount> {
+  const out = new Map<string, FlowCount>();
+  for (const [key, count] of flows) {
+    const [address = '', protocol, port] = key.split(' ');
+    const name = group(elementHit(ruleset, address, Number(protocol), Number(port)));
+    if (name === null) continue;
+    const sum = out.get(name) ?? { connections: 0, packets: 0, bytes: 0 };
+    sum.connections += count.connections;
+    sum.packets += count.packets;
+    sum.bytes += count.bytes;
+    out.set(name, sum);
+  }
+  return out;
 }
 
 /** The offloaded connections in `conntrack -L` text. */

@@ -5,9 +5,13 @@
 // from the loop when Prometheus scrapes. No metric carries a per-Service label: a node with 100,000
 // Services exposes the same few series as one with ten.
 
-import { elementHit, MAP_NAMES, MAPS, type MapId } from '@slipstream/shared/core/ruleset';
+import { MAP_NAMES, MAPS, type MapId } from '@slipstream/shared/core/ruleset';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { OffloadReading } from './conntrack.ts';
+import { groupByElement, type OffloadReading } from './conntrack.ts';
+
+/** What conntrack counts are grouped by before the first sync: nothing, so every flow is 'none'. */
+const NO_ELEMENTS = { elements: new Map(), nodeAddresses: { ip: [], ip6: [] } };
+
 import type { KernelEvent, NftErrorClass } from './kernel.ts';
 import type { Reconciler, SyncResult } from './reconciler.ts';
 
@@ -237,20 +241,16 @@ export class DaemonMetrics {
   /** A conntrack sample: offloaded connections and bytes by the threshold of the element they hit. */
   sampled(reading: OffloadReading): void {
     const belief = this.#loop.belief;
-    const byThreshold = new Map<string, { connections: number; bytes: number }>();
-    for (const t of belief?.thresholds ?? []) byThreshold.set(String(t), { connections: 0, bytes: 0 });
-    byThreshold.set('none', { connections: 0, bytes: 0 });
-    for (const [key, count] of reading.flows) {
-      const [address = '', protocol, port] = key.split(' ');
-      const element = belief && elementHit(belief, address, Number(protocol), Number(port));
-      const label = element?.threshold != null ? String(element.threshold) : 'none';
-      const sum = byThreshold.get(label) ?? { connections: 0, bytes: 0 };
-      sum.connections += count.connections;
-      sum.bytes += count.bytes;
-      byThreshold.set(label, sum);
-    }
+    const byThreshold = groupByElement(belief ?? NO_ELEMENTS, reading.flows, (e) =>
+      e?.threshold != null ? String(e.threshold) : 'none',
+    );
     this.#offloaded.reset();
     this.#offloadedBytes.reset();
+    // Every threshold in use (and 'none') has its series, 0 when nothing is offloaded there.
+    for (const threshold of [...(belief?.thresholds ?? []).map(String), 'none']) {
+      this.#offloaded.set({ threshold }, 0);
+      this.#offloadedBytes.set({ threshold }, 0);
+    }
     for (const [threshold, sum] of byThreshold) {
       this.#offloaded.set({ threshold }, sum.connections);
       this.#offloadedBytes.set({ threshold }, sum.bytes);

@@ -6,9 +6,9 @@
 
 import type { Decision } from '@slipstream/shared/core/decide';
 import { serviceVips, type VipKind } from '@slipstream/shared/core/desired-ruleset';
-import { elementHit, elementKey, type Ruleset } from '@slipstream/shared/core/ruleset';
+import { elementKey, type Ruleset } from '@slipstream/shared/core/ruleset';
 import type { Service, ServicePort } from '@slipstream/shared/core/service';
-import { type FlowCount, flowKey, type OffloadedFlows } from './conntrack.ts';
+import { flowKey, groupByElement, type OffloadedFlows } from './conntrack.ts';
 import type { ExcludedDevice } from './devices.ts';
 
 export type PortState =
@@ -72,23 +72,6 @@ const PROTO_NUMBER: Record<string, number> = { TCP: 6, UDP: 17 };
 
 export { flowKey };
 
-/** Offloaded connections by the element they hit (nodePort flows are keyed by a node address). */
-function flowsByElement(desired: Ruleset, offloaded: OffloadedFlows): Map<string, FlowCount> {
-  const out = new Map<string, FlowCount>();
-  for (const [key, count] of offloaded) {
-    const [address, protocol, port] = key.split(' ');
-    const hit = elementHit(desired, address!, Number(protocol), Number(port));
-    if (!hit) continue;
-    const k = elementKey(hit);
-    const sum = out.get(k) ?? { connections: 0, packets: 0, bytes: 0 };
-    sum.connections += count.connections;
-    sum.packets += count.packets;
-    sum.bytes += count.bytes;
-    out.set(k, sum);
-  }
-  return out;
-}
-
 /** Which kinds of address reach this port through the kernel now. */
 function vipKinds(service: Service, port: ServicePort, kernel: Ruleset | null): VipKind[] {
   if (!kernel || port.protocol === 'SCTP') return [];
@@ -121,7 +104,7 @@ export function portStatuses(
   quarantined: ReadonlyMap<string, QuarantineView> = new Map(),
 ): PortStatus[] {
   const rows: PortStatus[] = [];
-  const byElement = offloaded ? flowsByElement(desired, offloaded) : null;
+  const byElement = offloaded ? groupByElement(desired, offloaded, (e) => (e ? elementKey(e) : null)) : null;
   const sorted = [...services].sort((a, b) =>
     `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`),
   );
