@@ -83,6 +83,13 @@ function ctKey(v: unknown, key: string, dir: 'original' | null): boolean {
   return ct.dir === dir;
 }
 
+/** `meta l4proto tcp|udp`, the protocol dependency that starts the dispatch and nodeport rules; else null. */
+function l4protoMatch(match: Record<string, unknown>): 'tcp' | 'udp' | null {
+  if (match.op !== '==' || !isObject(match.left) || !isObject(match.left.meta)) return null;
+  if (match.left.meta.key !== 'l4proto') return null;
+  return match.right === 'tcp' || match.right === 'udp' ? match.right : null;
+}
+
 /** Recognizes the rules Slipstream writes; anything else is `foreign`. */
 export function parseRule(expr: unknown, flowtable: string | null): RuleSpec {
   const foreign: RuleSpec = { kind: 'foreign', text: canonicalJson(expr) };
@@ -90,18 +97,10 @@ export function parseRule(expr: unknown, flowtable: string | null): RuleSpec {
   const [first, second, third, ...rest] = expr as unknown[];
   if (rest.length > 0 || !isObject(first) || !isObject(first.match)) return foreign;
   const match = first.match;
+  const protocol = l4protoMatch(match);
 
   // dispatch
-  if (
-    expr.length === 2 &&
-    match.op === '==' &&
-    isObject(match.left) &&
-    isObject(match.left.meta) &&
-    match.left.meta.key === 'l4proto' &&
-    (match.right === 'tcp' || match.right === 'udp') &&
-    isObject(second) &&
-    isObject(second.vmap)
-  ) {
+  if (expr.length === 2 && protocol && isObject(second) && isObject(second.vmap)) {
     const vmap = second.vmap;
     const concat = isObject(vmap.key) ? vmap.key.concat : undefined;
     if (!Array.isArray(concat) || concat.length !== 3) return foreign;
@@ -112,7 +111,7 @@ export function parseRule(expr: unknown, flowtable: string | null): RuleSpec {
         ctKey(concat[2], 'proto-dst', 'original') &&
         vmap.data === `@${MAP_NAMES[family]}`
       ) {
-        return { kind: 'dispatch', family, protocol: match.right };
+        return { kind: 'dispatch', family, protocol };
       }
     }
     return foreign;
@@ -121,11 +120,7 @@ export function parseRule(expr: unknown, flowtable: string | null): RuleSpec {
   // nodeport
   if (
     expr.length === 3 &&
-    match.op === '==' &&
-    isObject(match.left) &&
-    isObject(match.left.meta) &&
-    match.left.meta.key === 'l4proto' &&
-    (match.right === 'tcp' || match.right === 'udp') &&
+    protocol &&
     isObject(second) &&
     isObject(second.match) &&
     isObject(third) &&
@@ -143,7 +138,7 @@ export function parseRule(expr: unknown, flowtable: string | null): RuleSpec {
         ctKey(concat[1], 'proto-dst', 'original') &&
         vmap.data === `@${MAP_NAMES.np}`
       ) {
-        return { kind: 'nodeport', family, protocol: match.right };
+        return { kind: 'nodeport', family, protocol };
       }
     }
     return foreign;
