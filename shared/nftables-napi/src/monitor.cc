@@ -60,25 +60,8 @@ bool KindOf(int type, Kind* out) {
   }
 }
 
-// Walks the attributes of a nf_tables message; calls f(type, data, len) for each.
-template <typename F>
-void ForEachAttr(const nlmsghdr* h, F f) {
-  const size_t header = NLMSG_LENGTH(NLMSG_ALIGN(sizeof(nfgenmsg)));
-  if (h->nlmsg_len < header) return;
-  const char* p = reinterpret_cast<const char*>(h) + header;
-  size_t left = h->nlmsg_len - header;
-  while (left >= sizeof(nlattr)) {
-    const nlattr* a = reinterpret_cast<const nlattr*>(p);
-    if (a->nla_len < sizeof(nlattr) || a->nla_len > left) return;
-    f(a->nla_type & NLA_TYPE_MASK, p + NLA_HDRLEN, static_cast<size_t>(a->nla_len - NLA_HDRLEN));
-    size_t step = NLA_ALIGN(a->nla_len);
-    if (step >= left) return;
-    p += step;
-    left -= step;
-  }
-}
-
-// Walks the attributes nested in an attribute's payload.
+// Walks the attributes in `left` bytes from `p` (a message's, or those nested in an attribute's
+// payload); calls f(type, data, len) for each.
 template <typename F>
 void ForEachNested(const char* p, size_t left, F f) {
   while (left >= sizeof(nlattr)) {
@@ -90,6 +73,14 @@ void ForEachNested(const char* p, size_t left, F f) {
     p += step;
     left -= step;
   }
+}
+
+// Walks the attributes of a nf_tables message (after its headers).
+template <typename F>
+void ForEachAttr(const nlmsghdr* h, F f) {
+  const size_t header = NLMSG_LENGTH(NLMSG_ALIGN(sizeof(nfgenmsg)));
+  if (h->nlmsg_len < header) return;
+  ForEachNested(reinterpret_cast<const char*>(h) + header, h->nlmsg_len - header, f);
 }
 
 std::string AttrString(const char* data, size_t len) {
