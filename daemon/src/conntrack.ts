@@ -223,14 +223,18 @@ export async function readOffloaded(options: ReadOptions = {}): Promise<OffloadR
 /** The offloaded flows, or null when conntrack cannot be read (the reason goes to `onError`). */
 export async function readOffloadedFlows(
   options: ReadOptions = {},
-  onError?: (reason: string) => void,
+  onError?: (error: ConntrackError) => void,
 ): Promise<OffloadedFlows | null> {
   try {
     return (await readOffloaded(options)).flows;
   } catch (error) {
-    onError?.((error as Error).message);
+    onError?.(asConntrackError(error));
     return null;
   }
+}
+
+function asConntrackError(error: unknown): ConntrackError {
+  return error instanceof ConntrackError ? error : new ConntrackError('failed', String(error));
 }
 
 export interface SamplingOptions extends ReadOptions {
@@ -253,9 +257,7 @@ export function sampleOffloaded(options: SamplingOptions): () => void {
       if (options.idle?.()) options.onReading({ flows: new Map(), truncated: false, durationMs: 0 });
       else options.onReading(await readOffloaded(options));
     } catch (error) {
-      options.onFailure(
-        error instanceof ConntrackError ? error : new ConntrackError('failed', String(error)),
-      );
+      options.onFailure(asConntrackError(error));
     }
     if (!stopped) {
       timer = setTimeout(() => void once(), options.periodMs);

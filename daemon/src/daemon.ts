@@ -10,7 +10,13 @@ import { effectiveDecision } from '@slipstream/shared/core/decide';
 import { rulesetText } from '@slipstream/shared/core/nft-text';
 import { AddressWatcher } from './addresses.ts';
 import type { DaemonOptions } from './cli.ts';
-import { type OffloadedFlows, readOffloadedFlows, SharedRead, sampleOffloaded } from './conntrack.ts';
+import {
+  type ConntrackError,
+  type OffloadedFlows,
+  readOffloadedFlows,
+  SharedRead,
+  sampleOffloaded,
+} from './conntrack.ts';
 import { type DeviceChoice, DeviceSelector } from './devices.ts';
 import { serveEndpoints } from './http.ts';
 import { type Kernel, NapiKernel } from './kernel.ts';
@@ -34,7 +40,10 @@ export interface DaemonDeps {
   /** Where --once prints what it programmed. */
   print?: (text: string) => void;
   /** Reads the offloaded connections (tests may pass their own); conntrack by default. */
-  readOffloaded?: (netns?: string, onError?: (reason: string) => void) => Promise<OffloadedFlows | null>;
+  readOffloaded?: (
+    netns?: string,
+    onError?: (error: ConntrackError) => void,
+  ) => Promise<OffloadedFlows | null>;
 }
 
 export interface RunningDaemon {
@@ -211,21 +220,23 @@ async function start(
     },
   });
   closers.push(() => addresses.stop());
-  // One conntrack read per status request (concurrent requests share it); evictions read afresh.
-  const conntrackProblem = new LogOnce();
-  const readFlows = () =>
-    (deps.readOffloaded ?? ((netns, onError) => readOffloadedFlows(netns ? { netns } : {}, onError)))(
-      options.netns,
-      (reason) =>
-        conntrackProblem.report('conntrack', reason, () =>
-          logger.warn(
-            'cannot read conntrack: offloaded connections are not counted, and evictions are not skipped',
-            {
-              reason,
-            },
-          ),
-        ),
+  // One conntrack read per status request (concurrent requests share it); evictions read afresh;
+  // the metrics sample on their own period. A failure is logged once, whoever read.
+  const conntrackLog = new LogOnce();
+  const conntrackFailed = (error: ConntrackError) =>
+    conntrackLog.report('conntrack', error.reason, () =>
+      logger.warn(
+        'cannot read conntrack: offloaded connections are not counted, and evictions are not skipped',
+        { error: error.message },
+      ),
     );
+  const read =
+    deps.readOffloaded ?? ((netns, onError) => readOffloadedFlows(netns ? { netns } : {}, onError));
+  const readFlows = async () => {
+    const flows = await read(options.netns, conntrackFailed);
+    if (flows) conntrackLog.clear('conntrack');
+    return flows;
+  };
   const sharedFlows = new SharedRead(readFlows);
   const reconciler = new Reconciler({
     kernel,
@@ -283,21 +294,18 @@ async function start(
   });
   await reconciler.start();
   if (options.conntrackSamplePeriodMs > 0 && !options.once) {
-    const failures = new LogOnce();
     const stopSampling = sampleOffloaded({
       periodMs: options.conntrackSamplePeriodMs,
       ...(options.netns ? { netns: options.netns } : {}),
       // A degraded kernel offloads nothing: no need to list conntrack.
       idle: () => reconciler.capabilities?.flowtable !== true,
       onReading: (reading) => {
-        failures.clear('conntrack');
+        conntrackLog.clear('conntrack');
         metrics.sampled(reading);
       },
       onFailure: (error) => {
         metrics.sampleFailed(error.reason);
-        failures.report('conntrack', error.reason, () =>
-          logger.warn('cannot count offloaded connections from conntrack', { error: error.message }),
-        );
+        conntrackFailed(error);
       },
     });
     closers.push(stopSampling);
