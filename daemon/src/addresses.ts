@@ -6,10 +6,9 @@
 // addresses count too: they stay local (the kernel still delivers to them through other links),
 // and a link going DOWN and UP must cost no write.
 
-import type { Logger } from '@slipstream/shared/adapters/log';
 import { canonicalAddress } from '@slipstream/shared/core/address';
 import { isRecord } from '@slipstream/shared/core/record';
-import { IpMonitor, ipJson, jsonArray } from './ip-monitor.ts';
+import { IpMonitor, ipJson, jsonArray, type WatcherOptions, watching } from './ip-monitor.ts';
 
 /** Parses `ip -json address show`: the node addresses, canonical, unique, sorted. Unknown shapes are skipped. */
 export function parseAddresses(output: string): string[] {
@@ -36,43 +35,9 @@ export function listAddresses(netns?: string): Promise<string[]> {
   return ipJson(netns, ['address', 'show']).then(parseAddresses);
 }
 
-export interface AddressWatcherOptions {
-  netns?: string;
-  onChange: (addresses: string[]) => void;
-  logger: Logger;
-  debounceMs?: number;
-  pollMs?: number;
-  /** Lists addresses (tests may stub it); `listAddresses` by default. */
-  list?: (netns?: string) => Promise<string[]>;
-}
-
 /** Follows this node's addresses; `start()` resolves with the first list. */
-export class AddressWatcher {
-  readonly #monitor: IpMonitor<string[]>;
-
-  constructor(options: AddressWatcherOptions) {
-    const list = options.list ?? listAddresses;
-    this.#monitor = new IpMonitor<string[]>({
-      ...(options.netns ? { netns: options.netns } : {}),
-      object: 'address',
-      list: () => list(options.netns),
-      same: (a, b) => a.join(' ') === b.join(' '),
-      onChange: (addresses) => options.onChange([...addresses]),
-      logger: options.logger,
-      ...(options.debounceMs !== undefined ? { debounceMs: options.debounceMs } : {}),
-      ...(options.pollMs !== undefined ? { pollMs: options.pollMs } : {}),
-    });
-  }
-
-  start(): Promise<string[]> {
-    return this.#monitor.start();
-  }
-
-  refresh(): Promise<string[]> {
-    return this.#monitor.refresh();
-  }
-
-  stop(): void {
-    this.#monitor.stop();
+export class AddressWatcher extends IpMonitor<string[]> {
+  constructor(options: WatcherOptions<string[]>) {
+    super(watching(options, 'address', listAddresses, (a, b) => a.join(' ') === b.join(' ')));
   }
 }

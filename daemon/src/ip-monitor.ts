@@ -5,7 +5,7 @@
 
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import type { Logger } from '@slipstream/shared/adapters/log';
+import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
 
 export function ipArgs(netns: string | undefined, args: string[]): string[] {
   return netns ? ['-n', netns, ...args] : args;
@@ -51,6 +51,40 @@ export interface IpMonitorOptions<T> {
   debounceMs?: number;
   /** Safety-net re-list period (default 30 s; 0: off). */
   pollMs?: number;
+}
+
+/** What a watcher of one kind of ip state (links, addresses) is given. */
+export interface WatcherOptions<T> {
+  netns?: string;
+  /** Called with the new state whenever it changes (never mutated afterwards: each listing is new). */
+  onChange: (state: T) => void;
+  logger?: Logger;
+  /** Re-list this long after the last monitor line (default 100 ms). */
+  debounceMs?: number;
+  /** Safety-net re-list period, in case an event was missed or the monitor died (default 30 s; 0: off). */
+  pollMs?: number;
+  /** Lists the state (tests may stub it). */
+  list?: (netns?: string) => Promise<T>;
+}
+
+/** A watcher's options as IpMonitor takes them, for `object` listed by `list` unless the options give one. */
+export function watching<T>(
+  options: WatcherOptions<T>,
+  object: string,
+  list: (netns?: string) => Promise<T>,
+  same: (a: T, b: T) => boolean,
+): IpMonitorOptions<T> {
+  const listState = options.list ?? list;
+  return {
+    ...(options.netns ? { netns: options.netns } : {}),
+    object,
+    list: () => listState(options.netns),
+    same,
+    onChange: options.onChange,
+    logger: options.logger ?? stderrLogger,
+    ...(options.debounceMs !== undefined ? { debounceMs: options.debounceMs } : {}),
+    ...(options.pollMs !== undefined ? { pollMs: options.pollMs } : {}),
+  };
 }
 
 export class IpMonitor<T> {

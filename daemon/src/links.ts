@@ -7,9 +7,8 @@
 // which of them the flowtable hooks is devices.ts's choice. A link deleted and created again
 // under the same name, however fast (one `ip -batch`), is a change: its ifindex differs.
 
-import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
 import { isRecord } from '@slipstream/shared/core/record';
-import { IpMonitor, ipJson, jsonArray } from './ip-monitor.ts';
+import { IpMonitor, ipJson, jsonArray, type WatcherOptions, watching } from './ip-monitor.ts';
 
 export interface LinkInfo {
   name: string;
@@ -52,51 +51,13 @@ export function listLinks(netns?: string): Promise<LinkInfo[]> {
   return ipJson(netns, ['link', 'show']).then(parseLinks);
 }
 
-export interface LinkWatcherOptions {
-  netns?: string;
-  /** Re-list this long after the last monitor line (default 100 ms). */
-  debounceMs?: number;
-  /** Safety-net re-list period, in case an event was missed or the monitor died (default 30 s; 0: off). */
-  pollMs?: number;
-  /** Called with every link whenever a link appears, goes, is re-created or goes UP or DOWN. */
-  onChange: (links: LinkInfo[]) => void;
-  logger?: Logger;
-  /** Lists links (tests may stub it); `listLinks` by default. */
-  list?: (netns?: string) => Promise<LinkInfo[]>;
-}
-
-/** Follows the links; `start()` resolves with the first list. */
-export class LinkWatcher {
-  readonly #monitor: IpMonitor<LinkInfo[]>;
-
-  constructor(options: LinkWatcherOptions) {
-    const list = options.list ?? listLinks;
-    this.#monitor = new IpMonitor<LinkInfo[]>({
-      ...(options.netns ? { netns: options.netns } : {}),
-      object: 'link',
-      list: () => list(options.netns),
-      same: (a, b) => fingerprint(a) === fingerprint(b),
-      onChange: (links) => options.onChange([...links]),
-      logger: options.logger ?? stderrLogger,
-      ...(options.debounceMs !== undefined ? { debounceMs: options.debounceMs } : {}),
-      ...(options.pollMs !== undefined ? { pollMs: options.pollMs } : {}),
-    });
+/** Follows the links (onChange when a link appears, goes, is re-created or goes UP or DOWN); `start()` resolves with the first list. */
+export class LinkWatcher extends IpMonitor<LinkInfo[]> {
+  constructor(options: WatcherOptions<LinkInfo[]>) {
+    super(watching(options, 'link', listLinks, (a, b) => fingerprint(a) === fingerprint(b)));
   }
 
   get links(): LinkInfo[] {
-    return [...(this.#monitor.state ?? [])];
-  }
-
-  start(): Promise<LinkInfo[]> {
-    return this.#monitor.start().then((links) => [...links]);
-  }
-
-  /** Re-lists links now; calls onChange when they changed. Concurrent calls share one listing. */
-  refresh(): Promise<LinkInfo[]> {
-    return this.#monitor.refresh().then((links) => [...links]);
-  }
-
-  stop(): void {
-    this.#monitor.stop();
+    return this.state ?? [];
   }
 }
