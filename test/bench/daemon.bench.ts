@@ -248,7 +248,10 @@ async function addPhase(ns: Netns, policy: Policy): Promise<Figures> {
       check(Date.now() < controlDeadline, 'nft monitor saw no generation for the control write');
       ns.nft(['add', 'table', 'inet', 'slipstream-bench-control']);
       ns.nft(['delete', 'table', 'inet', 'slipstream-bench-control']);
-      await sleep(100);
+      // nft monitor first dumps the whole ruleset (tens of thousands of elements here) and starts
+      // that dump over whenever the generation changes: writing more often than it takes would
+      // keep it from ever starting to listen.
+      await sleep(1000);
     }
     const gensBefore = generations();
     const listingBefore = ns.nft(['-j', 'list', 'table', 'inet', 'slipstream']);
