@@ -288,8 +288,11 @@ async function start(
   const hooked = await kernel.readFlowtableDevices().catch(() => null);
   if (hooked) selector.adopt(hooked, listed);
   reconciler.update({ devices: choose(listed) });
-  source.onChange((trigger) => {
-    reconciler.update(source.snapshot());
+  source.onChange(({ trigger, service }) => {
+    // One Service changed: only it goes to the loop. Otherwise the whole snapshot (compared there).
+    if (service?.value) reconciler.setService(service.value);
+    else if (service) reconciler.deleteService(service.namespace, service.name);
+    else reconciler.update(source.snapshot());
     reconciler.request(trigger);
   });
   await reconciler.start();

@@ -61,7 +61,7 @@ describe('FileSource', () => {
     });
     sources.push(source);
     const triggers: Trigger[] = [];
-    source.onChange((t) => triggers.push(t));
+    source.onChange((c) => triggers.push(c.trigger));
     return { source, triggers };
   }
 

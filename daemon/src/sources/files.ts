@@ -21,7 +21,13 @@ import { type Logger, stderrLogger } from '@slipstream/shared/adapters/log';
 import { isRecord } from '@slipstream/shared/core/record';
 import { type Namespace, type Service, serviceKey } from '@slipstream/shared/core/service';
 import { type ManifestContent, parseManifests } from './manifests.ts';
-import { ChangeEmitter, type Rejected, type ServiceSource, type Snapshot, type Trigger } from './source.ts';
+import {
+  ChangeEmitter,
+  type Rejected,
+  type ServiceSource,
+  type Snapshot,
+  type SourceChange,
+} from './source.ts';
 
 export const MANIFEST_EXTENSIONS: ReadonlySet<string> = new Set(['.yaml', '.yml', '.json']);
 
@@ -113,7 +119,7 @@ export class FileSource implements ServiceSource {
     return this.#synced;
   }
 
-  onChange(listener: (trigger: Trigger) => void): void {
+  onChange(listener: (change: SourceChange) => void): void {
     this.#emitter.add(listener);
   }
 
@@ -376,7 +382,8 @@ export class FileSource implements ServiceSource {
       rejected: rejectedChanged ? rejected : old.rejected,
     };
     if (!this.#synced) return; // start() reports the initial load
-    if (namespacesChanged) this.#emitter.emit('namespace');
-    if (servicesChanged || rejectedChanged) this.#emitter.emit('service');
+    // A file is re-read as a whole: the loop takes the snapshot again.
+    if (namespacesChanged) this.#emitter.emit({ trigger: 'namespace' });
+    if (servicesChanged || rejectedChanged) this.#emitter.emit({ trigger: 'service' });
   }
 }

@@ -13,7 +13,7 @@ import { selfSignedCertificate } from '../../../test/apiserver/tls.ts';
 import { until } from '../../../test/lib/process.ts';
 import { KubernetesSource, type KubernetesSourceOptions } from './kubernetes.ts';
 import { LAST_APPLIED_ANNOTATION } from './slim.ts';
-import type { Trigger } from './source.ts';
+import type { SourceChange, Trigger } from './source.ts';
 
 const eventually = (fn: () => void | Promise<void>) => vi.waitFor(fn, { timeout: 20_000, interval: 10 });
 
@@ -69,6 +69,7 @@ describe('KubernetesSource', () => {
   function makeSource(options: KubernetesSourceOptions = {}): {
     source: KubernetesSource;
     triggers: Trigger[];
+    changes: SourceChange[];
   } {
     const source = new KubernetesSource({
       kubeconfig,
@@ -79,8 +80,12 @@ describe('KubernetesSource', () => {
     });
     sources.push(source);
     const triggers: Trigger[] = [];
-    source.onChange((t) => triggers.push(t));
-    return { source, triggers };
+    const changes: SourceChange[] = [];
+    source.onChange((c) => {
+      triggers.push(c.trigger);
+      changes.push(c);
+    });
+    return { source, triggers, changes };
   }
 
   it('lists Services (paged) and Namespaces before start() resolves', async () => {
@@ -208,6 +213,30 @@ describe('KubernetesSource', () => {
     await eventually(() => expect(source.snapshot().namespaces.has('quiet')).toBe(false));
     expect(source.status().services.restarts).toBe(0);
     expect(server.count('list', 'services')).toBe(1);
+  });
+
+  it('hands a watched Service change over alone: the Service as read now, null once deleted', async () => {
+    await server.createService(svc('keep', 'default', 80));
+    const { source, changes } = makeSource();
+    await source.start();
+    await watching();
+    await server.createService(svc('pg', 'default', 5432));
+    await eventually(() => expect(changes.length).toBeGreaterThan(0));
+    expect(changes).toEqual([
+      {
+        trigger: 'service',
+        service: { namespace: 'default', name: 'pg', value: expect.objectContaining({ name: 'pg' }) },
+      },
+    ]);
+    // The very object the snapshot holds, not a copy.
+    const pg = source.snapshot().services.find((s) => s.name === 'pg');
+    expect(changes[0]?.service?.value).toBe(pg);
+    await server.deleteService('default', 'pg');
+    await eventually(() => expect(changes).toHaveLength(2));
+    expect(changes[1]).toEqual({
+      trigger: 'service',
+      service: { namespace: 'default', name: 'pg', value: null },
+    });
   });
 
   it('keeps Service identity across relists and updates it cannot see (labels), firing nothing', async () => {

@@ -15,7 +15,14 @@ import {
   serviceKey,
 } from '@slipstream/shared/core/service';
 import { Mirror, type MirrorStatus } from './mirror.ts';
-import { ChangeEmitter, type Rejected, type ServiceSource, type Snapshot, type Trigger } from './source.ts';
+import {
+  ChangeEmitter,
+  type Rejected,
+  type ServiceSource,
+  type Snapshot,
+  type SourceChange,
+  type Trigger,
+} from './source.ts';
 
 /**
  * The informers' restart backoff (the one backoff of shared/adapters/backoff.ts): 800 ms doubling
@@ -67,7 +74,7 @@ export class KubernetesSource implements ServiceSource {
       list: (request, control) => api.listServiceForAllNamespaces(request, requestOptions(control)),
       read: readService,
       key: (entry) => serviceKey({ namespace: entry.metadata.namespace ?? '', name: entry.metadata.name }),
-      changed: () => this.#changed('service'),
+      changed: (key) => this.#changed('service', key),
     });
     this.#namespaces = new Mirror<Namespace>({
       ...common,
@@ -84,7 +91,7 @@ export class KubernetesSource implements ServiceSource {
     return this.#synced;
   }
 
-  onChange(listener: (trigger: Trigger) => void): void {
+  onChange(listener: (change: SourceChange) => void): void {
     this.#emitter.add(listener);
   }
 
@@ -135,7 +142,9 @@ export class KubernetesSource implements ServiceSource {
     return this.#snapshotCache;
   }
 
-  #changed(trigger: Trigger): void {
+  /** `key`: the one Service that changed (an event), handed on as it is now; none: a relist. */
+  #changed(trigger: Trigger, key?: string): void {
+    // Rebuilt only when asked for (start-up, a relist, status): not once per event.
     this.#snapshotCache = undefined;
     if (trigger === 'service') {
       this.#servicesCache = undefined;
@@ -143,6 +152,16 @@ export class KubernetesSource implements ServiceSource {
     } else {
       this.#namespacesCache = undefined;
     }
-    if (this.#synced) this.#emitter.emit(trigger);
+    if (!this.#synced) return;
+    if (trigger !== 'service' || key === undefined) {
+      this.#emitter.emit({ trigger });
+      return;
+    }
+    const slash = key.indexOf('/');
+    const value = this.#services.store.get(key)?.value ?? null;
+    this.#emitter.emit({
+      trigger,
+      service: { namespace: key.slice(0, slash), name: key.slice(slash + 1), value },
+    });
   }
 }

@@ -52,7 +52,8 @@ export interface MirrorOptions<T> {
   list: ListCall;
   read: (object: unknown) => ReadResult<T>;
   key: (entry: Slim<T>) => string;
-  changed: () => void;
+  /** After a change: the key of the one object that changed, or nothing (a list replaced several). */
+  changed: (key?: string) => void;
   pageSize: number;
   listTimeoutMs: number;
   backoff: BackoffOptions;
@@ -125,12 +126,13 @@ export class Mirror<T> {
     );
     const current = (): boolean => generation === this.#generation && !this.#stopped;
     const upsert = (entry: Slim<T>): void => {
-      if (current() && this.#put(entry)) this.#o.changed();
+      if (current() && this.#put(entry)) this.#o.changed(this.#o.key(entry));
     };
     informer.on('add', upsert);
     informer.on('update', upsert);
     informer.on('delete', (entry) => {
-      if (current() && this.store.delete(this.#o.key(entry))) this.#o.changed();
+      const key = this.#o.key(entry);
+      if (current() && this.store.delete(key)) this.#o.changed(key);
     });
     informer.on('error', (error) => this.#failed(generation, error));
     informer.on('connect', () => {

@@ -8,6 +8,22 @@ import type { Namespace, Service } from '@slipstream/shared/core/service';
 
 export type Trigger = 'service' | 'namespace';
 
+/**
+ * What changed in a source. `service` is set when exactly one Service changed (an informer's
+ * add/update/delete): the daemon hands that one object to the loop, so an event costs O(1) however
+ * many Services there are. Without it (a relist, a manifest file re-read, a Namespace) the
+ * snapshot is to be taken again.
+ */
+export interface SourceChange {
+  trigger: Trigger;
+  service?: {
+    namespace: string;
+    name: string;
+    /** The Service as read now; null: deleted, or no longer readable (it is then in `rejected`). */
+    value: Service | null;
+  };
+}
+
 export interface Rejected {
   /** `namespace/name` of the object (files mode adds the file it came from). */
   ref: string;
@@ -32,30 +48,30 @@ export interface ServiceSource {
   /** Cheap: the same arrays and map are returned until something changes. */
   snapshot(): Snapshot;
   /** Called after any change (synchronously, possibly many times in a row); the reconciler coalesces. */
-  onChange(listener: (trigger: Trigger) => void): void;
+  onChange(listener: (change: SourceChange) => void): void;
   /** True once the initial list has been loaded; stays true (like an informer's HasSynced). */
   readonly synced: boolean;
 }
 
 /** Listener bookkeeping shared by the sources: a throwing listener is logged, never propagated. */
 export class ChangeEmitter {
-  readonly #listeners: ((trigger: Trigger) => void)[] = [];
+  readonly #listeners: ((change: SourceChange) => void)[] = [];
   readonly #log: Logger;
 
   constructor(log: Logger) {
     this.#log = log;
   }
 
-  add(listener: (trigger: Trigger) => void): void {
+  add(listener: (change: SourceChange) => void): void {
     this.#listeners.push(listener);
   }
 
-  emit(trigger: Trigger): void {
+  emit(change: SourceChange): void {
     for (const listener of this.#listeners) {
       try {
-        listener(trigger);
+        listener(change);
       } catch (error) {
-        this.#log.error('change listener threw', { trigger, error: String(error) });
+        this.#log.error('change listener threw', { trigger: change.trigger, error: String(error) });
       }
     }
   }
