@@ -4,9 +4,11 @@ import { desiredRuleset } from '@slipstream/shared/core/desired-ruleset';
 import { diff } from '@slipstream/shared/core/diff';
 import { parseTable } from '@slipstream/shared/core/nft-listing';
 import type { Ruleset } from '@slipstream/shared/core/ruleset';
+import { NftContext } from 'nftables-napi';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadScenario, scenarioInput } from '../../test/fixtures/services/load.ts';
 import { canUseNetns } from '../../test/lib/netns.ts';
+import { elementBatch } from './element-batch.ts';
 import { type KernelEvent, NapiKernel, type NftRunner } from './kernel.ts';
 import { CliRunner } from './kernel-cli.ts';
 import { MemoryKernel } from './memory-kernel.ts';
@@ -152,6 +154,47 @@ describe.skipIf(!canUseNetns())('NapiKernel in a private network namespace', () 
     });
     expect(kernel.writes).toBe(writes);
     expect(view(await kernel.readTable())).toEqual(view(before));
+  });
+
+  it('commits an element-only change as a netlink batch, not through libnftables, and knows it as its own', async () => {
+    const events: KernelEvent[] = [];
+    const unwatch = kernel.watch((e) => events.push(e));
+    try {
+      const base = desired('vips', false);
+      await kernel.apply(diff(await kernel.readTable(), base));
+      const next = structuredClone(base);
+      const threshold = base.thresholds[0]!;
+      const gone = [...next.elements.keys()].find((k) => k.startsWith('ip '))!;
+      next.elements.delete(gone);
+      const added = [
+        { family: 'ip', address: '10.123.0.1', protocol: 6, port: 443, threshold },
+        { family: 'ip6', address: 'fd00::12:3400', protocol: 17, port: 53, threshold },
+        { family: 'ip6', address: '::ffff:192.0.2.9', protocol: 6, port: 8443, threshold },
+        { family: 'np', address: '', protocol: 6, port: 31999, threshold },
+      ] as const;
+      for (const e of added) next.elements.set(`${e.family} ${e.address} ${e.protocol} ${e.port}`, { ...e });
+      next.nodeAddresses.ip = [...next.nodeAddresses.ip, '192.0.2.77'].sort();
+      next.nodeAddresses.ip6 = [...next.nodeAddresses.ip6, '2001:db8::77'].sort();
+      const change = diff(base, next);
+      expect(elementBatch(change)).not.toBeNull();
+      const libnftables = vi.spyOn(NftContext.prototype, 'run');
+      const writes = kernel.writes;
+      try {
+        await kernel.apply(change);
+      } finally {
+        libnftables.mockRestore();
+      }
+      expect(libnftables).not.toHaveBeenCalled();
+      expect(kernel.writes).toBe(writes + 1);
+      // What nft lists is the ruleset the text writer would have made.
+      expect(view(nftList())).toEqual(view(next));
+      // Its change events carried the batch socket's port id and the right counts: nothing foreign,
+      // nothing unverified (the check gives up after 2 s).
+      await new Promise((resolve) => setTimeout(resolve, 2500));
+      expect(events).toEqual([]);
+    } finally {
+      unwatch();
+    }
   });
 
   it('reads back on a context of its own: commits after a read-back are still its own, others are foreign', async () => {

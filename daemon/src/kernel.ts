@@ -14,9 +14,10 @@ import {
   TABLE_FAMILY,
   TABLE_NAME,
 } from '@slipstream/shared/core/ruleset';
-import type { MonitorEvent, NftMonitor, TableChange } from 'nftables-napi';
+import type { MonitorEvent, NftMonitor, SetElementsOp, TableChange } from 'nftables-napi';
 import { firstErrorLine, NftError, type NftErrorClass } from 'nftables-napi/errors';
 import { probeCapabilities } from './capabilities.ts';
+import { elementBatch } from './element-batch.ts';
 
 export { NftError, type NftErrorClass };
 
@@ -88,6 +89,13 @@ export interface NftRunner {
   close(): void;
 }
 
+/** The slice of nftables-napi's NftBatch the kernel edge uses: element-only changes, as netlink. */
+export interface ElementWriter {
+  commit(ops: SetElementsOp[]): Promise<void>;
+  readonly portId: number;
+  close(): void;
+}
+
 /** `NAME` → `/run/netns/NAME`; a path is kept. */
 export function netnsPath(netns: string): string {
   return netns.includes('/') ? netns : `/run/netns/${netns}`;
@@ -103,6 +111,7 @@ export interface NapiKernelOptions {
 export class NapiKernel implements Kernel {
   readonly #runner: NftRunner;
   readonly #reader: NftRunner | null;
+  readonly #elements: ElementWriter | null;
   readonly #monitor: NftMonitor | null;
   readonly #listeners = new Set<(event: KernelEvent) => void>();
   /** Our own commits' event batches, waiting to be checked against what was sent. */
@@ -114,10 +123,17 @@ export class NapiKernel implements Kernel {
 
   /** `monitor`: the table's event watch (null: none; `watch` then reports `unavailable`). */
   /** `reader`: runs the table listings (readTable), released after each; default `runner`. */
-  constructor(runner: NftRunner, monitor: NftMonitor | null = null, reader: NftRunner | null = null) {
+  /** `elements`: commits element-only changes as netlink (element-batch.ts); default: all as nft text. */
+  constructor(
+    runner: NftRunner,
+    monitor: NftMonitor | null = null,
+    reader: NftRunner | null = null,
+    elements: ElementWriter | null = null,
+  ) {
     this.#runner = runner;
     this.#monitor = monitor;
     this.#reader = reader;
+    this.#elements = elements;
     if (!monitor) this.#unavailable = 'no nf_tables event monitor';
   }
 
@@ -144,7 +160,13 @@ export class NapiKernel implements Kernel {
     } catch (error) {
       why = `cannot watch nf_tables events: ${(error as Error).message}`;
     }
-    kernel = new NapiKernel(ctx, monitor, context());
+    let elements: ElementWriter | null = null;
+    try {
+      elements = new napi.NftBatch(netns ? { netns } : {});
+    } catch {
+      // Without it every change goes through libnftables: slower beside large maps, not different.
+    }
+    kernel = new NapiKernel(ctx, monitor, context(), elements);
     if (!monitor) kernel.#unavailable = why;
     return kernel;
   }
@@ -156,7 +178,9 @@ export class NapiKernel implements Kernel {
   async apply(change: Change): Promise<void> {
     if (isEmpty(change)) return;
     this.#lostSince = false;
-    await this.#runner.run(changeText(change));
+    const batch = this.#elements ? elementBatch(change) : null;
+    if (batch) await this.#elements!.commit(batch);
+    else await this.#runner.run(changeText(change));
     this.#writes++;
     if (this.#monitor) void this.#verify(change);
   }
@@ -265,7 +289,11 @@ export class NapiKernel implements Kernel {
     if (event.type === 'batch') {
       // Our own commits come back too: the committing socket's port id tells them apart.
       const own = this.#runner.portId;
-      if (own !== undefined && own !== 0 && event.portId === own) {
+      const ownBatch = this.#elements?.portId;
+      if (
+        event.portId !== 0 &&
+        (event.portId === own || (ownBatch !== undefined && event.portId === ownBatch))
+      ) {
         let added = 0;
         let removed = 0;
         for (const c of event.changes) {
@@ -301,6 +329,7 @@ export class NapiKernel implements Kernel {
     this.#monitor?.close();
     this.#runner.close();
     this.#reader?.close();
+    this.#elements?.close();
   }
 }
 

@@ -41,7 +41,15 @@ export interface NativeMonitor {
   portId(): number;
 }
 
+export interface NativeBatch {
+  /** Sends a prepared netlink batch; resolves with the kernel's answer (0 or errno) to each message, by sequence number. */
+  send(batch: Buffer, acked: number[]): Promise<{ seq: number; errno: number }[]>;
+  close(): void;
+  portId(): number;
+}
+
 export interface NativeBinding {
+  NftBatchNative: new (netns?: string) => NativeBatch;
   NftContextNative: new (netns?: string) => NativeContext;
   NftMonitorNative: new (
     netns: string | undefined,

@@ -13,6 +13,7 @@ import { getSystemErrorMessage } from 'node:util';
 import { binding, type NativeContext, type NativeRunResult } from './binding.ts';
 import { classifyNftError, firstErrorLine, NftError, type NftErrorClass } from './errors.ts';
 
+export { NftBatch, type SetElement, type SetElementsOp } from './batch.ts';
 export { type MonitorEvent, NftMonitor, type TableChange } from './monitor.ts';
 export { classifyNftError, NftError, type NftErrorClass };
 
