@@ -7,7 +7,7 @@
 // match only port numbers, ranges or protocols; within each group the first matching rule (in
 // file order) decides. Ports no rule matches get the policy's `default`.
 
-import { createHash } from 'node:crypto';
+import { hash as digest } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
 import { validatePolicyDocument as validate } from './policy-validator.ts';
 import type { ServicePort } from './service.ts';
@@ -105,7 +105,7 @@ export function compilePolicy(document: unknown, source = 'policy'): Policy {
       ...(m.portNames ? { words: m.portNames.map((w) => w.toLowerCase()) } : {}),
     };
   });
-  const hash = createHash('sha256').update(JSON.stringify(doc)).digest('hex').slice(0, 12);
+  const hash = digest('sha256', JSON.stringify(doc), 'hex').slice(0, 12);
   const order = doc.rules.map((rule, i) => ({ i, group: ruleGroup(rule) }));
   order.sort((a, b) => a.group - b.group || a.i - b.i);
   return {
