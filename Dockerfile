@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image for both Slipstream components; the Kubernetes manifests (deploy/) pick the command:
-#   node --disable-sigusr1 --max-semi-space-size=2 --no-concurrent-recompilation webhook/build/main.mjs ...
+#   node --disable-sigusr1 --max-semi-space-size=2 --no-concurrent-recompilation --no-maglev webhook/build/main.mjs ...
 #                                  the admission webhook, bundled by esbuild (Deployment, uid 65532)
 #   node --disable-sigusr1 daemon/build/main.mjs ...  the node daemon, bundled the same way (DaemonSet, overrides
 #                                  to uid 0 with CAP_NET_ADMIN only)
@@ -75,4 +75,4 @@ COPY --from=bundle /app/daemon/build daemon/build
 # Non-root by default (the webhook). The DaemonSet sets runAsUser: 0 and adds only NET_ADMIN, because
 # Kubernetes cannot give a non-root process a capability.
 USER 65532:65532
-CMD ["node", "--disable-sigusr1", "--max-semi-space-size=2", "--no-concurrent-recompilation", "webhook/build/main.mjs"]
+CMD ["node", "--disable-sigusr1", "--max-semi-space-size=2", "--no-concurrent-recompilation", "--no-maglev", "webhook/build/main.mjs"]

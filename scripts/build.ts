@@ -12,9 +12,16 @@
 
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { builtinModules } from 'node:module';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Ajv } from 'ajv';
+// A CommonJS module whose exports are the function, with itself as `default` (the name TypeScript sees).
+import standalone from 'ajv/dist/standalone/index.js';
 import { type BuildOptions, build, type Plugin } from 'esbuild';
+import { DEFAULT_POLICY_PATH, defaultPolicyDocument } from '../shared/src/adapters/default-policy.ts';
+import { POLICY_SCHEMA } from '../shared/src/core/policy-schema.ts';
+import { POLICY_AJV_OPTIONS } from '../shared/src/core/policy-validator.ts';
 
 const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 
@@ -75,6 +82,81 @@ function ownImportMetaUrl(b: Bundle): Plugin {
   };
 }
 
+const POLICY_VALIDATOR = join(REPO, 'shared/src/core/policy-validator.ts');
+const DEFAULT_POLICY = join(REPO, 'shared/src/adapters/default-policy.ts');
+
+/**
+ * policy-validator.ts as the bundles hold it: the policy schema compiled now, by Ajv's standalone
+ * code generation with the module's own options, into an ES module exporting the same name. (Its
+ * runtime helpers, `require`d from ajv/dist/runtime, are bundled with it.)
+ */
+export function policyValidatorModule(): string {
+  const ajv = new Ajv({ ...POLICY_AJV_OPTIONS, code: { source: true, esm: true } });
+  const code = standalone.default(ajv, ajv.compile(POLICY_SCHEMA));
+  return `${code}\nexport const validatePolicyDocument = validate;\n`;
+}
+
+/**
+ * default-policy.ts as a bundle in `dir` holds it: the shipped policy parsed now (by the module's
+ * own function, so with the same YAML parser and options), as a JSON literal. The path stays the
+ * file's, relative to the chunk, for the log line and error messages.
+ */
+export function defaultPolicyModule(dir: string): string {
+  const url = `new URL(${JSON.stringify(relative(dir, DEFAULT_POLICY_PATH))}, import.meta.url)`;
+  // JSON.parse of a string literal: V8 parses JSON faster than the same object as JavaScript.
+  const json = JSON.stringify(JSON.stringify(defaultPolicyDocument()));
+  return [
+    "import { fileURLToPath } from 'node:url';",
+    `export const DEFAULT_POLICY_PATH = fileURLToPath(${url});`,
+    `export function defaultPolicyDocument() { return JSON.parse(${json}); }`,
+  ].join('\n');
+}
+
+/**
+ * The policy work done at build time rather than at every start: compiling the schema
+ * (policyValidatorModule) and parsing the shipped policy (defaultPolicyModule), for a bundle
+ * written to `dir`. The modules they replace do the same work at run time, which is what source
+ * runs and the tests use (shared/src/core/policy-validator.test.ts compares the two).
+ */
+export function builtPolicy(dir: string): Plugin {
+  return {
+    name: 'built-policy',
+    setup(build) {
+      build.onLoad({ filter: /[/\\](policy-validator|default-policy)\.ts$/ }, (args) => {
+        if (args.path === POLICY_VALIDATOR) return { contents: policyValidatorModule(), loader: 'js' };
+        if (args.path === DEFAULT_POLICY) return { contents: defaultPolicyModule(dir), loader: 'js' };
+        return undefined;
+      });
+    },
+  };
+}
+
+const BUILTIN = new Set([...builtinModules, ...builtinModules.map((m) => `node:${m}`)]);
+
+/**
+ * Node built-ins imported as ES modules are taken from `process.getBuiltinModule` instead. An
+ * `import` of a built-in makes Node build its ES module facade, which reads every export once, and
+ * some exports are lazy getters that load whole modules: node:http's WebSocket, CloseEvent and
+ * MessageEvent load undici (25-33 ms of the webhook's start here, for a metrics server that uses
+ * createServer), node:util's TextDecoder its encoding tables. The module object itself, as
+ * `require` returns it, runs no getter until a name is used. (`require` calls in CommonJS
+ * dependencies already get it that way.)
+ */
+const builtinsWithoutFacade: Plugin = {
+  name: 'builtins-without-facade',
+  setup(build) {
+    build.onResolve({ filter: /^[a-z0-9_:/]+$/ }, (args) => {
+      if (args.kind !== 'import-statement' && args.kind !== 'dynamic-import') return undefined;
+      if (!BUILTIN.has(args.path)) return undefined;
+      return { path: args.path, namespace: 'node-builtin' };
+    });
+    build.onLoad({ filter: /.*/, namespace: 'node-builtin' }, (args) => ({
+      contents: `module.exports = process.getBuiltinModule(${JSON.stringify(args.path)});`,
+      loader: 'js',
+    }));
+  },
+};
+
 /** What every bundle of ours is: one ES module tree for Node 24 (the kubectl plugin's too). */
 export const NODE_BUNDLE = {
   bundle: true,
@@ -105,7 +187,7 @@ export async function buildBundle(b: Bundle): Promise<void> {
     legalComments: 'external',
     sourcemap: 'linked',
     metafile: true,
-    plugins: [ownImportMetaUrl(b)],
+    plugins: [builtinsWithoutFacade, builtPolicy(b.dir), ownImportMetaUrl(b)],
   });
   writeFileSync(join(b.dir, 'meta.json'), JSON.stringify(result.metafile));
 }

@@ -2,7 +2,8 @@
 // Deployment's command, it finds the shipped policy and its review worker, and answers reviews of
 // every size.
 
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { buildBundle, WEBHOOK } from '../scripts/build.ts';
@@ -36,6 +37,16 @@ describe('npm run build', () => {
     expect(existsSync(WEBHOOK.main)).toBe(true);
     expect(existsSync(WEBHOOK.main.replace('main.mjs', 'review-worker.mjs'))).toBe(true);
     expect(productionEntry().at(-1)).toBe(WEBHOOK.main);
+  });
+
+  it('imports no Node built-in as an ES module (each would build a facade that reads every export)', () => {
+    const meta = JSON.parse(readFileSync(join(WEBHOOK.dir, 'meta.json'), 'utf8')) as {
+      outputs: Record<string, { imports: { path: string; kind: string; external?: boolean }[] }>;
+    };
+    const esmImports = Object.values(meta.outputs).flatMap((o) =>
+      o.imports.filter((i) => i.external && i.kind !== 'require-call').map((i) => i.path),
+    );
+    expect(esmImports).toEqual([]);
   });
 
   it('runs as production does: the shipped policy, small reviews on the event loop, large ones on the worker', async () => {

@@ -62,10 +62,11 @@ export function notes(results: Figures): string[] {
   const src = steps['TypeScript sources (type stripping)']!;
   const bundle = steps.bundle!;
   const semi = steps['bundle, --max-semi-space-size=2']!;
+  const recompilation = steps['bundle, --max-semi-space-size=2 --no-concurrent-recompilation']!;
   const d = (a: number, b: number) => `${Math.round((a - b) * 10) / 10} MB`;
   return [
-    `RSS at start / after 50,000 reviews: TypeScript sources ${src.startMB} / ${src.endMB} MB; bundle ${bundle.startMB} / ${bundle.endMB} MB (the bundle saved ${d(src.startMB, bundle.startMB)} at start, ${d(src.endMB, bundle.endMB)} under load: no TypeScript transformer, no module resolution); --max-semi-space-size=2 ${semi.endMB} MB (${d(bundle.endMB, semi.endMB)} less: V8 grew its young generation to 3 x 16 MB for garbage that dies young); --no-concurrent-recompilation ${num('webhook.rssMBAt50k')} MB (${d(semi.endMB, num('webhook.rssMBAt50k'))} less: optimizing compilation on a background thread kept its zone memory in that thread's malloc arena). Production after 100,000: ${num('webhook.rssMB')} MB.`,
-    `Cold start (median of 10, spawn to first answer): TypeScript sources ${num('webhook.coldStartSourcesMs')} ms, production bundle ${num('webhook.coldStartMs')} ms (${num('webhook.coldStartNoCompileCacheMs')} ms without the compile cache); a bare node:https server answering a constant takes ${num('webhook.baselineColdStartMs')} ms on this machine in the same run. Of the rest, most is the policy: shared/src/core/policy.ts compiles its JSON Schema with Ajv and parses YAML when it is imported.`,
+    `RSS at start / after 50,000 reviews: TypeScript sources ${src.startMB} / ${src.endMB} MB; bundle ${bundle.startMB} / ${bundle.endMB} MB (the bundle saved ${d(src.startMB, bundle.startMB)} at start, ${d(src.endMB, bundle.endMB)} under load: no TypeScript transformer, no module resolution); --max-semi-space-size=2 ${semi.endMB} MB (${d(bundle.endMB, semi.endMB)} less: V8 grew its young generation to 3 x 16 MB for garbage that dies young); --no-concurrent-recompilation ${recompilation.endMB} MB (${d(semi.endMB, recompilation.endMB)} less: optimizing compilation on a background thread kept its zone memory in that thread's malloc arena); --no-maglev ${num('webhook.rssMBAt50k')} MB (${d(recompilation.endMB, num('webhook.rssMBAt50k'))} less: without V8's mid tier, hot code goes from Sparkplug straight to TurboFan; with Maglev the main malloc arena and the V8 heap each held ~10 MB more after 100,000 reviews, and a review took ~15% more CPU). Production after 100,000: ${num('webhook.rssMB')} MB.`,
+    `Cold start (median of 10, spawn to first answer): TypeScript sources ${num('webhook.coldStartSourcesMs')} ms, production bundle ${num('webhook.coldStartMs')} ms (${num('webhook.coldStartNoCompileCacheMs')} ms without the compile cache); a bare node:https server answering a constant takes ${num('webhook.baselineColdStartMs')} ms on this machine in the same run (${num('webhook.coldStartVsBaseline')}x). Issue 13 measured 329 ms against 156 ms (2.1x); what closed most of it: the policy schema is compiled at build time (Ajv's standalone code, scripts/build.ts) and the default policy is in the bundle already parsed, so a start no longer loads Ajv or compiles a schema (about 90 ms here); and built-ins are taken from process.getBuiltinModule instead of ES module imports, whose facades read every export (node:http's lazy WebSocket getters loaded undici: 18-33 ms).`,
     'Removing express (not re-measured in each run: measured once, both bundled) saved 15 MB of RSS, 2.7 MB of heap and 170 ms or more of start-up on this machine; it also could not serve h2 requests.',
     `Flood: before these changes (issue 13's measurement) 32 x 1,010 KiB CREATE took RSS from 129 to 604 MB and /healthz 10.9 s. Now: peak ${num('webhook.floodPeakRssMB')} MB, slowest /healthz ${num('webhook.floodHealthzMs')} ms (median ${num('webhook.floodHealthzP50Ms')} ms), ordinary reviews p99 ${num('webhook.floodOrdinaryReviewP99Ms')} ms during it. What did it: per-review bounds (more than 1,000 ports or 256 KiB of annotations: allowed unchanged with a warning, no decide), the hint patch comparing only our own keys, at most 4 bodies over 64 KiB in flight (429 beyond, before the body is read), and those answered on a worker thread with its own 64 MB heap, so the event loop only moves bytes.`,
     'The machine is shared with other work (see the load average in webhook.context): throughput and latency move with it; ratios are within the same run.',
@@ -143,6 +144,7 @@ export async function run(): Promise<Figures> {
     note(`production command: node ${production.map((a) => a.replace(REPO, '')).join(' ')}`);
     const bundleOnly = [WEBHOOK.main];
     const semiSpaceOnly = [...production.filter((a) => a.startsWith('--max-semi-space-size')), WEBHOOK.main];
+    const withoutNoMaglev = production.filter((a) => a !== '--no-maglev');
 
     // The request: the recorded PostgreSQL CREATE; the baseline's answer: the webhook's real answer to it.
     const policy = loadDefaultPolicy();
@@ -237,6 +239,7 @@ export async function run(): Promise<Figures> {
       ['TypeScript sources (type stripping)', [MAIN]],
       ['bundle', bundleOnly],
       ['bundle, --max-semi-space-size=2', semiSpaceOnly],
+      ['bundle, --max-semi-space-size=2 --no-concurrent-recompilation', withoutNoMaglev],
     ] as const) {
       const m = await memoryRun([...entry], STEP_REVIEWS);
       steps[name] = { startMB: m.start.rss, endMB: m.end.rss, anonMB: m.end.anon };

@@ -231,6 +231,7 @@ describe('both components', () => {
       '--disable-sigusr1',
       '--max-semi-space-size=2',
       '--no-concurrent-recompilation',
+      '--no-maglev',
       'webhook/build/main.mjs',
     ]);
     expect(daemonContainer().command).toEqual([

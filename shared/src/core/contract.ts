@@ -3,7 +3,7 @@
 // input: everything leaves this module as a typed value or as a problem that names the key.
 // The webhook-owned keys are written and read back in hints.ts.
 
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { type Protocol, portKey, type Service, type ServicePort } from './service.ts';
 
 /** User-owned keys: the webhook never writes them, and they always win. */
@@ -205,10 +205,8 @@ export function specHash(service: Service): string {
     .sort((a, b) => collator.compare(a.text, b.text))
     .map((p) => p.entry);
   const user = Object.values(USER_KEYS).map((key) => service.annotations[key] ?? null);
-  return createHash('sha256')
-    .update(JSON.stringify([ports, user]))
-    .digest('hex')
-    .slice(0, 16);
+  // One-shot: no Hash object (and its native state) to create and collect for every review.
+  return hash('sha256', JSON.stringify([ports, user]), 'hex').slice(0, 16);
 }
 
 /** The canonical order of ports everywhere (hints, reasons, status): by number, then protocol. */

@@ -1,15 +1,15 @@
 // The policy: which Service ports are worth offloading, kept as data (YAML or JSON), validated
-// against a JSON Schema when compiled (reading files is adapters/policy-files.ts).
+// against a JSON Schema (policy-schema.ts, by policy-validator.ts) when compiled (reading files is
+// adapters/policy-files.ts).
 //
 // Precedence: what a port declares beats what it is called, which beats its number. Rules that
 // match an `appProtocol` are tried first, then rules that match a port name, then rules that
 // match only port numbers, ranges or protocols; within each group the first matching rule (in
 // file order) decides. Ports no rule matches get the policy's `default`.
 
-import { createHash } from 'node:crypto';
-import { Ajv } from 'ajv';
+import { hash as digest } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
-import { THRESHOLD_MAX } from './contract.ts';
+import { validatePolicyDocument as validate } from './policy-validator.ts';
 import type { ServicePort } from './service.ts';
 
 export interface PortMatch {
@@ -59,73 +59,6 @@ interface Matcher {
   words?: readonly string[];
 }
 
-const thresholdSchema = { type: 'integer', minimum: 0, maximum: THRESHOLD_MAX };
-const protocolSchema = { enum: ['TCP', 'UDP', 'SCTP'] };
-
-export const POLICY_SCHEMA = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['name', 'version', 'default', 'rules'],
-  properties: {
-    name: { type: 'string', minLength: 1, maxLength: 63 },
-    // Bounded, so that the policy id always fits in a hint.
-    version: { anyOf: [{ type: 'string', minLength: 1, maxLength: 63 }, { type: 'integer' }] },
-    defaultThreshold: thresholdSchema,
-    default: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['offload', 'reason'],
-      properties: {
-        offload: { type: 'boolean' },
-        threshold: thresholdSchema,
-        reason: { type: 'string', minLength: 1, maxLength: 200 },
-        protocols: { type: 'array', items: { enum: ['TCP', 'UDP'] } },
-      },
-    },
-    rules: {
-      type: 'array',
-      maxItems: 1000,
-      items: {
-        type: 'object',
-        additionalProperties: false,
-        required: ['name', 'match', 'offload', 'reason'],
-        properties: {
-          name: { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{0,62}$' },
-          offload: { type: 'boolean' },
-          threshold: thresholdSchema,
-          reason: { type: 'string', minLength: 1, maxLength: 200 },
-          match: {
-            type: 'object',
-            additionalProperties: false,
-            minProperties: 1,
-            properties: {
-              ports: {
-                type: 'array',
-                minItems: 1,
-                items: {
-                  anyOf: [
-                    { type: 'integer', minimum: 1, maximum: 65535 },
-                    { type: 'string', pattern: '^[0-9]{1,5}-[0-9]{1,5}$' },
-                  ],
-                },
-              },
-              protocols: { type: 'array', minItems: 1, items: protocolSchema },
-              appProtocols: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
-              portNames: {
-                type: 'array',
-                minItems: 1,
-                items: { type: 'string', pattern: '^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$' },
-              },
-            },
-          },
-        },
-      },
-    },
-  },
-} as const;
-
-const validate = new Ajv({ allErrors: true, allowUnionTypes: true }).compile(POLICY_SCHEMA);
-
 export class PolicyError extends Error {
   override name = 'PolicyError';
 }
@@ -172,7 +105,7 @@ export function compilePolicy(document: unknown, source = 'policy'): Policy {
       ...(m.portNames ? { words: m.portNames.map((w) => w.toLowerCase()) } : {}),
     };
   });
-  const hash = createHash('sha256').update(JSON.stringify(doc)).digest('hex').slice(0, 12);
+  const hash = digest('sha256', JSON.stringify(doc), 'hex').slice(0, 12);
   const order = doc.rules.map((rule, i) => ({ i, group: ruleGroup(rule) }));
   order.sort((a, b) => a.group - b.group || a.i - b.i);
   return {
@@ -182,15 +115,18 @@ export function compilePolicy(document: unknown, source = 'policy'): Policy {
   };
 }
 
-/** Parses YAML (which includes JSON) text into a Policy. */
-export function parsePolicy(text: string, source = 'policy'): Policy {
-  let document: unknown;
+/** Parses YAML (which includes JSON) text into a document, not yet validated. */
+export function parsePolicyDocument(text: string, source = 'policy'): unknown {
   try {
-    document = parseYaml(text, { maxAliasCount: 100 });
+    return parseYaml(text, { maxAliasCount: 100 });
   } catch (error) {
     throw new PolicyError(`${source} is not YAML or JSON: ${(error as Error).message.split('\n')[0]}`);
   }
-  return compilePolicy(document, source);
+}
+
+/** Parses YAML (which includes JSON) text into a Policy. */
+export function parsePolicy(text: string, source = 'policy'): Policy {
+  return compilePolicy(parsePolicyDocument(text, source), source);
 }
 
 export interface PortVerdict {
