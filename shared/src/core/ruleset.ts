@@ -165,10 +165,10 @@ export interface ServiceEntry {
   uid?: string;
   /** Each offloaded port carries its own threshold (`offload[].threshold`). */
   decision: Pick<Decision, 'offload' | 'reason' | 'rule' | 'policy' | 'source' | 'warnings'>;
-  /** Element keys this Service owns in the ruleset (sorted). */
-  elements: string[];
-  /** ClusterIPs or elements that were skipped (invalid address, owned by another Service). */
-  skipped: Skipped[];
+  /** Element keys this Service owns in the ruleset (sorted; shared and frozen when empty). */
+  elements: readonly string[];
+  /** ClusterIPs or elements that were skipped (invalid address, owned by another Service; shared and frozen when none). */
+  skipped: readonly Skipped[];
   /** The raw `hints.slipstream.dev/trace` annotation (validated only where it is used). */
   trace?: string;
 }
