@@ -124,14 +124,17 @@ function familyMismatch(service: Service, family: Family, address: string, clust
   return null;
 }
 
-/** The decision, addresses and candidate elements of one Service. Pure. */
+/**
+ * The decision, addresses and candidate elements of one Service. Pure. `key`: its
+ * `serviceKey`, when the caller holds that string already (the ruleset then shares it).
+ */
 export function contribution(
   service: Service,
   policy: Policy,
   namespace: Namespace | undefined,
   decisions?: DecisionMemo,
+  key: string = serviceKey(service),
 ): Contribution {
-  const key = serviceKey(service);
   let decision: EntryDecision | undefined;
   const shape = decisions ? decisionShape(service) : undefined;
   if (shape !== undefined) decision = decisions!.get(shape);
