@@ -100,9 +100,12 @@ function newService(
     : { namespace, name, annotations, type, clusterIPs: [], ports, uid };
 }
 
-/** `namespace/name`: how a Service is keyed everywhere (stores, diffs, logs). */
+/**
+ * `namespace/name`: how a Service is keyed everywhere (stores, diffs, logs). Joined, as one flat
+ * string: a template's cons string, once hashed as a map key, is kept beside its flat copy.
+ */
 export function serviceKey(s: Pick<Service, 'namespace' | 'name'>): string {
-  return `${s.namespace}/${s.name}`;
+  return [s.namespace, s.name].join('/');
 }
 
 export type ReadResult<T> = { ok: true; value: T } | { ok: false; error: string };
