@@ -18,7 +18,10 @@ const snapshots = process.argv[4] === 'snapshot';
 const out = process.argv[5] ?? '/tmp/daemon-heap';
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** SIGUSR2, then the new snapshot file's path once its size stops changing. */
+/**
+ * SIGUSR2, then the new snapshot file's path once it is complete: V8 writes it on the main
+ * thread, so the daemon answering /healthz again means it is done.
+ */
 async function snapshot(daemon: DaemonProcess): Promise<string> {
   const before = new Set(readdirSync(out));
   daemon.child.kill('SIGUSR2');
@@ -26,6 +29,7 @@ async function snapshot(daemon: DaemonProcess): Promise<string> {
     await sleep(500);
     const file = readdirSync(out).find((f) => f.endsWith('.heapsnapshot') && !before.has(f));
     if (!file) continue;
+    while (Object.keys(await daemon.health()).length === 0) await sleep(200);
     const size = statSync(join(out, file)).size;
     await sleep(1000);
     if (statSync(join(out, file)).size === size) return join(out, file);
