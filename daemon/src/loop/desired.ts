@@ -81,8 +81,9 @@ export class DesiredState {
     return this.#full(inputs, capabilities, excludes);
   }
 
-  #one(service: Service, inputs: InputSnapshot, memo: DecisionMemo | undefined): Contribution {
-    return contribution(service, inputs.policy, inputs.namespaces.get(service.namespace), memo);
+  /** `key`: the input store's own string, which the ruleset's entry and owners then share. */
+  #one(key: string, service: Service, inputs: InputSnapshot, memo: DecisionMemo | undefined): Contribution {
+    return contribution(service, inputs.policy, inputs.namespaces.get(service.namespace), memo, key);
   }
 
   #full(
@@ -101,7 +102,7 @@ export class DesiredState {
         continue;
       }
       try {
-        contributions.push(this.#one(service, inputs, memo));
+        contributions.push(this.#one(key, service, inputs, memo));
       } catch (error) {
         failures.push({ key, service, error });
         excluded.add(key);
@@ -141,7 +142,7 @@ export class DesiredState {
         continue;
       }
       try {
-        added.push(this.#one(service, inputs, undefined));
+        added.push(this.#one(key, service, inputs, undefined));
       } catch (error) {
         failures.push({ key, service, error });
         excluded.add(key);

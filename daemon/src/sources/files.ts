@@ -89,7 +89,6 @@ export class FileSource implements ServiceSource {
   readonly #emitter: ChangeEmitter;
 
   readonly #files = new Map<string, FileEntry>();
-  #byKey = new Map<string, Service>();
   #snapshot: Snapshot = { services: [], namespaces: new Map(), rejected: [] };
   #synced = false;
   #started = false;
@@ -363,21 +362,16 @@ export class FileSource implements ServiceSource {
     }
 
     const old = this.#snapshot;
-    let servicesChanged = byKey.size !== this.#byKey.size;
-    if (!servicesChanged) {
-      for (const [key, service] of byKey) {
-        if (this.#byKey.get(key) !== service) {
-          servicesChanged = true;
-          break;
-        }
-      }
-    }
+    // Compared with the last snapshot's list, in order: no second map by key kept beside it (the
+    // order follows the files, so it moves only when a Service does).
+    const services = [...byKey.values()];
+    const servicesChanged =
+      services.length !== old.services.length || services.some((s, i) => s !== old.services[i]);
     const rejectedChanged = JSON.stringify(rejected) !== JSON.stringify(old.rejected);
     const namespacesChanged = !sameNamespaces(namespaces, old.namespaces);
     if (!servicesChanged && !rejectedChanged && !namespacesChanged) return;
-    this.#byKey = byKey;
     this.#snapshot = {
-      services: servicesChanged ? [...byKey.values()] : old.services,
+      services: servicesChanged ? services : old.services,
       namespaces: namespacesChanged ? namespaces : old.namespaces,
       rejected: rejectedChanged ? rejected : old.rejected,
     };

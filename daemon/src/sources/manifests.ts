@@ -16,7 +16,13 @@
 import { basename } from 'node:path';
 import { beyondBounds } from '@slipstream/shared/core/bounds';
 import { isRecord } from '@slipstream/shared/core/record';
-import { type Namespace, readNamespace, readService, type Service } from '@slipstream/shared/core/service';
+import {
+  internedService,
+  type Namespace,
+  readNamespace,
+  readService,
+  type Service,
+} from '@slipstream/shared/core/service';
 import { loadAll, YAMLException } from 'js-yaml';
 import type { Rejected } from './source.ts';
 
@@ -47,6 +53,21 @@ function detached<T>(value: T): T {
   return structuredClone(value);
 }
 
+/**
+ * One copy of each repeated string (copied out of the file text first): the Services of a file
+ * share their namespace, port names and annotations instead of holding a copy each. Per file,
+ * so that nothing outlives the Services that use it.
+ */
+function newInterner(): (text: string) => string {
+  const seen = new Map<string, string>();
+  return (text) => {
+    const known = seen.get(text);
+    if (known !== undefined) return known;
+    seen.set(text, text);
+    return text;
+  };
+}
+
 /** Which document (1-based) holds `position`: the `---` markers before it, a leading one opening the first. */
 function documentAt(text: string, position: number): number {
   const before = text.slice(0, position);
@@ -69,6 +90,7 @@ function metaString(object: Record<string, unknown>, field: string): string | un
 export function parseManifests(text: string, file = 'manifest'): ParseResult {
   const content: ManifestContent = { services: [], namespaces: [], rejected: [], ignored: 0 };
   const label = basename(file);
+  const intern = newInterner();
   let values: unknown[];
   try {
     values = loadAll(text, { json: true, maxDepth: MAX_NESTING, maxAliases: MAX_ALIASES });
@@ -136,7 +158,7 @@ export function parseManifests(text: string, file = 'manifest'): ParseResult {
       return;
     }
     const read = readService(value);
-    if (read.ok) content.services.push(detached(read.value));
+    if (read.ok) content.services.push(internedService(detached(read.value), intern));
     else content.rejected.push({ ref, error: read.error });
   };
   for (const [index, value] of values.entries()) {

@@ -8,7 +8,7 @@
 // conflict depends on the order of all Services, so `applyServiceDelta` refuses (returns null)
 // and the caller recomputes in full. `isConflictFree` tells whether a full result qualifies.
 
-import { CONFLICT_REASON, type Contribution, newEntry } from './desired-ruleset.ts';
+import { CONFLICT_REASON, type Contribution, entrySkipped, newEntry } from './desired-ruleset.ts';
 import {
   type Capabilities,
   type Chain,
@@ -125,8 +125,7 @@ export function applyServiceDelta(
     ruleset.services.delete(key);
   }
   for (const c of added) {
-    const entry = newEntry(c);
-    ruleset.services.set(c.key, entry);
+    const keys: string[] = [];
     for (const { key, element } of c.candidates) {
       const t = touch(key);
       t.after = element;
@@ -134,9 +133,9 @@ export function applyServiceDelta(
       count(element.threshold, 1);
       ruleset.elements.set(key, element);
       ruleset.owners.set(key, c.key);
-      entry.elements.push(key);
+      keys.push(key);
     }
-    entry.elements.sort();
+    ruleset.services.set(c.key, newEntry(c, keys, entrySkipped(c)));
   }
 
   const thresholdsAdded: number[] = [];

@@ -211,3 +211,43 @@ describe('decisions shared by shape', () => {
     expect(cb.candidates).toHaveLength(2);
   });
 });
+
+describe('conflicts', () => {
+  const policy = loadDefaultPolicy();
+  const svc = (name: string, uid: string): Service => ({
+    namespace: 'n',
+    name,
+    uid,
+    annotations: {},
+    type: 'ClusterIP',
+    clusterIPs: ['10.96.0.1'],
+    ports: [{ port: 5432, protocol: 'TCP' }],
+  });
+  const owner = (services: Service[]) => {
+    const r = desiredRuleset({
+      services,
+      namespaces: new Map(),
+      devices: [],
+      capabilities: { flowtable: true },
+      policy,
+    });
+    return [...r.owners.values()];
+  };
+
+  it('go to the first Service by namespace/name then uid, as the strings key + line feed + uid compare', () => {
+    // One namespace/name twice: the lower uid wins, whatever the input order.
+    expect(owner([svc('a', 'u2'), svc('a', 'u1')])).toEqual(['n/a']);
+    const twice = desiredRuleset({
+      services: [svc('a', 'u2'), svc('a', 'u1')],
+      namespaces: new Map(),
+      devices: [],
+      capabilities: { flowtable: true },
+      policy,
+    });
+    expect(twice.services.get('n/a')?.uid).toBe('u1');
+    // A name that another continues: the shorter one first...
+    expect(owner([svc('a-b', 'u0'), svc('a', 'u9')])).toEqual(['n/a']);
+    // ...unless the longer one continues it with a line feed, which sorts before the uid.
+    expect(owner([svc('a', 'u0'), svc('a\n0', 'u9')])).toEqual(['n/a\n0']);
+  });
+});

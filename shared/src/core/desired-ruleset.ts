@@ -33,8 +33,6 @@ export interface DesiredInput {
 /** What one Service contributes before conflicts are resolved: depends only on the Service, its Namespace and the policy. */
 export interface Contribution {
   key: string;
-  /** Sort key: `namespace/name`, then uid. */
-  order: string;
   entry: Omit<ServiceEntry, 'elements' | 'skipped'>;
   /** Skipped ClusterIPs (invalid addresses). */
   skipped: Skipped[];
@@ -124,14 +122,17 @@ function familyMismatch(service: Service, family: Family, address: string, clust
   return null;
 }
 
-/** The decision, addresses and candidate elements of one Service. Pure. */
+/**
+ * The decision, addresses and candidate elements of one Service. Pure. `key`: its
+ * `serviceKey`, when the caller holds that string already (the ruleset then shares it).
+ */
 export function contribution(
   service: Service,
   policy: Policy,
   namespace: Namespace | undefined,
   decisions?: DecisionMemo,
+  key: string = serviceKey(service),
 ): Contribution {
-  const key = serviceKey(service);
   let decision: EntryDecision | undefined;
   const shape = decisions ? decisionShape(service) : undefined;
   if (shape !== undefined) decision = decisions!.get(shape);
@@ -148,24 +149,17 @@ export function contribution(
   };
   const trace = service.annotations[HINT_KEYS.trace];
   if (trace !== undefined) entry.trace = trace;
-  const out: Contribution = {
-    key,
-    order: `${key}\n${service.uid ?? ''}`,
-    entry,
-    skipped: [],
-    candidates: [],
-  };
   // Addresses are checked whatever the decision, so that bad input is named even when nothing of
   // the Service is offloaded.
   const { vips, skipped } = serviceVips(service);
-  out.skipped.push(...skipped);
-  if (decision.offload.length === 0) return out;
+  if (decision.offload.length === 0) return { key, entry, skipped, candidates: [] };
+  const candidates: Contribution['candidates'] = [];
   for (const { family, address } of vips) {
     for (const port of decision.offload) {
       const protocol = port.protocol === 'TCP' ? L4_NUMBER.tcp : L4_NUMBER.udp;
       // Each element jumps to its own port's threshold chain.
       const element: Element = { family, address, protocol, port: port.port, threshold: port.threshold };
-      out.candidates.push({ key: elementKey(element), element });
+      candidates.push({ key: elementKey(element), element });
     }
   }
   // NodePorts: on every address of this node (the node4/node6 sets), keyed by protocol and port.
@@ -182,9 +176,11 @@ export function contribution(
       port: nodePort,
       threshold: port.threshold,
     };
-    out.candidates.push({ key: elementKey(element), element });
+    candidates.push({ key: elementKey(element), element });
   }
-  return out;
+  // At their exact length: grown by push, each list would keep room for 16 more (every
+  // contribution is alive until the ruleset is assembled).
+  return { key, entry, skipped, candidates: candidates.slice() };
 }
 
 /** The kinds of address traffic reaches a Service by (kube-proxy DNATs each of them). */
@@ -244,20 +240,53 @@ export function cachedContribution(
   return c;
 }
 
-/** A Service's entry in a ruleset, before its elements are added (an object literal: no spread). */
-export function newEntry(c: Contribution): ServiceEntry {
+/** `skipped` and `elements` of the many entries that have none: one shared, frozen array. */
+const NONE: readonly never[] = Object.freeze([]);
+
+/**
+ * A Service's entry in a ruleset, with its element keys (sorted here) and what was skipped. One
+ * object literal per set of optional fields, and `elements` copied to its exact length: a
+ * property added later goes to a separate property array, and an array grown by push keeps room
+ * for 16 more keys (each ~100 bytes more per entry, with 100,000 Services).
+ */
+export function newEntry(c: Contribution, elements: string[], skipped: readonly Skipped[]): ServiceEntry {
   const e = c.entry;
-  const entry: ServiceEntry = {
-    key: e.key,
-    namespace: e.namespace,
-    name: e.name,
-    decision: e.decision,
-    elements: [],
-    skipped: c.skipped.length > 0 ? [...c.skipped] : [],
-  };
-  if (e.uid !== undefined) entry.uid = e.uid;
-  if (e.trace !== undefined) entry.trace = e.trace;
-  return entry;
+  const keys: readonly string[] =
+    elements.length === 0 ? NONE : elements.length === 1 ? [elements[0]!] : elements.sort().slice();
+  const { key, namespace, name, decision, uid, trace } = e;
+  if (trace === undefined) {
+    return uid === undefined
+      ? { key, namespace, name, decision, elements: keys, skipped }
+      : { key, namespace, name, decision, elements: keys, skipped, uid };
+  }
+  return uid === undefined
+    ? { key, namespace, name, decision, elements: keys, skipped, trace }
+    : { key, namespace, name, decision, elements: keys, skipped, uid, trace };
+}
+
+/** The skipped ClusterIPs of a contribution, as an entry keeps them. */
+export function entrySkipped(c: Contribution): readonly Skipped[] {
+  return c.skipped.length > 0 ? [...c.skipped] : NONE;
+}
+
+/**
+ * Contributions in `namespace/name` then uid order: as the strings `${key}\n${uid}` compare, without
+ * building one per Service (100,000 of them, alive through the sort). Keys that are not a prefix of
+ * one another compare as those strings do at their first difference; otherwise (a key that
+ * another continues) the strings are built.
+ */
+function byOrder(a: Contribution, b: Contribution): number {
+  const x = a.key;
+  const y = b.key;
+  if (x === y) {
+    const u = a.entry.uid ?? '';
+    const v = b.entry.uid ?? '';
+    return u < v ? -1 : u > v ? 1 : 0;
+  }
+  if (!x.startsWith(y) && !y.startsWith(x)) return x < y ? -1 : 1;
+  const p = `${x}\n${a.entry.uid ?? ''}`;
+  const q = `${y}\n${b.entry.uid ?? ''}`;
+  return p < q ? -1 : p > q ? 1 : 0;
 }
 
 /** The start of the `skipped` reason of an element another Service already owns. */
@@ -298,24 +327,25 @@ export function assembleRuleset(
     nodeAddresses,
   );
   const thresholds = new Set<number>();
-  const sorted = [...contributions].sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
+  const sorted = [...contributions].sort(byOrder);
   for (const c of sorted) {
     // Two objects with one namespace/name (stale input): the first (by uid) wins.
     if (ruleset.services.has(c.key)) continue;
-    const entry = newEntry(c);
-    ruleset.services.set(c.key, entry);
+    const keys: string[] = [];
+    let skipped = entrySkipped(c);
     for (const { key, element } of c.candidates) {
       const owner = ruleset.owners.get(key);
       if (owner !== undefined) {
-        entry.skipped.push({ what: candidateWhat(element), reason: `${CONFLICT_REASON}${owner}` });
+        const conflict = { what: candidateWhat(element), reason: `${CONFLICT_REASON}${owner}` };
+        skipped = [...skipped, conflict];
         continue;
       }
       ruleset.elements.set(key, element);
       ruleset.owners.set(key, c.key);
-      entry.elements.push(key);
+      keys.push(key);
       if (element.threshold !== null) thresholds.add(element.threshold);
     }
-    entry.elements.sort();
+    ruleset.services.set(c.key, newEntry(c, keys, skipped));
   }
 
   ruleset.thresholds = [...thresholds].sort((a, b) => a - b);

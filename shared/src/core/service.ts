@@ -41,7 +41,19 @@ export interface Namespace {
   labels: Record<string, string>;
 }
 
-const PROTOCOLS: ReadonlySet<string> = new Set(['TCP', 'UDP', 'SCTP']);
+/** The protocols as constants: a port holds one of these, not a copy of its input's string. */
+const PROTOCOLS: ReadonlyMap<string, Protocol> = new Map([
+  ['TCP', 'TCP'],
+  ['UDP', 'UDP'],
+  ['SCTP', 'SCTP'],
+]);
+/** The usual spec.type values, likewise. */
+const TYPES: ReadonlyMap<string, string> = new Map(
+  ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'].map((t) => [t, t]),
+);
+
+/** The annotations of the many Services that have none: one shared, frozen object. */
+const NO_ANNOTATIONS: Record<string, string> = Object.freeze({}) as Record<string, string>;
 
 function stringMap(value: unknown): Record<string, string> {
   const out: Record<string, string> = {};
@@ -50,9 +62,50 @@ function stringMap(value: unknown): Record<string, string> {
   return out;
 }
 
-/** `namespace/name`: how a Service is keyed everywhere (stores, diffs, logs). */
+function annotationsOf(value: unknown): Record<string, string> {
+  const out = stringMap(value);
+  for (const _ in out) return out;
+  return NO_ANNOTATIONS;
+}
+
+/**
+ * A port as one object literal per set of its optional fields (a property added after the
+ * literal would go to a separately allocated property array); fields in `readService`'s order.
+ */
+function newPort(
+  port: number,
+  protocol: Protocol,
+  nodePort: number | undefined,
+  name: string | undefined,
+  appProtocol: string | undefined,
+): ServicePort {
+  let out: ServicePort;
+  if (nodePort === undefined) out = name === undefined ? { port, protocol } : { port, protocol, name };
+  else out = name === undefined ? { port, protocol, nodePort } : { port, protocol, nodePort, name };
+  if (appProtocol !== undefined) out.appProtocol = appProtocol;
+  return out;
+}
+
+/** A Service record of one shape: `uid` in the literal, the rarer fields added after it. */
+function newService(
+  namespace: string,
+  name: string,
+  uid: string | undefined,
+  annotations: Record<string, string>,
+  type: string,
+  ports: ServicePort[],
+): Service {
+  return uid === undefined
+    ? { namespace, name, annotations, type, clusterIPs: [], ports }
+    : { namespace, name, annotations, type, clusterIPs: [], ports, uid };
+}
+
+/**
+ * `namespace/name`: how a Service is keyed everywhere (stores, diffs, logs). Joined, as one flat
+ * string: a template's cons string, once hashed as a map key, is kept beside its flat copy.
+ */
 export function serviceKey(s: Pick<Service, 'namespace' | 'name'>): string {
-  return `${s.namespace}/${s.name}`;
+  return [s.namespace, s.name].join('/');
 }
 
 export type ReadResult<T> = { ok: true; value: T } | { ok: false; error: string };
@@ -75,33 +128,32 @@ export function readService(object: unknown): ReadResult<Service> {
     if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
       return { ok: false, error: `spec.ports[${i}].port is not a port number (1-65535)` };
     }
-    const protocol = raw.protocol ?? 'TCP';
-    if (typeof protocol !== 'string' || !PROTOCOLS.has(protocol)) {
+    const given = raw.protocol ?? 'TCP';
+    const protocol = typeof given === 'string' ? PROTOCOLS.get(given) : undefined;
+    if (protocol === undefined) {
       return { ok: false, error: `spec.ports[${i}].protocol must be TCP, UDP or SCTP` };
     }
-    const entry: ServicePort = { port, protocol: protocol as Protocol };
-    if (
+    const nodePort =
       typeof raw.nodePort === 'number' &&
       Number.isInteger(raw.nodePort) &&
       raw.nodePort >= 1 &&
       raw.nodePort <= 65535
-    ) {
-      entry.nodePort = raw.nodePort;
-    }
-    if (typeof raw.name === 'string' && raw.name !== '') entry.name = raw.name;
-    if (typeof raw.appProtocol === 'string' && raw.appProtocol !== '') entry.appProtocol = raw.appProtocol;
-    ports.push(entry);
+        ? raw.nodePort
+        : undefined;
+    const portName = typeof raw.name === 'string' && raw.name !== '' ? raw.name : undefined;
+    const appProtocol =
+      typeof raw.appProtocol === 'string' && raw.appProtocol !== '' ? raw.appProtocol : undefined;
+    ports.push(newPort(port, protocol, nodePort, portName, appProtocol));
   }
 
-  const service: Service = {
+  const service = newService(
     namespace,
     name,
-    annotations: stringMap(metadata.annotations),
-    type,
-    clusterIPs: [],
+    typeof metadata.uid === 'string' ? metadata.uid : undefined,
+    annotationsOf(metadata.annotations),
+    TYPES.get(type) ?? type,
     ports,
-  };
-  if (typeof metadata.uid === 'string') service.uid = metadata.uid;
+  );
   const strings = (v: unknown) =>
     Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && x !== '') : [];
   const externalIPs = strings(spec.externalIPs);
@@ -133,6 +185,41 @@ export function readService(object: unknown): ReadResult<Service> {
     service.clusterIPs = ips.filter((ip): ip is string => typeof ip === 'string' && ip !== '');
   }
   return { ok: true, value: service };
+}
+
+/**
+ * The same Service with its repeated strings (namespace, type, port names and app protocols,
+ * annotation keys and values) taken from `intern`, so that the Services of one source share one
+ * copy of each; the record in `readService`'s shape. `service` is not modified.
+ */
+export function internedService(service: Service, intern: (text: string) => string): Service {
+  let annotations = NO_ANNOTATIONS;
+  for (const [key, value] of Object.entries(service.annotations)) {
+    if (annotations === NO_ANNOTATIONS) annotations = {};
+    annotations[intern(key)] = intern(value);
+  }
+  const ports = service.ports.map((p) =>
+    newPort(
+      p.port,
+      PROTOCOLS.get(p.protocol) ?? p.protocol,
+      p.nodePort,
+      p.name === undefined ? undefined : intern(p.name),
+      p.appProtocol === undefined ? undefined : intern(p.appProtocol),
+    ),
+  );
+  const out = newService(
+    intern(service.namespace),
+    service.name,
+    service.uid,
+    annotations,
+    TYPES.get(service.type) ?? intern(service.type),
+    ports,
+  );
+  out.clusterIPs = service.clusterIPs;
+  // The rarer fields, as they are and in their order.
+  const rest = out as unknown as Record<string, unknown>;
+  for (const [key, value] of Object.entries(service)) if (!(key in out)) rest[key] = value;
+  return out;
 }
 
 export function readNamespace(object: unknown): ReadResult<Namespace> {
