@@ -10,6 +10,7 @@ import { effectiveDecision } from '@slipstream/shared/core/decide';
 import { rulesetText } from '@slipstream/shared/core/nft-text';
 import { AddressWatcher } from './addresses.ts';
 import type { DaemonOptions } from './cli.ts';
+import { compactHeap, isBulk } from './compact.ts';
 import {
   type ConntrackError,
   type OffloadedFlows,
@@ -252,6 +253,10 @@ async function start(
   // The reconciler logs every sync that writes or fails; here only the start-up state an operator
   // must see: degraded mode, and a start-up that found the kernel already right (which the
   // reconciler does not log, being a noop).
+  // The first sync and each read-back leave their garbage (compact.ts): collected off the loop's turn.
+  reconciler.onSync((r) => {
+    if (isBulk(r)) setImmediate(() => compactHeap());
+  });
   reconciler.onSync((r) => {
     if (r.trigger !== 'startup') return;
     if (r.result === 'noop' && r.waitingFor === undefined) {

@@ -238,6 +238,7 @@ describe('both components', () => {
       'node',
       '--disable-sigusr1',
       '--max-semi-space-size=1',
+      '--expose-gc',
       'daemon/build/main.mjs',
     ]);
     for (const [, , c] of both()) expect(c.workingDir).toBe('/app');
