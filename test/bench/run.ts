@@ -56,7 +56,8 @@ function format(value: unknown): string {
 }
 
 export function verdict(value: unknown, goal: Goal | undefined): string {
-  if (!goal || typeof value !== 'number') return '';
+  // A goal entry with a note only (a context figure) has no verdict.
+  if (!goal || typeof value !== 'number' || (goal.max === undefined && goal.min === undefined)) return '';
   const ok = (goal.max === undefined || value < goal.max) && (goal.min === undefined || value >= goal.min);
   return ok ? 'yes' : 'MISSED';
 }
