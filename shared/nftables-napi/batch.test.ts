@@ -115,28 +115,12 @@ describe('NftBatch', () => {
     expect(elements()).toEqual(before);
 
     // A jump to a chain that does not exist; a set that does not exist.
-    await expect(
+    const addOne = (set: string, jump: string) =>
       batch.commit([
-        {
-          op: 'add',
-          family: 'inet',
-          table: 'bt',
-          set: 'm',
-          elements: [{ key: key('10.0.0.9', 6, 9), jump: 'nope' }],
-        },
-      ]),
-    ).rejects.toMatchObject({ errorClass: 'no-such-object' });
-    await expect(
-      batch.commit([
-        {
-          op: 'add',
-          family: 'inet',
-          table: 'bt',
-          set: 'gone',
-          elements: [{ key: key('10.0.0.9', 6, 9), jump: 't20' }],
-        },
-      ]),
-    ).rejects.toMatchObject({ errorClass: 'no-such-object' });
+        { op: 'add', family: 'inet', table: 'bt', set, elements: [{ key: key('10.0.0.9', 6, 9), jump }] },
+      ]);
+    await expect(addOne('m', 'nope')).rejects.toMatchObject({ errorClass: 'no-such-object' });
+    await expect(addOne('gone', 't20')).rejects.toMatchObject({ errorClass: 'no-such-object' });
     expect(elements()).toEqual(before);
   });
 
