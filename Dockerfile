@@ -2,7 +2,7 @@
 # One image for both Slipstream components; the Kubernetes manifests (deploy/) pick the command:
 #   node --disable-sigusr1 --max-semi-space-size=2 --no-concurrent-recompilation --no-maglev webhook/build/main.mjs ...
 #                                  the admission webhook, bundled by esbuild (Deployment, uid 65532)
-#   node --disable-sigusr1 --max-semi-space-size=1 --expose-gc daemon/build/main.mjs ...  the node daemon, bundled the same way (DaemonSet, overrides
+#   node --disable-sigusr1 --max-semi-space-size=4 --expose-gc daemon/build/main.mjs ...  the node daemon, bundled the same way (DaemonSet, overrides
 #                                  to uid 0 with CAP_NET_ADMIN only)
 # Both run their bundles (`npm run build`, scripts/build.ts), not the TypeScript sources: no type
 # stripping at start, less memory. The bundles find the addon and the shipped policy in /app.

@@ -237,7 +237,7 @@ describe('both components', () => {
     expect(daemonContainer().command).toEqual([
       'node',
       '--disable-sigusr1',
-      '--max-semi-space-size=1',
+      '--max-semi-space-size=4',
       '--expose-gc',
       'daemon/build/main.mjs',
     ]);
