@@ -91,6 +91,38 @@ describe('NftBatch', () => {
     expect(elements()).toHaveLength(2);
   });
 
+  it('commits a batch larger than a netlink socket sends by default (4,096 IPv6 elements, ~340 KB)', async () => {
+    execFileSync('ip', [
+      'netns',
+      'exec',
+      NS,
+      'nft',
+      'add',
+      'map',
+      'inet',
+      'bt',
+      'm6',
+      '{ type ipv6_addr . inet_proto . inet_service : verdict; }',
+    ]);
+    const many: SetElement[] = [];
+    for (let i = 0; i < 4096; i++) {
+      const k = Buffer.alloc(24);
+      k.writeUInt16BE(0xfd00, 0);
+      k.writeUInt16BE(i, 14);
+      k.writeUInt8(6, 16);
+      k.writeUInt16BE(80, 20);
+      many.push({ key: k, jump: 't100' });
+    }
+    const { bytes } = encodeBatch([{ op: 'add', family: 'inet', table: 'bt', set: 'm6', elements: many }], 1);
+    expect(bytes.length).toBeGreaterThan(212_992);
+    await batch.commit([{ op: 'add', family: 'inet', table: 'bt', set: 'm6', elements: many }]);
+    const listed = JSON.parse(nft('-j', 'list', 'map', 'inet', 'bt', 'm6')) as {
+      nftables: { map?: { elem?: unknown[] } }[];
+    };
+    expect(listed.nftables.find((i) => i.map)?.map?.elem).toHaveLength(4096);
+    nft('delete', 'map', 'inet', 'bt', 'm6');
+  });
+
   it('commits nothing of a refused transaction, and names the class', async () => {
     const before = elements();
     let caught: unknown;

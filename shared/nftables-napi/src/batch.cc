@@ -46,6 +46,12 @@ class SendWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     const int fd = owner_->fd();
+    // netlink refuses a message longer than the socket's send buffer (212 KB by default, ~2,500
+    // IPv6 elements): sized to the batch, as libnftables does (FORCE needs CAP_NET_ADMIN, which a
+    // writer of nf_tables has; SO_SNDBUF alone stops at net.core.wmem_max).
+    int size = static_cast<int>(bytes_.size());
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size) < 0)
+      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
     sockaddr_nl kernel{};
     kernel.nl_family = AF_NETLINK;
     ssize_t sent = sendto(fd, bytes_.data(), bytes_.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
@@ -159,6 +165,10 @@ NftBatchNative::NftBatchNative(const Napi::CallbackInfo& info) : Napi::ObjectWra
     return;
   }
   portId_ = local.nl_pid;
+  // Acknowledgements without a copy of the message they answer: an error reply would otherwise
+  // echo its whole message (up to ~20 KB), and a batch of them could overflow the receive buffer.
+  int one = 1;
+  setsockopt(fd_, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
 }
 
 NftBatchNative::~NftBatchNative() {
