@@ -7,6 +7,7 @@
 // Keys are laid out as the kernel stores the typed concatenations of ruleset.ts: each field in
 // network byte order, padded to 4 bytes (ipv4_addr . inet_proto . inet_service: 12 bytes).
 
+import { addressBytes } from '@slipstream/shared/core/address';
 import type { Change } from '@slipstream/shared/core/change';
 import {
   type Element,
@@ -19,45 +20,19 @@ import {
 } from '@slipstream/shared/core/ruleset';
 import type { SetElementsOp } from 'nftables-napi/batch';
 
-/** Past this, libnftables' own cost of listing the map is small beside the change: nft text. */
+/** Past this a change is bulk work (a relist, a policy change), where nft text's parsing is small beside it. */
 export const MAX_BATCH_ELEMENTS = 4096;
 
-/** An address in canonical text form (ruleset.ts) as its 4 or 16 network-order bytes. */
-export function addressBytes(family: Family, address: string): Uint8Array {
-  if (family === 'ip') {
-    const parts = address.split('.');
-    if (parts.length !== 4) throw new Error(`not an IPv4 address: ${address}`);
-    return Uint8Array.from(parts, Number);
-  }
-  const out = new Uint8Array(16);
-  let text = address;
-  // A dotted IPv4 tail (`::ffff:192.0.2.1`) is the last 32 bits.
-  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (dotted) {
-    out.set(addressBytes('ip', dotted[1]!), 12);
-    text = `${text.slice(0, dotted.index)}0:0`;
-  }
-  const halves = text.split('::');
-  if (halves.length > 2) throw new Error(`not an IPv6 address: ${address}`);
-  const [head, tail] = halves;
-  const groups = (s: string | undefined) => (s ? s.split(':').map((g) => Number.parseInt(g, 16)) : []);
-  const front = groups(head);
-  const back = tail === undefined ? [] : groups(tail);
-  const all =
-    tail === undefined ? front : [...front, ...Array(8 - front.length - back.length).fill(0), ...back];
-  if (all.length !== 8 || all.some((g) => !(g >= 0 && g <= 0xffff)))
-    throw new Error(`not an IPv6 address: ${address}`);
-  all.forEach((g, i) => {
-    if (dotted && i >= 6) return;
-    out[2 * i] = g >> 8;
-    out[2 * i + 1] = g & 0xff;
-  });
-  return out;
+/** An address of the table (canonical text, ruleset.ts) as its bytes; a malformed one is a bug upstream. */
+function keyAddress(family: Family, address: string): Uint8Array {
+  const bytes = addressBytes(family, address);
+  if (!bytes) throw new Error(`not an ${family === 'ip' ? 'IPv4' : 'IPv6'} address: ${address}`);
+  return bytes;
 }
 
 /** A map element's key: [address .] protocol . port, each field padded to 4 bytes. */
 export function elementKeyBytes(e: Pick<Element, 'family' | 'address' | 'protocol' | 'port'>): Uint8Array {
-  const address = e.family === 'np' ? new Uint8Array(0) : addressBytes(e.family, e.address);
+  const address = e.family === 'np' ? new Uint8Array(0) : keyAddress(e.family, e.address);
   const out = new Uint8Array(address.length + 8);
   out.set(address, 0);
   out[address.length] = e.protocol;
@@ -87,7 +62,7 @@ export function elementBatch(change: Change): SetElementsOp[] | null {
       }
       case 'add-set-elements':
       case 'delete-set-elements': {
-        const elements = op.addresses.map((a) => ({ key: addressBytes(op.family, a) }));
+        const elements = op.addresses.map((a) => ({ key: keyAddress(op.family, a) }));
         ops.push({
           ...base,
           op: op.op === 'add-set-elements' ? 'add' : 'delete',

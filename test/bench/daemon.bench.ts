@@ -34,9 +34,10 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '@slipstream/shared/adapters/log';
 import { loadDefaultPolicy } from '@slipstream/shared/adapters/policy-files';
+import { addressBytes } from '@slipstream/shared/core/address';
 import type { Policy } from '@slipstream/shared/core/policy';
 import { NftBatch, NftContext, type SetElementsOp } from 'nftables-napi';
-import { addressBytes, elementKeyBytes } from '../../daemon/src/element-batch.ts';
+import { elementKeyBytes } from '../../daemon/src/element-batch.ts';
 import { NapiKernel } from '../../daemon/src/kernel.ts';
 import { Reconciler, type SyncResult } from '../../daemon/src/reconciler.ts';
 import { buildBundle, DAEMON } from '../../scripts/build.ts';
@@ -228,7 +229,7 @@ async function kernelCommitMs(
         await timed([{ ...base, op: 'add', set: 'svc4', elements: [{ key, jump: 'threshold-20' }] }]),
       );
       await batch.commit([{ ...base, op: 'delete', set: 'svc4', elements: [{ key }] }]);
-      const address = addressBytes('ip', `198.51.100.${i}`);
+      const address = addressBytes('ip', `198.51.100.${i}`)!;
       plain.push(await timed([{ ...base, op: 'add', set: 'node4', elements: [{ key: address }] }]));
       await batch.commit([{ ...base, op: 'delete', set: 'node4', elements: [{ key: address }] }]);
     }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { canonicalAddress, isIPv4, isIPv6 } from './address.ts';
+import { addressBytes, canonicalAddress, isIPv4, isIPv6 } from './address.ts';
 
 describe('canonicalAddress', () => {
   it.each([
@@ -42,5 +42,23 @@ describe('isIPv4 / isIPv6', () => {
     expect(isIPv6('fd00::a')).toBe(true);
     expect(isIPv6('fd00::a::1')).toBe(false);
     expect(isIPv6('fe80::1%eth0')).toBe(false);
+  });
+});
+
+describe('addressBytes', () => {
+  const hex = (b: Uint8Array | null) => (b ? Buffer.from(b).toString('hex') : null);
+  it('gives network byte order, 4 or 16 bytes', () => {
+    expect(hex(addressBytes('ip', '10.96.0.1'))).toBe('0a600001');
+    expect(hex(addressBytes('ip6', '2001:db8::1'))).toBe('20010db8000000000000000000000001');
+    expect(hex(addressBytes('ip6', '::'))).toBe('0'.repeat(32));
+    expect(hex(addressBytes('ip6', 'fd00::'))).toBe(`fd00${'0'.repeat(28)}`);
+    expect(hex(addressBytes('ip6', '::ffff:192.0.2.9'))).toBe('00000000000000000000ffffc0000209');
+    expect(hex(addressBytes('ip6', '1:2:3:4:5:6:7:8'))).toBe('00010002000300040005000600070008');
+  });
+  it('refuses what is not an address of the family', () => {
+    expect(addressBytes('ip', '10.0.0')).toBeNull();
+    expect(addressBytes('ip', '2001:db8::1')).toBeNull();
+    expect(addressBytes('ip6', '1::2::3')).toBeNull();
+    expect(addressBytes('ip6', '10.0.0.1')).toBeNull();
   });
 });

@@ -82,6 +82,22 @@ function parseIPv6Words(text: string): number[] | null {
   return words.length === 8 ? words : null;
 }
 
+/**
+ * An address's bytes in network order (4 for IPv4, 16 for IPv6), as the kernel keys it; null when
+ * `text` is not an address of `family`.
+ */
+export function addressBytes(family: Family, text: string): Uint8Array | null {
+  if (family === 'ip') return isIPv4(text) ? Uint8Array.from(text.split('.'), Number) : null;
+  const words = parseIPv6Words(text);
+  if (!words) return null;
+  const out = new Uint8Array(16);
+  words.forEach((w, i) => {
+    out[2 * i] = w >> 8;
+    out[2 * i + 1] = w & 0xff;
+  });
+  return out;
+}
+
 export type AddressResult = { ok: true; family: Family; address: string } | { ok: false; reason: string };
 
 /**
