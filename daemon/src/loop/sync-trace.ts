@@ -7,15 +7,11 @@ import { type Context, context, type Link, type Span, SpanStatusCode, trace } fr
 import { spanContextFromTraceparent } from '@slipstream/shared/adapters/telemetry';
 import type { Change } from '@slipstream/shared/core/change';
 import type { Ruleset, ServiceEntry } from '@slipstream/shared/core/ruleset';
+import { splitServiceKey } from '@slipstream/shared/core/service';
 import type { SyncResult } from './result.ts';
 
 const MAX_LINKS = 128;
 const tracer = () => trace.getTracer('slipstream-daemon');
-
-function splitKey(key: string): { namespace: string; name: string } {
-  const i = key.indexOf('/');
-  return { namespace: key.slice(0, i), name: key.slice(i + 1) };
-}
 
 export class SyncTrace {
   readonly #span: Span;
@@ -52,7 +48,7 @@ export class SyncTrace {
       const sc = spanContextFromTraceparent(entry?.trace);
       if (!sc || seen.has(sc.spanId)) continue;
       seen.add(sc.spanId);
-      const { namespace, name } = splitKey(key);
+      const { namespace, name } = splitServiceKey(key);
       links.push({
         context: { ...sc, isRemote: true },
         attributes: { 'k8s.service.name': name, 'k8s.namespace.name': namespace },
@@ -61,7 +57,7 @@ export class SyncTrace {
     this.#span.addLinks(links);
     for (const key of change.summary.services.slice(0, MAX_LINKS)) {
       const entry = desired.services.get(key);
-      const { namespace, name } = splitKey(key);
+      const { namespace, name } = splitServiceKey(key);
       this.#span.addEvent('service.programmed', {
         'k8s.namespace.name': namespace,
         'k8s.service.name': name,
@@ -74,7 +70,7 @@ export class SyncTrace {
   }
 
   quarantined(key: string, reason: string): void {
-    const { namespace, name } = splitKey(key);
+    const { namespace, name } = splitServiceKey(key);
     this.#span.addEvent('service.quarantined', {
       'k8s.namespace.name': namespace,
       'k8s.service.name': name,

@@ -13,6 +13,7 @@ import {
   readService,
   type Service,
   serviceKey,
+  splitServiceKey,
 } from '@slipstream/shared/core/service';
 import { Mirror, type MirrorStatus } from './mirror.ts';
 import {
@@ -157,11 +158,7 @@ export class KubernetesSource implements ServiceSource {
       this.#emitter.emit({ trigger });
       return;
     }
-    const slash = key.indexOf('/');
     const value = this.#services.store.get(key)?.value ?? null;
-    this.#emitter.emit({
-      trigger,
-      service: { namespace: key.slice(0, slash), name: key.slice(slash + 1), value },
-    });
+    this.#emitter.emit({ trigger, service: { ...splitServiceKey(key), value } });
   }
 }

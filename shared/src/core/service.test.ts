@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { internedService, readService, serviceKey } from './service.ts';
+import { internedService, readService, serviceKey, splitServiceKey } from './service.ts';
 
 describe('serviceKey', () => {
   it('is namespace/name, for a read Service and for a bare reference alike', () => {
@@ -9,6 +9,7 @@ describe('serviceKey', () => {
     });
     expect(read.ok && serviceKey(read.value)).toBe('shop/db');
     expect(serviceKey({ namespace: 'shop', name: 'db' })).toBe('shop/db');
+    expect(splitServiceKey('shop/db')).toEqual({ namespace: 'shop', name: 'db' });
   });
 });
 

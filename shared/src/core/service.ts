@@ -108,6 +108,12 @@ export function serviceKey(s: Pick<Service, 'namespace' | 'name'>): string {
   return [s.namespace, s.name].join('/');
 }
 
+/** The namespace and name of a `serviceKey` (names have no `/`: the first one splits). */
+export function splitServiceKey(key: string): { namespace: string; name: string } {
+  const i = key.indexOf('/');
+  return { namespace: key.slice(0, i), name: key.slice(i + 1) };
+}
+
 export type ReadResult<T> = { ok: true; value: T } | { ok: false; error: string };
 
 /** Reads a Service object; ports with an invalid number or protocol are an error, not silently dropped. */
