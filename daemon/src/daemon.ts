@@ -250,13 +250,13 @@ async function start(
   });
   closers.push(() => reconciler.stop());
   const metrics = new DaemonMetrics(registry, reconciler);
-  // The reconciler logs every sync that writes or fails; here only the start-up state an operator
-  // must see: degraded mode, and a start-up that found the kernel already right (which the
-  // reconciler does not log, being a noop).
   // The first sync and each read-back leave their garbage (compact.ts): collected off the loop's turn.
   reconciler.onSync((r) => {
     if (isBulk(r)) setImmediate(() => compactHeap());
   });
+  // The reconciler logs every sync that writes or fails; here only the start-up state an operator
+  // must see: degraded mode, and a start-up that found the kernel already right (which the
+  // reconciler does not log, being a noop).
   reconciler.onSync((r) => {
     if (r.trigger !== 'startup') return;
     if (r.result === 'noop' && r.waitingFor === undefined) {

@@ -287,12 +287,11 @@ export class NapiKernel implements Kernel {
   #onMonitor(event: MonitorEvent): void {
     let out: KernelEvent;
     if (event.type === 'batch') {
-      // Our own commits come back too: the committing socket's port id tells them apart.
-      const own = this.#runner.portId;
-      const ownBatch = this.#elements?.portId;
+      // Our own commits come back too: the committing socket's port id (libnftables' or the
+      // batch writer's) tells them apart.
       if (
         event.portId !== 0 &&
-        (event.portId === own || (ownBatch !== undefined && event.portId === ownBatch))
+        (event.portId === this.#runner.portId || event.portId === this.#elements?.portId)
       ) {
         let added = 0;
         let removed = 0;
