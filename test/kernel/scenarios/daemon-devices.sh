@@ -9,7 +9,9 @@
 # The daemon runs `ip` through a wrapper ($WRAP) that is the real ip, except once: after /tmp/vanish-once
 # appears, the first link listing that shows vz UP freezes the daemon and its link monitor (SIGSTOP), deletes
 # vz and lets the daemon go on (SIGCONT) with that listing: a link that vanishes between the daemon's listing
-# and its commit. The monitor is let go once the daemon has logged the refused transaction.
+# and its commit. Until that commit is refused, a listing the daemon makes again (events that arrived during
+# the first make it list once more) is handed the same stale listing. The monitor is let go once the daemon
+# has logged the refused transaction.
 #
 # Steps and evidence in $LAB (asserted by test/kernel/daemon-devices.test.ts):
 #   daemon.log                      the daemon's JSON log lines
@@ -49,6 +51,13 @@ cat >"$WRAP/ip" <<EOF
 # The real ip, except for the one listing that makes vz vanish (see the scenario's header): the daemon
 # (this process's parent) is frozen before it reads the listing, vz is deleted, and the daemon goes on
 # with a listing that is no longer true.
+if [ "\$*" = "-json link show" ] && [ -e /tmp/stale-listing ]; then
+  # Until the daemon has tried to commit the listing it was handed, any listing it makes again
+  # (events that arrived meanwhile make it list once more) still shows vz: the race under test is
+  # the one between a listing and its commit, not between two listings.
+  if ! grep -q 'transaction refused' "$LAB/daemon.log"; then cat /tmp/stale-listing; exit 0; fi
+  rm -f /tmp/stale-listing
+fi
 if [ "\$*" != "-json link show" ] || [ ! -e /tmp/vanish-once ]; then exec $REAL_IP "\$@"; fi
 out=\$($REAL_IP "\$@") || exit \$?
 if printf '%s' "\$out" | grep -Eq '"ifname":"vz","flags":\[[^]]*"UP"'; then
@@ -59,7 +68,7 @@ if printf '%s' "\$out" | grep -Eq '"ifname":"vz","flags":\[[^]]*"UP"'; then
   monitor=\$(pgrep -P \$PPID -f 'monitor link')
   kill -STOP \$monitor
   echo "\$monitor" >/tmp/monitor-frozen
-  printf '%s\n' "\$out"
+  printf '%s\n' "\$out" | tee /tmp/stale-listing
   $REAL_IP link del vz && touch /tmp/vanished
   kill -CONT \$PPID
   exit 0
